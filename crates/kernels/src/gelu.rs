@@ -1,0 +1,42 @@
+//! GELU, tanh approximation (GPT-2's `gelu_new`, PyTorch `gelu(approximate="tanh")`):
+//! `gelu(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+
+use rayon::prelude::*;
+
+/// √(2/π).
+pub const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// The cubic coefficient of the tanh approximation.
+pub const GELU_CUBIC: f32 = 0.044_715;
+/// Elements per rayon task.
+const CHUNK: usize = 4096;
+
+#[inline]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh())
+}
+
+#[inline]
+fn gelu_grad(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+    let th = u.tanh();
+    let sech2 = 1.0 - th * th;
+    0.5 * (1.0 + th) + 0.5 * x * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x)
+}
+
+/// `out = gelu(inp)` (overwrites).
+pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, i)| {
+        for (o, &x) in o.iter_mut().zip(i) {
+            *o = gelu(x);
+        }
+    });
+}
+
+/// `dinp += gelu'(inp) * dout`.
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).zip(dout.par_chunks(CHUNK)).for_each(|((d, i), g)| {
+        for ((d, &x), &g) in d.iter_mut().zip(i).zip(g) {
+            *d += gelu_grad(x) * g;
+        }
+    });
+}

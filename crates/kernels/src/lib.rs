@@ -1,0 +1,37 @@
+//! rustspeed's CPU kernels: each layer's math as a `forward`/`backward` pair over plain slices.
+//!
+//! Every kernel stores fp32 and accumulates in fp32; matrix products go to the `gemm` crate; loops that are
+//! independent across rows run on rayon. Each kernel has a float64 counterpart in [`reference`] (feature
+//! `reference`, used by tests only) that the tests compare against, and those references are in turn checked
+//! against central finite differences ([`gradcheck`]).
+//!
+//! # Shape letters
+//! Used in every doc comment and variable name of the project:
+//! - `B`: batch size (sequences per micro-batch)
+//! - `T`: sequence length (time steps, tokens per sequence)
+//! - `C`: channels (model width, `d_model`, or an LSTM layer's input width)
+//! - `H`: LSTM hidden size
+//! - `V`: vocabulary size
+//! - `NH`: number of attention heads (head size `HS = C / NH`)
+//! - `L`: number of layers
+//! - `N`: rows of a flattened batch, `N = B * T`
+//!
+//! Buffers are row-major: `[B, T, C]` means index `(b * T + t) * C + c`.
+
+pub mod attention;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
+pub mod lstm;
+pub mod matmul;
+pub mod residual;
+pub mod rng;
+pub mod xent;
+
+#[cfg(feature = "reference")]
+pub mod gradcheck;
+#[cfg(feature = "reference")]
+pub mod reference;
+
+/// Rows per rayon task for row-wise element kernels: large enough that scheduling costs little next to the work.
+pub(crate) const ROWS_PER_TASK: usize = 16;

@@ -1,0 +1,190 @@
+//! One LSTM layer over a batch-first sequence, as PyTorch's `nn.LSTM(batch_first=True)` with zero initial state.
+//!
+//! Gates in PyTorch's order `i, f, g, o`, each `H` wide, from two biases:
+//! `[i f g o] = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh`, `i, f, o = σ(·)`, `g = tanh(·)`,
+//! `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`.
+//!
+//! The input projection of all time steps is one matrix product `[B·T, C] x [C, 4H]`; only the recurrent
+//! product `[B, H] x [H, 4H]` runs per step. Per-step slices of the batch-first buffers are strided matrices
+//! (row stride `T·4H` or `T·H`), which `gemm` reads and writes in place.
+
+use crate::matmul::{gemm, sum_rows_into, Dst, MatMut, MatRef, Threads};
+
+/// Shape of one LSTM layer call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LstmShape {
+    /// Batch size `B`.
+    pub b: usize,
+    /// Sequence length `T`.
+    pub t: usize,
+    /// Input width `C`.
+    pub c: usize,
+    /// Hidden size `H`.
+    pub h: usize,
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Forward. Writes `out[B, T, H]` (the hidden states), and saves `gates[B, T, 4H]` (activated gate values
+/// `i, f, g, o`) and `cell[B, T, H]` for the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_forward(
+    out: &mut [f32],
+    gates: &mut [f32],
+    cell: &mut [f32],
+    x: &[f32],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    b_ih: &[f32],
+    b_hh: &[f32],
+    shape: LstmShape,
+) {
+    let LstmShape { b, t, c, h } = shape;
+    let (n, g4) = (b * t, 4 * h);
+    // Phase 1: all time steps' input projections plus both biases, one product.
+    for row in gates[..n * g4].chunks_exact_mut(g4) {
+        for ((g, &bi), &bh) in row.iter_mut().zip(b_ih).zip(b_hh) {
+            *g = bi + bh;
+        }
+    }
+    gemm(
+        MatMut::row_major(&mut gates[..n * g4], n, g4),
+        MatRef::row_major(x, n, c),
+        MatRef::row_major(w_ih, g4, c).t(),
+        1.0,
+        Dst::Accumulate,
+        Threads::Pool,
+    );
+    // Phase 2: the recurrence.
+    for step in 0..t {
+        if step > 0 {
+            gemm(
+                MatMut::strided(&mut gates[step * g4..], b, g4, t * g4, 1),
+                MatRef::strided(&out[(step - 1) * h..], b, h, t * h, 1),
+                MatRef::row_major(w_hh, g4, h).t(),
+                1.0,
+                Dst::Accumulate,
+                Threads::Pool,
+            );
+        }
+        for bi in 0..b {
+            let row = (bi * t + step) * h;
+            let g = &mut gates[(bi * t + step) * g4..(bi * t + step + 1) * g4];
+            let (gi, rest) = g.split_at_mut(h);
+            let (gf, rest) = rest.split_at_mut(h);
+            let (gg, go) = rest.split_at_mut(h);
+            for j in 0..h {
+                let i = sigmoid(gi[j]);
+                let f = sigmoid(gf[j]);
+                let gv = gg[j].tanh();
+                let o = sigmoid(go[j]);
+                let c_prev = if step > 0 { cell[row - h + j] } else { 0.0 };
+                let cv = f * c_prev + i * gv;
+                gi[j] = i;
+                gf[j] = f;
+                gg[j] = gv;
+                go[j] = o;
+                cell[row + j] = cv;
+                out[row + j] = o * cv.tanh();
+            }
+        }
+    }
+}
+
+/// Caller-owned scratch for [`lstm_backward`], reused across steps.
+#[derive(Default, Debug)]
+pub struct LstmScratch {
+    /// Gate pre-activation gradients `[B, T, 4H]`.
+    pub dgates: Vec<f32>,
+    /// Gradient flowing into `h_{t-1}` from step `t`, `[B, H]`.
+    pub dh_next: Vec<f32>,
+    /// Gradient flowing into `c_{t-1}` from step `t`, `[B, H]`.
+    pub dc_next: Vec<f32>,
+}
+
+impl LstmScratch {
+    fn fit(&mut self, shape: LstmShape) {
+        let LstmShape { b, t, h, .. } = shape;
+        self.dgates.resize(b * t * 4 * h, 0.0);
+        self.dh_next.clear();
+        self.dh_next.resize(b * h, 0.0);
+        self.dc_next.clear();
+        self.dc_next.resize(b * h, 0.0);
+    }
+}
+
+/// Backward (backpropagation through time). Adds into `dx`, `dw_ih`, `dw_hh`, `db_ih`, `db_hh`.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_backward(
+    dx: &mut [f32],
+    dw_ih: &mut [f32],
+    dw_hh: &mut [f32],
+    db_ih: &mut [f32],
+    db_hh: &mut [f32],
+    scratch: &mut LstmScratch,
+    dout: &[f32],
+    x: &[f32],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    out: &[f32],
+    gates: &[f32],
+    cell: &[f32],
+    shape: LstmShape,
+) {
+    let LstmShape { b, t, c, h } = shape;
+    let (n, g4) = (b * t, 4 * h);
+    scratch.fit(shape);
+    let LstmScratch { dgates, dh_next, dc_next } = scratch;
+    for step in (0..t).rev() {
+        for bi in 0..b {
+            let row = (bi * t + step) * h;
+            let g = &gates[(bi * t + step) * g4..(bi * t + step + 1) * g4];
+            let dg = &mut dgates[(bi * t + step) * g4..(bi * t + step + 1) * g4];
+            for j in 0..h {
+                let (i, f, gv, o) = (g[j], g[h + j], g[2 * h + j], g[3 * h + j]);
+                let dh = dout[row + j] + dh_next[bi * h + j];
+                let tc = cell[row + j].tanh();
+                let dc = dc_next[bi * h + j] + dh * o * (1.0 - tc * tc);
+                let c_prev = if step > 0 { cell[row - h + j] } else { 0.0 };
+                dg[j] = dc * gv * i * (1.0 - i);
+                dg[h + j] = dc * c_prev * f * (1.0 - f);
+                dg[2 * h + j] = dc * i * (1.0 - gv * gv);
+                dg[3 * h + j] = dh * tc * o * (1.0 - o);
+                dc_next[bi * h + j] = dc * f;
+            }
+        }
+        if step > 0 {
+            // dh_{t-1} = dgates_t W_hh
+            gemm(
+                MatMut::row_major(dh_next, b, h),
+                MatRef::strided(&dgates[step * g4..], b, g4, t * g4, 1),
+                MatRef::row_major(w_hh, g4, h),
+                1.0,
+                Dst::Overwrite,
+                Threads::Pool,
+            );
+        }
+    }
+    let dgates_m = MatRef::row_major(&dgates[..n * g4], n, g4);
+    // dx += dgates W_ih ; dW_ih += dgatesᵀ x
+    gemm(MatMut::row_major(dx, n, c), dgates_m, MatRef::row_major(w_ih, g4, c), 1.0, Dst::Accumulate, Threads::Pool);
+    gemm(MatMut::row_major(dw_ih, g4, c), dgates_m.t(), MatRef::row_major(x, n, c), 1.0, Dst::Accumulate, Threads::Pool);
+    // dW_hh += Σ_b dgates[b, 1..T]ᵀ h[b, 0..T-1]: per sequence, time step t pairs with the previous hidden state.
+    if t > 1 {
+        for bi in 0..b {
+            gemm(
+                MatMut::row_major(dw_hh, g4, h),
+                MatRef::row_major(&dgates[(bi * t + 1) * g4..(bi + 1) * t * g4], t - 1, g4).t(),
+                MatRef::row_major(&out[bi * t * h..(bi * t + t - 1) * h], t - 1, h),
+                1.0,
+                Dst::Accumulate,
+                Threads::Pool,
+            );
+        }
+    }
+    sum_rows_into(db_ih, &dgates[..n * g4], n, g4);
+    sum_rows_into(db_hh, &dgates[..n * g4], n, g4);
+}

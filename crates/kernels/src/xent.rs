@@ -1,0 +1,87 @@
+//! Softmax cross-entropy over logits, the loss half of the fused output head.
+//!
+//! Loss is the mean over counted rows of `logsumexp(logits[n]) - logits[n, target[n]]`; rows whose target equals
+//! the ignore index are not counted (PyTorch's `ignore_index`). The forward turns logits into probabilities in
+//! place, which is all the backward needs: `dlogits = (probs - onehot(target)) · dloss / count`.
+
+use crate::ROWS_PER_TASK;
+use rayon::prelude::*;
+
+/// Result of [`softmax_xent_forward`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct XentLoss {
+    /// Mean loss over counted rows (0 when no row counts).
+    pub mean: f32,
+    /// Rows that count (targets not equal to the ignore index).
+    pub count: usize,
+}
+
+/// Replaces `logits[N, V]` by `softmax(logits)` row-wise and writes per-row losses into `losses[N]` (0 for
+/// ignored rows). Panics if a counted target is `>= V`; callers validate targets first.
+pub fn softmax_xent_forward(
+    logits_to_probs: &mut [f32],
+    losses: &mut [f32],
+    targets: &[u32],
+    ignore_index: Option<u32>,
+    n: usize,
+    v: usize,
+) -> XentLoss {
+    logits_to_probs[..n * v]
+        .par_chunks_mut(ROWS_PER_TASK * v)
+        .zip(losses[..n].par_chunks_mut(ROWS_PER_TASK))
+        .zip(targets[..n].par_chunks(ROWS_PER_TASK))
+        .for_each(|((rows, losses), targets)| {
+            for ((row, loss), &target) in rows.chunks_exact_mut(v).zip(losses).zip(targets) {
+                let counted = Some(target) != ignore_index;
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let shifted_target = if counted { row[target as usize] - max } else { 0.0 };
+                let mut sum = 0.0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                // -log p[target] = log Σ exp(logit - max) - (logit[target] - max)
+                *loss = if counted { sum.ln() - shifted_target } else { 0.0 };
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+        });
+    let count = match ignore_index {
+        Some(ig) => targets[..n].iter().filter(|&&t| t != ig).count(),
+        None => n,
+    };
+    let total: f32 = losses[..n].iter().sum();
+    XentLoss { mean: if count > 0 { total / count as f32 } else { 0.0 }, count }
+}
+
+/// Adds `dloss / count · (probs - onehot(target))` into `dlogits[N, V]` for counted rows.
+pub fn softmax_xent_backward(
+    dlogits: &mut [f32],
+    probs: &[f32],
+    targets: &[u32],
+    ignore_index: Option<u32>,
+    dloss: f32,
+    count: usize,
+    n: usize,
+    v: usize,
+) {
+    if count == 0 {
+        return;
+    }
+    let scale = dloss / count as f32;
+    dlogits[..n * v]
+        .par_chunks_mut(ROWS_PER_TASK * v)
+        .zip(probs[..n * v].par_chunks(ROWS_PER_TASK * v))
+        .zip(targets[..n].par_chunks(ROWS_PER_TASK))
+        .for_each(|((drows, prows), targets)| {
+            for ((d, p), &target) in drows.chunks_exact_mut(v).zip(prows.chunks_exact(v)).zip(targets) {
+                if Some(target) == ignore_index {
+                    continue;
+                }
+                for (d, &p) in d.iter_mut().zip(p) {
+                    *d += scale * p;
+                }
+                d[target as usize] -= scale;
+            }
+        });
+}

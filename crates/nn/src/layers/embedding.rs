@@ -1,0 +1,75 @@
+//! Token embedding, optionally plus a learned position embedding (GPT-2's `wte` + `wpe`).
+
+use crate::layer::{Batch, Layer};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
+
+pub struct Embedding {
+    name: String,
+    params: Vec<ParamId>,
+    token: ParamId,
+    position: Option<ParamId>,
+    width: usize,
+}
+
+impl Embedding {
+    /// A `[V, C]` token table named `token_name`, and, when `position` is `Some((name, max_t))`, a `[max_t, C]`
+    /// position table; both initialized `N(0, std)`.
+    pub fn new(
+        layout: &mut ParamLayout,
+        token_name: &str,
+        position: Option<(&str, usize)>,
+        vocab_size: usize,
+        width: usize,
+        std: f32,
+    ) -> Self {
+        let token = layout.push(ParamSpec::new(token_name, &[vocab_size, width], Init::Normal { std }));
+        let position = position.map(|(name, max_t)| layout.push(ParamSpec::new(name, &[max_t, width], Init::Normal { std })));
+        let params = std::iter::once(token).chain(position).collect();
+        Embedding { name: "embedding".into(), params, token, position, width }
+    }
+
+    /// The token table, for a head that ties its weight to it.
+    pub fn token_param(&self) -> ParamId {
+        self.token
+    }
+}
+
+impl Layer for Embedding {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn params(&self) -> &[ParamId] {
+        &self.params
+    }
+
+    fn output_width(&self) -> usize {
+        self.width
+    }
+
+    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, _input: &[f32], output: &mut [f32]) {
+        token_forward(output, batch.tokens, layout.view(params, self.token), self.width);
+        if let Some(pos) = self.position {
+            position_forward(output, layout.view(params, pos), batch.b, batch.t, self.width);
+        }
+    }
+
+    fn backward(
+        &mut self,
+        layout: &ParamLayout,
+        _params: &[f32],
+        grads: &mut [f32],
+        batch: &Batch,
+        _input: &[f32],
+        _output: &[f32],
+        dout: &[f32],
+        _dinput: &mut [f32],
+        _scratch: &mut Vec<f32>,
+    ) {
+        token_backward(layout.view_mut(grads, self.token), dout, batch.tokens, self.width);
+        if let Some(pos) = self.position {
+            position_backward(layout.view_mut(grads, pos), dout, batch.b, batch.t, self.width);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! One GPT-2 transformer block, pre-LayerNorm:
+//! `r = x + c_proj(attn(c_attn(ln_1(x))))`, `out = r + mlp.c_proj(gelu(mlp.c_fc(ln_2(r))))`.
+//! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
+
+use crate::layer::{sized, zeroed, Batch, Layer};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
+use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
+use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
+use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
+
+/// The block's parameters, in declaration (and layout) order.
+#[derive(Clone, Copy)]
+struct BlockParams {
+    ln1_w: ParamId,
+    ln1_b: ParamId,
+    attn_w: ParamId,
+    attn_b: ParamId,
+    attn_proj_w: ParamId,
+    attn_proj_b: ParamId,
+    ln2_w: ParamId,
+    ln2_b: ParamId,
+    fc_w: ParamId,
+    fc_b: ParamId,
+    fc_proj_w: ParamId,
+    fc_proj_b: ParamId,
+}
+
+/// Activations the backward needs, kept across the step and reused across steps.
+#[derive(Default)]
+struct Saved {
+    ln1: Vec<f32>,
+    ln1_mean: Vec<f32>,
+    ln1_rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    att_out: Vec<f32>,
+    resid: Vec<f32>,
+    ln2: Vec<f32>,
+    ln2_mean: Vec<f32>,
+    ln2_rstd: Vec<f32>,
+    fc: Vec<f32>,
+    fc_gelu: Vec<f32>,
+}
+
+pub struct GptBlock {
+    name: String,
+    ids: Vec<ParamId>,
+    p: BlockParams,
+    c: usize,
+    nh: usize,
+    saved: Saved,
+}
+
+impl GptBlock {
+    /// Block `index` of `n_layer`, width `C`, `NH` heads. Init as GPT-2: weights `N(0, 0.02)`, the two residual
+    /// projections `N(0, 0.02/√(2L))`, biases 0, LayerNorm gains 1.
+    pub fn new(layout: &mut ParamLayout, index: usize, n_layer: usize, c: usize, nh: usize) -> Self {
+        let prefix = format!("transformer.h.{index}");
+        let w = Init::Normal { std: 0.02 };
+        let w_proj = Init::Normal { std: 0.02 / (2.0 * n_layer as f32).sqrt() };
+        let mut push = |suffix: &str, shape: &[usize], init| layout.push(ParamSpec::new(format!("{prefix}.{suffix}"), shape, init));
+        let p = BlockParams {
+            ln1_w: push("ln_1.weight", &[c], Init::Ones),
+            ln1_b: push("ln_1.bias", &[c], Init::Zeros),
+            attn_w: push("attn.c_attn.weight", &[c, 3 * c], w),
+            attn_b: push("attn.c_attn.bias", &[3 * c], Init::Zeros),
+            attn_proj_w: push("attn.c_proj.weight", &[c, c], w_proj),
+            attn_proj_b: push("attn.c_proj.bias", &[c], Init::Zeros),
+            ln2_w: push("ln_2.weight", &[c], Init::Ones),
+            ln2_b: push("ln_2.bias", &[c], Init::Zeros),
+            fc_w: push("mlp.c_fc.weight", &[c, 4 * c], w),
+            fc_b: push("mlp.c_fc.bias", &[4 * c], Init::Zeros),
+            fc_proj_w: push("mlp.c_proj.weight", &[4 * c, c], w_proj),
+            fc_proj_b: push("mlp.c_proj.bias", &[c], Init::Zeros),
+        };
+        let ids = (p.ln1_w.0..=p.fc_proj_b.0).map(ParamId).collect();
+        GptBlock { name: format!("h.{index}"), ids, p, c, nh, saved: Saved::default() }
+    }
+}
+
+impl Layer for GptBlock {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn params(&self) -> &[ParamId] {
+        &self.ids
+    }
+
+    fn output_width(&self) -> usize {
+        self.c
+    }
+
+    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, x: &[f32], out: &mut [f32]) {
+        let (n, c) = (batch.rows(), self.c);
+        let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
+        let (p, s) = (self.p, &mut self.saved);
+        let v = |id| layout.view(params, id);
+        let ln1 = sized(&mut s.ln1, n * c);
+        layernorm_forward(ln1, sized(&mut s.ln1_mean, n), sized(&mut s.ln1_rstd, n), x, v(p.ln1_w), v(p.ln1_b), n, c);
+        let qkv = sized(&mut s.qkv, n * 3 * c);
+        linear_forward(qkv, ln1, v(p.attn_w), Some(v(p.attn_b)), WeightLayout::InOut, n, c, 3 * c);
+        let att_out = sized(&mut s.att_out, n * c);
+        attention_forward(att_out, sized(&mut s.att, shape.att_len()), qkv, shape);
+        let resid = sized(&mut s.resid, n * c);
+        linear_forward(resid, att_out, v(p.attn_proj_w), Some(v(p.attn_proj_b)), WeightLayout::InOut, n, c, c);
+        resid.iter_mut().zip(x).for_each(|(r, &x)| *r += x);
+        let ln2 = sized(&mut s.ln2, n * c);
+        layernorm_forward(ln2, sized(&mut s.ln2_mean, n), sized(&mut s.ln2_rstd, n), resid, v(p.ln2_w), v(p.ln2_b), n, c);
+        let fc = sized(&mut s.fc, n * 4 * c);
+        linear_forward(fc, ln2, v(p.fc_w), Some(v(p.fc_b)), WeightLayout::InOut, n, c, 4 * c);
+        let fc_gelu = sized(&mut s.fc_gelu, n * 4 * c);
+        gelu_forward(fc_gelu, fc);
+        linear_forward(out, fc_gelu, v(p.fc_proj_w), Some(v(p.fc_proj_b)), WeightLayout::InOut, n, 4 * c, c);
+        out[..n * c].iter_mut().zip(resid.iter()).for_each(|(o, &r)| *o += r);
+    }
+
+    fn backward(
+        &mut self,
+        layout: &ParamLayout,
+        params: &[f32],
+        grads: &mut [f32],
+        batch: &Batch,
+        x: &[f32],
+        _output: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let (n, c) = (batch.rows(), self.c);
+        let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
+        let (p, s) = (self.p, &self.saved);
+        let v = |id| layout.view(params, id);
+        let [dln1_w, dln1_b, dattn_w, dattn_b, dattn_proj_w, dattn_proj_b, dln2_w, dln2_b, dfc_w, dfc_b, dfc_proj_w, dfc_proj_b] =
+            layout.views_mut(grads, [p.ln1_w, p.ln1_b, p.attn_w, p.attn_b, p.attn_proj_w, p.attn_proj_b, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, p.fc_proj_w, p.fc_proj_b]);
+        // Temporaries: d(fc_gelu) and d(fc) [N, 4C], d(ln2) and d(resid) [N, C], d(att_out) [N, C], d(qkv) [N, 3C],
+        // d(ln1) [N, C], attention's dA scratch. Gradient temporaries start at zero since kernels accumulate.
+        let sizes = [4 * n * c, 4 * n * c, n * c, n * c, n * c, 3 * n * c, n * c, shape.att_len()];
+        let buf = zeroed(scratch, sizes.iter().sum());
+        let (dfc_gelu, buf) = buf.split_at_mut(sizes[0]);
+        let (dfc, buf) = buf.split_at_mut(sizes[1]);
+        let (dln2, buf) = buf.split_at_mut(sizes[2]);
+        let (dresid, buf) = buf.split_at_mut(sizes[3]);
+        let (datt_out, buf) = buf.split_at_mut(sizes[4]);
+        let (dqkv, buf) = buf.split_at_mut(sizes[5]);
+        let (dln1, att_scratch) = buf.split_at_mut(sizes[6]);
+
+        // MLP branch: out = resid + c_proj(gelu(c_fc(ln_2(resid)))).
+        linear_backward(Some(dfc_gelu), dfc_proj_w, Some(dfc_proj_b), dout, &s.fc_gelu, v(p.fc_proj_w), WeightLayout::InOut, n, 4 * c, c);
+        gelu_backward(dfc, &s.fc, dfc_gelu);
+        linear_backward(Some(dln2), dfc_w, Some(dfc_b), dfc, &s.ln2, v(p.fc_w), WeightLayout::InOut, n, c, 4 * c);
+        dresid.copy_from_slice(&dout[..n * c]);
+        layernorm_backward(dresid, dln2_w, dln2_b, dln2, &s.resid, v(p.ln2_w), &s.ln2_mean, &s.ln2_rstd, n, c);
+        // Attention branch: resid = x + c_proj(attn(c_attn(ln_1(x)))).
+        linear_backward(Some(datt_out), dattn_proj_w, Some(dattn_proj_b), dresid, &s.att_out, v(p.attn_proj_w), WeightLayout::InOut, n, c, c);
+        attention_backward(dqkv, att_scratch, datt_out, &s.qkv, &s.att, shape);
+        linear_backward(Some(dln1), dattn_w, Some(dattn_b), dqkv, &s.ln1, v(p.attn_w), WeightLayout::InOut, n, c, 3 * c);
+        layernorm_backward(dx, dln1_w, dln1_b, dln1, x, v(p.ln1_w), &s.ln1_mean, &s.ln1_rstd, n, c);
+        // The residual path.
+        dx[..n * c].iter_mut().zip(dresid.iter()).for_each(|(d, &g)| *d += g);
+    }
+}

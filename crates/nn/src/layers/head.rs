@@ -1,0 +1,130 @@
+//! The output head fused with the loss: `logits = x Wᵀ (+ bias)`, then softmax cross-entropy against the
+//! targets (mean over counted tokens). The weight is `[V, C]` (nn.Linear orientation), either the head's own or
+//! tied to the token embedding (GPT-2).
+
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
+use rustspeed_kernels::xent::{softmax_xent_backward, softmax_xent_forward, XentLoss};
+
+/// What the head's `[N, V]` buffer holds after the latest forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadOutput {
+    Empty,
+    /// Logits (a forward without targets).
+    Logits,
+    /// Softmax probabilities (a forward with targets, ready for the backward).
+    Probs,
+}
+
+pub struct LmHead {
+    weight: ParamId,
+    bias: Option<ParamId>,
+    /// Parameters declared by the head (none when the weight is tied).
+    own: Vec<ParamId>,
+    width: usize,
+    vocab_size: usize,
+    ignore_index: Option<u32>,
+    /// `[N, V]`: logits, then probabilities.
+    out: Vec<f32>,
+    losses: Vec<f32>,
+    dlogits: Vec<f32>,
+    state: HeadOutput,
+}
+
+impl LmHead {
+    /// A head with its own weight `{prefix}.weight` `[V, C]` and bias `{prefix}.bias` `[V]`, nn.Linear's init
+    /// `U(-1/√C, 1/√C)` (the seed's `nn.Linear(hidden, vocab)`).
+    pub fn linear(layout: &mut ParamLayout, prefix: &str, width: usize, vocab_size: usize) -> Self {
+        let init = Init::Uniform { bound: 1.0 / (width as f32).sqrt() };
+        let weight = layout.push(ParamSpec::new(format!("{prefix}.weight"), &[vocab_size, width], init));
+        let bias = layout.push(ParamSpec::new(format!("{prefix}.bias"), &[vocab_size], init));
+        Self::build(weight, Some(bias), vec![weight, bias], width, vocab_size)
+    }
+
+    /// A bias-free head reading the `[V, C]` token embedding `weight` (GPT-2's weight tying).
+    pub fn tied(weight: ParamId, width: usize, vocab_size: usize) -> Self {
+        Self::build(weight, None, Vec::new(), width, vocab_size)
+    }
+
+    fn build(weight: ParamId, bias: Option<ParamId>, own: Vec<ParamId>, width: usize, vocab_size: usize) -> Self {
+        LmHead {
+            weight,
+            bias,
+            own,
+            width,
+            vocab_size,
+            ignore_index: None,
+            out: Vec::new(),
+            losses: Vec::new(),
+            dlogits: Vec::new(),
+            state: HeadOutput::Empty,
+        }
+    }
+
+    /// Targets equal to `ignore_index` do not count in the loss (PyTorch's `ignore_index`).
+    pub fn set_ignore_index(&mut self, ignore_index: Option<u32>) {
+        self.ignore_index = ignore_index;
+    }
+
+    pub fn ignore_index(&self) -> Option<u32> {
+        self.ignore_index
+    }
+
+    pub fn params(&self) -> &[ParamId] {
+        &self.own
+    }
+
+    pub fn state(&self) -> HeadOutput {
+        self.state
+    }
+
+    /// The `[N, V]` buffer: logits or probabilities, see [`LmHead::state`].
+    pub fn output(&self) -> &[f32] {
+        &self.out
+    }
+
+    /// Logits of the `n` rows of `x[N, C]`; with `targets`, turns them into probabilities and returns the loss.
+    pub fn forward(&mut self, layout: &ParamLayout, params: &[f32], x: &[f32], n: usize, targets: Option<&[u32]>) -> Option<XentLoss> {
+        let v = self.vocab_size;
+        self.out.resize(n * v, 0.0);
+        let bias = self.bias.map(|b| layout.view(params, b));
+        linear_forward(&mut self.out, x, layout.view(params, self.weight), bias, WeightLayout::OutIn, n, self.width, v);
+        self.state = HeadOutput::Logits;
+        let targets = targets?;
+        self.losses.resize(n, 0.0);
+        let loss = softmax_xent_forward(&mut self.out, &mut self.losses, targets, self.ignore_index, n, v);
+        self.state = HeadOutput::Probs;
+        Some(loss)
+    }
+
+    /// Gradient of `dloss · loss` into `dx[N, C]` (added) and the head's weight (and bias) gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        layout: &ParamLayout,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &[f32],
+        targets: &[u32],
+        loss: XentLoss,
+        dloss: f32,
+        dx: &mut [f32],
+    ) {
+        debug_assert_eq!(self.state, HeadOutput::Probs, "head backward needs the probabilities of a forward with targets");
+        let (n, v) = (targets.len(), self.vocab_size);
+        self.dlogits.clear();
+        self.dlogits.resize(n * v, 0.0);
+        softmax_xent_backward(&mut self.dlogits, &self.out, targets, self.ignore_index, dloss, loss.count, n, v);
+        let weight = layout.view(params, self.weight);
+        match self.bias {
+            Some(b) => {
+                let [dw, db] = layout.views_mut(grads, [self.weight, b]);
+                linear_backward(Some(dx), dw, Some(db), &self.dlogits, x, weight, WeightLayout::OutIn, n, self.width, v);
+            }
+            None => {
+                let dw = layout.view_mut(grads, self.weight);
+                linear_backward(Some(dx), dw, None, &self.dlogits, x, weight, WeightLayout::OutIn, n, self.width, v);
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! A standalone LayerNorm layer (GPT-2's final `ln_f`).
+
+use crate::layer::{sized, Batch, Layer};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
+
+pub struct LayerNorm {
+    name: String,
+    params: [ParamId; 2],
+    width: usize,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+impl LayerNorm {
+    /// Gain `{prefix}.weight` (ones) and bias `{prefix}.bias` (zeros), both `[C]`.
+    pub fn new(layout: &mut ParamLayout, prefix: &str, width: usize) -> Self {
+        let weight = layout.push(ParamSpec::new(format!("{prefix}.weight"), &[width], Init::Ones));
+        let bias = layout.push(ParamSpec::new(format!("{prefix}.bias"), &[width], Init::Zeros));
+        let name = prefix.rsplit('.').next().unwrap_or(prefix).to_string();
+        LayerNorm { name, params: [weight, bias], width, mean: Vec::new(), rstd: Vec::new() }
+    }
+}
+
+impl Layer for LayerNorm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn params(&self) -> &[ParamId] {
+        &self.params
+    }
+
+    fn output_width(&self) -> usize {
+        self.width
+    }
+
+    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, input: &[f32], output: &mut [f32]) {
+        let n = batch.rows();
+        let [w, b] = self.params;
+        layernorm_forward(
+            output,
+            sized(&mut self.mean, n),
+            sized(&mut self.rstd, n),
+            input,
+            layout.view(params, w),
+            layout.view(params, b),
+            n,
+            self.width,
+        );
+    }
+
+    fn backward(
+        &mut self,
+        layout: &ParamLayout,
+        params: &[f32],
+        grads: &mut [f32],
+        batch: &Batch,
+        input: &[f32],
+        _output: &[f32],
+        dout: &[f32],
+        dinput: &mut [f32],
+        _scratch: &mut Vec<f32>,
+    ) {
+        let [dw, db] = layout.views_mut(grads, self.params);
+        let w = layout.view(params, self.params[0]);
+        layernorm_backward(dinput, dw, db, dout, input, w, &self.mean, &self.rstd, batch.rows(), self.width);
+    }
+}

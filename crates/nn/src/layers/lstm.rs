@@ -1,0 +1,76 @@
+//! One layer of a stacked `nn.LSTM(batch_first=True)`, names `lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`.
+
+use crate::layer::{sized, Batch, Layer};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
+
+pub struct Lstm {
+    name: String,
+    params: [ParamId; 4],
+    input: usize,
+    hidden: usize,
+    gates: Vec<f32>,
+    cell: Vec<f32>,
+    scratch: LstmScratch,
+}
+
+impl Lstm {
+    /// Layer `index` mapping `C = input` to `H = hidden`; PyTorch's init: every tensor `U(-1/√H, 1/√H)`.
+    pub fn new(layout: &mut ParamLayout, prefix: &str, index: usize, input: usize, hidden: usize) -> Self {
+        let init = Init::Uniform { bound: 1.0 / (hidden as f32).sqrt() };
+        let mut push = |kind: &str, shape: &[usize]| layout.push(ParamSpec::new(format!("{prefix}.{kind}_l{index}"), shape, init));
+        let params = [
+            push("weight_ih", &[4 * hidden, input]),
+            push("weight_hh", &[4 * hidden, hidden]),
+            push("bias_ih", &[4 * hidden]),
+            push("bias_hh", &[4 * hidden]),
+        ];
+        Lstm { name: format!("lstm.l{index}"), params, input, hidden, gates: Vec::new(), cell: Vec::new(), scratch: LstmScratch::default() }
+    }
+
+    fn shape(&self, batch: &Batch) -> LstmShape {
+        LstmShape { b: batch.b, t: batch.t, c: self.input, h: self.hidden }
+    }
+}
+
+impl Layer for Lstm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn params(&self) -> &[ParamId] {
+        &self.params
+    }
+
+    fn output_width(&self) -> usize {
+        self.hidden
+    }
+
+    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, input: &[f32], output: &mut [f32]) {
+        let shape = self.shape(batch);
+        let n = batch.rows();
+        let [w_ih, w_hh, b_ih, b_hh] = self.params.map(|id| layout.view(params, id));
+        let gates = sized(&mut self.gates, n * 4 * self.hidden);
+        lstm_forward(output, gates, sized(&mut self.cell, n * self.hidden), input, w_ih, w_hh, b_ih, b_hh, shape);
+    }
+
+    fn backward(
+        &mut self,
+        layout: &ParamLayout,
+        params: &[f32],
+        grads: &mut [f32],
+        batch: &Batch,
+        input: &[f32],
+        output: &[f32],
+        dout: &[f32],
+        dinput: &mut [f32],
+        _scratch: &mut Vec<f32>,
+    ) {
+        let shape = self.shape(batch);
+        let [w_ih, w_hh, _, _] = self.params.map(|id| layout.view(params, id));
+        let [dw_ih, dw_hh, db_ih, db_hh] = layout.views_mut(grads, self.params);
+        lstm_backward(
+            dinput, dw_ih, dw_hh, db_ih, db_hh, &mut self.scratch, dout, input, w_ih, w_hh, output, &self.gates, &self.cell, shape,
+        );
+    }
+}

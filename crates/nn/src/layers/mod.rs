@@ -1,0 +1,13 @@
+//! The layers rustspeed's models are made of.
+
+mod embedding;
+mod gpt_block;
+mod head;
+mod layernorm;
+mod lstm;
+
+pub use embedding::Embedding;
+pub use gpt_block::GptBlock;
+pub use head::{HeadOutput, LmHead};
+pub use layernorm::LayerNorm;
+pub use lstm::Lstm;

@@ -1,0 +1,185 @@
+//! A model: an ordered list of layers and a fused head + loss, over one [`ParamLayout`].
+//!
+//! The model owns activations (reused across steps), never parameters or gradients: those are flat buffers the
+//! caller (the engine) owns, so that it alone decides where they live (sharded, 16-bit, on another rank).
+
+use crate::error::ModelError;
+use crate::layer::{zeroed, Batch, Layer};
+use crate::layers::{HeadOutput, LmHead};
+use crate::param::ParamLayout;
+use rustspeed_kernels::xent::XentLoss;
+
+/// Where the model is in its forward/backward cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No forward since construction, or the last backward consumed it.
+    Idle,
+    /// A forward without targets ran: logits are available, there is nothing to differentiate.
+    Logits,
+    /// A forward with targets ran: the loss is known and `backward` may run once.
+    Loss,
+}
+
+impl Phase {
+    fn describe(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle (no forward with targets since the last backward)",
+            Phase::Logits => "holding logits of a forward without targets",
+            Phase::Loss => "holding a loss not yet differentiated",
+        }
+    }
+}
+
+pub struct Model {
+    layout: ParamLayout,
+    layers: Vec<Box<dyn Layer>>,
+    head: LmHead,
+    vocab_size: usize,
+    /// Longest sequence the model accepts (`None`: any length).
+    max_seq_len: Option<usize>,
+    /// `acts[i]`: output of layer `i`; `dacts[i]`: its gradient.
+    acts: Vec<Vec<f32>>,
+    dacts: Vec<Vec<f32>>,
+    scratch: Vec<f32>,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    shape: (usize, usize),
+    loss: Option<XentLoss>,
+    phase: Phase,
+}
+
+impl Model {
+    /// Assembles a model from layers declared in `layout`. `max_seq_len` bounds `T` (GPT's context).
+    pub fn new(layout: ParamLayout, layers: Vec<Box<dyn Layer>>, head: LmHead, vocab_size: usize, max_seq_len: Option<usize>) -> Self {
+        assert!(!layers.is_empty(), "a model needs at least one layer before its head");
+        let n = layers.len();
+        Model {
+            layout,
+            layers,
+            head,
+            vocab_size,
+            max_seq_len,
+            acts: vec![Vec::new(); n],
+            dacts: vec![Vec::new(); n],
+            scratch: Vec::new(),
+            tokens: Vec::new(),
+            targets: Vec::new(),
+            shape: (0, 0),
+            loss: None,
+            phase: Phase::Idle,
+        }
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    pub fn head(&self) -> &LmHead {
+        &self.head
+    }
+
+    pub fn head_mut(&mut self) -> &mut LmHead {
+        &mut self.head
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn max_seq_len(&self) -> Option<usize> {
+        self.max_seq_len
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.layout.numel()
+    }
+
+    fn check_ids(&self, what: &'static str, ids: &[u32], b: usize, t: usize, ignore: Option<u32>) -> Result<(), ModelError> {
+        if ids.len() != b * t {
+            return Err(ModelError::BatchShape { what, len: ids.len(), b, t });
+        }
+        match ids.iter().position(|&x| x as usize >= self.vocab_size && Some(x) != ignore) {
+            Some(position) => Err(ModelError::TokenOutOfRange { what, position, token: ids[position], vocab_size: self.vocab_size }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_buffer(&self, what: &'static str, buf: &[f32]) -> Result<(), ModelError> {
+        match buf.len() == self.layout.numel() {
+            true => Ok(()),
+            false => Err(ModelError::BufferSize { what, len: buf.len(), expected: self.layout.numel() }),
+        }
+    }
+
+    /// Runs the layers on `tokens[B, T]`. With `targets[B, T]` returns the mean cross-entropy and prepares a
+    /// backward; without, leaves the logits in [`Model::logits`].
+    pub fn forward(&mut self, params: &[f32], tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<XentLoss>, ModelError> {
+        self.check_buffer("parameter", params)?;
+        self.check_ids("tokens", tokens, b, t, None)?;
+        if let Some(targets) = targets {
+            self.check_ids("targets", targets, b, t, self.head.ignore_index())?;
+        }
+        if let Some(max) = self.max_seq_len.filter(|&max| t > max) {
+            return Err(ModelError::SequenceTooLong { t, block_size: max });
+        }
+        self.tokens.clear();
+        self.tokens.extend_from_slice(tokens);
+        self.targets.clear();
+        self.targets.extend_from_slice(targets.unwrap_or(&[]));
+        self.shape = (b, t);
+        let batch = Batch { tokens, b, t };
+        for i in 0..self.layers.len() {
+            let (before, rest) = self.acts.split_at_mut(i);
+            let input = before.last().map_or(&[][..], |v| v.as_slice());
+            let out_len = batch.rows() * self.layers[i].output_width();
+            rest[0].resize(out_len, 0.0);
+            self.layers[i].forward(&self.layout, params, &batch, input, &mut rest[0]);
+        }
+        let x = self.acts.last().map_or(&[][..], |v| v.as_slice());
+        self.loss = self.head.forward(&self.layout, params, x, batch.rows(), targets);
+        self.phase = if self.loss.is_some() { Phase::Loss } else { Phase::Logits };
+        Ok(self.loss)
+    }
+
+    /// Adds `dloss · ∂loss/∂params` into `grads` for the latest forward with targets (`dloss` is 1 for the plain
+    /// gradient; the engine passes `1/GAS` or the loss scale).
+    pub fn backward(&mut self, params: &[f32], grads: &mut [f32], dloss: f32) -> Result<(), ModelError> {
+        self.check_buffer("parameter", params)?;
+        self.check_buffer("gradient", grads)?;
+        let loss = match (self.phase, self.loss) {
+            (Phase::Loss, Some(loss)) => loss,
+            (phase, _) => return Err(ModelError::Phase { called: "backward", state: phase.describe() }),
+        };
+        let (b, t) = self.shape;
+        let batch = Batch { tokens: &self.tokens, b, t };
+        let n = batch.rows();
+        for (dact, layer) in self.dacts.iter_mut().zip(&self.layers) {
+            zeroed(dact, n * layer.output_width());
+        }
+        let last = self.layers.len() - 1;
+        self.head.backward(&self.layout, params, grads, &self.acts[last], &self.targets, loss, dloss, &mut self.dacts[last]);
+        for i in (0..self.layers.len()).rev() {
+            let (dbefore, drest) = self.dacts.split_at_mut(i);
+            let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
+            let input = if i > 0 { self.acts[i - 1].as_slice() } else { &[] };
+            let layer = &mut self.layers[i];
+            layer.backward(&self.layout, params, grads, &batch, input, &self.acts[i], &drest[0], dinput, &mut self.scratch);
+        }
+        self.phase = Phase::Idle;
+        Ok(())
+    }
+
+    /// Logits `[B, T, V]` of the latest forward without targets.
+    pub fn logits(&self) -> Option<&[f32]> {
+        (self.head.state() == HeadOutput::Logits).then(|| self.head.output())
+    }
+}

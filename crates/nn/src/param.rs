@@ -1,0 +1,145 @@
+//! Parameter specs and the flat layout: every parameter of a model lives in one flat buffer, at an offset the
+//! [`ParamLayout`] records under its PyTorch / Hugging Face state-dict name; gradients use a second buffer with
+//! the same layout.
+
+use rustspeed_kernels::rng::Rng;
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// How a parameter is initialized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Normal with mean 0 and this standard deviation.
+    Normal { std: f32 },
+    /// Uniform on `[-bound, bound)`.
+    Uniform { bound: f32 },
+}
+
+/// A parameter a layer declares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    /// State-dict name, e.g. `transformer.h.0.attn.c_attn.weight` or `lstm.weight_ih_l0`.
+    pub name: String,
+    /// Shape as in the state dict (row-major).
+    pub shape: Vec<usize>,
+    pub init: Init,
+    /// Whether decoupled weight decay applies; by default tensors of rank >= 2 (weights, embeddings), not
+    /// biases or norm gains.
+    pub weight_decay: bool,
+}
+
+impl ParamSpec {
+    /// A spec with the default weight-decay rule (rank >= 2).
+    pub fn new(name: impl Into<String>, shape: &[usize], init: Init) -> Self {
+        ParamSpec { name: name.into(), shape: shape.to_vec(), init, weight_decay: shape.len() >= 2 }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Index of a parameter in its [`ParamLayout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(pub usize);
+
+/// A parameter placed in the flat buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamEntry {
+    pub spec: ParamSpec,
+    pub offset: usize,
+}
+
+impl ParamEntry {
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.spec.numel()
+    }
+}
+
+/// Where each parameter lives in the flat buffer, in declaration order, packed without gaps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParamLayout {
+    entries: Vec<ParamEntry>,
+    numel: usize,
+    by_name: HashMap<String, ParamId>,
+}
+
+impl ParamLayout {
+    /// Places `spec` after the parameters already placed. Panics on a duplicate name (a model-definition bug).
+    pub fn push(&mut self, spec: ParamSpec) -> ParamId {
+        let id = ParamId(self.entries.len());
+        let previous = self.by_name.insert(spec.name.clone(), id);
+        assert!(previous.is_none(), "parameter {} declared twice", spec.name);
+        let numel = spec.numel();
+        self.entries.push(ParamEntry { spec, offset: self.numel });
+        self.numel += numel;
+        id
+    }
+
+    /// Total number of scalars.
+    pub fn numel(&self) -> usize {
+        self.numel
+    }
+
+    pub fn entries(&self) -> &[ParamEntry] {
+        &self.entries
+    }
+
+    pub fn entry(&self, id: ParamId) -> &ParamEntry {
+        &self.entries[id.0]
+    }
+
+    pub fn find(&self, name: &str) -> Option<ParamId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn range(&self, id: ParamId) -> Range<usize> {
+        self.entries[id.0].range()
+    }
+
+    pub fn view<'a>(&self, buf: &'a [f32], id: ParamId) -> &'a [f32] {
+        &buf[self.range(id)]
+    }
+
+    pub fn view_mut<'a>(&self, buf: &'a mut [f32], id: ParamId) -> &'a mut [f32] {
+        &mut buf[self.range(id)]
+    }
+
+    /// Disjoint mutable views of several parameters at once; `ids` must be distinct and in layout order (a
+    /// layer passes the ids it declared, in declaration order).
+    pub fn views_mut<'a, const K: usize>(&self, buf: &'a mut [f32], ids: [ParamId; K]) -> [&'a mut [f32]; K] {
+        let mut rest: &'a mut [f32] = buf;
+        let mut pos = 0;
+        std::array::from_fn(|k| {
+            let range = self.range(ids[k]);
+            assert!(range.start >= pos, "views_mut: parameter ids must be distinct and in layout order");
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - pos);
+            let (view, tail) = tail.split_at_mut(range.len());
+            rest = tail;
+            pos = range.end;
+            view
+        })
+    }
+
+    /// A fresh parameter buffer initialized from each spec's [`Init`], reproducible from `seed`: parameters are
+    /// drawn in layout order from one generator.
+    pub fn init_params(&self, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        let mut buf = vec![0.0f32; self.numel];
+        for entry in &self.entries {
+            let dst = &mut buf[entry.range()];
+            match entry.spec.init {
+                Init::Zeros => dst.fill(0.0),
+                Init::Ones => dst.fill(1.0),
+                Init::Normal { std } => dst.iter_mut().for_each(|x| *x = (rng.normal() * std as f64) as f32),
+                Init::Uniform { bound } => {
+                    let b = bound as f64;
+                    dst.iter_mut().for_each(|x| *x = rng.uniform_in(-b, b) as f32)
+                }
+            }
+        }
+        buf
+    }
+}
