@@ -71,7 +71,21 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: A
         let v = qkv[base + 2 * c + h * hs..].as_ptr();
         // SAFETY: `a` is this task's own T x T block; q, k, v are T x HS strided reads inside `qkv` (length
         // checked above).
-        unsafe { gemm_raw(t, t, hs, a.as_mut_ptr(), t, 1, (q, 3 * c, 1), (k, 1, 3 * c), scale, Dst::Overwrite, Threads::Single) };
+        unsafe {
+            gemm_raw(
+                t,
+                t,
+                hs,
+                a.as_mut_ptr(),
+                t,
+                1,
+                (q, 3 * c, 1),
+                (k, 1, 3 * c),
+                scale,
+                Dst::Overwrite,
+                Threads::Single,
+            )
+        };
         for (i, row) in a.chunks_exact_mut(t).enumerate() {
             let (live, masked) = row.split_at_mut(i + 1);
             let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -110,37 +124,75 @@ pub fn attention_backward(
     assert!(dqkv.len() >= n3c && qkv.len() >= n3c && dout.len() >= shape.b * t * c);
     assert!(att.len() >= shape.att_len() && scratch.len() >= shape.att_len());
     let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
-    scratch[..shape.att_len()].par_chunks_mut(t * t).zip(att.par_chunks(t * t)).enumerate().for_each(|(bh, (ds, a))| {
-        let (bi, h) = (bh / nh, bh % nh);
-        let base = bi * t * 3 * c;
-        let q = qkv[base + h * hs..].as_ptr();
-        let k = qkv[base + c + h * hs..].as_ptr();
-        let v = qkv[base + 2 * c + h * hs..].as_ptr();
-        let dy = dout[bi * t * c + h * hs..].as_ptr();
-        // SAFETY (all products below): `ds` is this task's own T x T scratch; reads stay inside qkv/dout/att
-        // (lengths checked above); writes go to dqkv[bi, :, {q,k,v} columns of head h], which belong to this
-        // task alone.
-        unsafe {
-            let dv = dqkv_ptr.get().add(base + 2 * c + h * hs);
-            // dV += Aᵀ dout
-            gemm_raw(t, hs, t, dv, 3 * c, 1, (a.as_ptr(), 1, t), (dy, c, 1), 1.0, Dst::Accumulate, Threads::Single);
-            // dA = dout Vᵀ
-            gemm_raw(t, t, hs, ds.as_mut_ptr(), t, 1, (dy, c, 1), (v, 1, 3 * c), 1.0, Dst::Overwrite, Threads::Single);
-        }
-        // dS = A ⊙ (dA - rowsum(dA ⊙ A)), causal part only; the masked part stays zero because A is zero there.
-        for (i, (ds_row, a_row)) in ds.chunks_exact_mut(t).zip(a.chunks_exact(t)).enumerate() {
-            let dot: f32 = ds_row[..=i].iter().zip(&a_row[..=i]).map(|(d, p)| d * p).sum();
-            for (d, &p) in ds_row[..=i].iter_mut().zip(&a_row[..=i]) {
-                *d = p * (*d - dot);
+    scratch[..shape.att_len()].par_chunks_mut(t * t).zip(att.par_chunks(t * t)).enumerate().for_each(
+        |(bh, (ds, a))| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let base = bi * t * 3 * c;
+            let q = qkv[base + h * hs..].as_ptr();
+            let k = qkv[base + c + h * hs..].as_ptr();
+            let v = qkv[base + 2 * c + h * hs..].as_ptr();
+            let dy = dout[bi * t * c + h * hs..].as_ptr();
+            // SAFETY (all products below): `ds` is this task's own T x T scratch; reads stay inside qkv/dout/att
+            // (lengths checked above); writes go to dqkv[bi, :, {q,k,v} columns of head h], which belong to this
+            // task alone.
+            unsafe {
+                let dv = dqkv_ptr.get().add(base + 2 * c + h * hs);
+                // dV += Aᵀ dout
+                gemm_raw(t, hs, t, dv, 3 * c, 1, (a.as_ptr(), 1, t), (dy, c, 1), 1.0, Dst::Accumulate, Threads::Single);
+                // dA = dout Vᵀ
+                gemm_raw(
+                    t,
+                    t,
+                    hs,
+                    ds.as_mut_ptr(),
+                    t,
+                    1,
+                    (dy, c, 1),
+                    (v, 1, 3 * c),
+                    1.0,
+                    Dst::Overwrite,
+                    Threads::Single,
+                );
             }
-            ds_row[i + 1..].fill(0.0);
-        }
-        unsafe {
-            let dq = dqkv_ptr.get().add(base + h * hs);
-            let dk = dqkv_ptr.get().add(base + c + h * hs);
-            // dQ += scale · dS K ; dK += scale · dSᵀ Q
-            gemm_raw(t, hs, t, dq, 3 * c, 1, (ds.as_ptr(), t, 1), (k, 3 * c, 1), scale, Dst::Accumulate, Threads::Single);
-            gemm_raw(t, hs, t, dk, 3 * c, 1, (ds.as_ptr(), 1, t), (q, 3 * c, 1), scale, Dst::Accumulate, Threads::Single);
-        }
-    });
+            // dS = A ⊙ (dA - rowsum(dA ⊙ A)), causal part only; the masked part stays zero because A is zero there.
+            for (i, (ds_row, a_row)) in ds.chunks_exact_mut(t).zip(a.chunks_exact(t)).enumerate() {
+                let dot: f32 = ds_row[..=i].iter().zip(&a_row[..=i]).map(|(d, p)| d * p).sum();
+                for (d, &p) in ds_row[..=i].iter_mut().zip(&a_row[..=i]) {
+                    *d = p * (*d - dot);
+                }
+                ds_row[i + 1..].fill(0.0);
+            }
+            unsafe {
+                let dq = dqkv_ptr.get().add(base + h * hs);
+                let dk = dqkv_ptr.get().add(base + c + h * hs);
+                // dQ += scale · dS K ; dK += scale · dSᵀ Q
+                gemm_raw(
+                    t,
+                    hs,
+                    t,
+                    dq,
+                    3 * c,
+                    1,
+                    (ds.as_ptr(), t, 1),
+                    (k, 3 * c, 1),
+                    scale,
+                    Dst::Accumulate,
+                    Threads::Single,
+                );
+                gemm_raw(
+                    t,
+                    hs,
+                    t,
+                    dk,
+                    3 * c,
+                    1,
+                    (ds.as_ptr(), 1, t),
+                    (q, 3 * c, 1),
+                    scale,
+                    Dst::Accumulate,
+                    Threads::Single,
+                );
+            }
+        },
+    );
 }

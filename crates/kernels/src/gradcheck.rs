@@ -43,11 +43,17 @@ impl std::fmt::Display for Mismatch {
 /// the error (or the first non-finite one, or a length mismatch as index `usize::MAX`).
 pub fn compare(actual: &[f64], expected: &[f64], atol: f64, rtol: f64) -> Result<(), Mismatch> {
     if actual.len() != expected.len() {
-        return Err(Mismatch { index: usize::MAX, expected: expected.len() as f64, actual: actual.len() as f64, ratio: f64::INFINITY });
+        return Err(Mismatch {
+            index: usize::MAX,
+            expected: expected.len() as f64,
+            actual: actual.len() as f64,
+            ratio: f64::INFINITY,
+        });
     }
     let mut worst: Option<Mismatch> = None;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let ratio = if a.is_finite() && e.is_finite() { (a - e).abs() / (atol + rtol * e.abs()) } else { f64::INFINITY };
+        let ratio =
+            if a.is_finite() && e.is_finite() { (a - e).abs() / (atol + rtol * e.abs()) } else { f64::INFINITY };
         if ratio > 1.0 && worst.as_ref().is_none_or(|w| ratio > w.ratio) {
             worst = Some(Mismatch { index: i, expected: e, actual: a, ratio });
         }

@@ -11,6 +11,7 @@ const COLS_PER_TASK: usize = 64;
 
 /// Normalizes each of the `N` rows of `inp[N, C]`; writes `out[N, C]` and saves `mean[N]`, `rstd[N]` for the
 /// backward.
+#[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
     out: &mut [f32],
     mean: &mut [f32],
@@ -82,11 +83,8 @@ pub fn layernorm_backward(
             }
         });
     // Column-parallel reduction over rows: each task owns a block of columns, so no partial buffers are needed.
-    dweight[..c]
-        .par_chunks_mut(COLS_PER_TASK)
-        .zip(dbias[..c].par_chunks_mut(COLS_PER_TASK))
-        .enumerate()
-        .for_each(|(block, (dw, db))| {
+    dweight[..c].par_chunks_mut(COLS_PER_TASK).zip(dbias[..c].par_chunks_mut(COLS_PER_TASK)).enumerate().for_each(
+        |(block, (dw, db))| {
             let c0 = block * COLS_PER_TASK;
             for row in 0..n {
                 let (mu, s) = (mean[row], rstd[row]);
@@ -97,5 +95,6 @@ pub fn layernorm_backward(
                     *db += dy;
                 }
             }
-        });
+        },
+    );
 }

@@ -171,7 +171,14 @@ pub fn lstm_backward(
     let dgates_m = MatRef::row_major(&dgates[..n * g4], n, g4);
     // dx += dgates W_ih ; dW_ih += dgatesᵀ x
     gemm(MatMut::row_major(dx, n, c), dgates_m, MatRef::row_major(w_ih, g4, c), 1.0, Dst::Accumulate, Threads::Pool);
-    gemm(MatMut::row_major(dw_ih, g4, c), dgates_m.t(), MatRef::row_major(x, n, c), 1.0, Dst::Accumulate, Threads::Pool);
+    gemm(
+        MatMut::row_major(dw_ih, g4, c),
+        dgates_m.t(),
+        MatRef::row_major(x, n, c),
+        1.0,
+        Dst::Accumulate,
+        Threads::Pool,
+    );
     // dW_hh += Σ_b dgates[b, 1..T]ᵀ h[b, 0..T-1]: per sequence, time step t pairs with the previous hidden state.
     if t > 1 {
         for bi in 0..b {

@@ -69,13 +69,23 @@ impl<'a> MatRef<'a> {
     /// A strided view; panics if it would reach past `data`.
     pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
         let need = extent(rows, cols, row_stride, col_stride);
-        assert!(need <= data.len(), "matrix view {rows}x{cols} (strides {row_stride},{col_stride}) needs {need} elements, slice has {}", data.len());
+        assert!(
+            need <= data.len(),
+            "matrix view {rows}x{cols} (strides {row_stride},{col_stride}) needs {need} elements, slice has {}",
+            data.len()
+        );
         MatRef { data, rows, cols, row_stride, col_stride }
     }
 
     /// The transpose, as a view of the same memory.
     pub fn t(self) -> Self {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -96,19 +106,30 @@ impl<'a> MatMut<'a> {
     /// A strided view; panics if it would reach past `data` or if its elements would overlap.
     pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
         let need = extent(rows, cols, row_stride, col_stride);
-        assert!(need <= data.len(), "matrix view {rows}x{cols} (strides {row_stride},{col_stride}) needs {need} elements, slice has {}", data.len());
+        assert!(
+            need <= data.len(),
+            "matrix view {rows}x{cols} (strides {row_stride},{col_stride}) needs {need} elements, slice has {}",
+            data.len()
+        );
         let disjoint = rows <= 1 && col_stride >= 1
             || cols <= 1 && row_stride >= 1
             || row_stride >= cols * col_stride && col_stride >= 1
             || col_stride >= rows * row_stride && row_stride >= 1;
-        assert!(disjoint || need == 0, "writable matrix view {rows}x{cols} with strides {row_stride},{col_stride} overlaps itself");
+        assert!(
+            disjoint || need == 0,
+            "writable matrix view {rows}x{cols} with strides {row_stride},{col_stride} overlaps itself"
+        );
         MatMut { data, rows, cols, row_stride, col_stride }
     }
 }
 
 /// `dst = lhs · rhs` ([`Dst::Overwrite`]) or `dst += lhs · rhs` ([`Dst::Accumulate`]), each scaled by `scale`.
 pub fn gemm(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, scale: f32, mode: Dst, threads: Threads) {
-    assert_eq!(lhs.cols, rhs.rows, "gemm inner dimensions differ: {}x{} · {}x{}", lhs.rows, lhs.cols, rhs.rows, rhs.cols);
+    assert_eq!(
+        lhs.cols, rhs.rows,
+        "gemm inner dimensions differ: {}x{} · {}x{}",
+        lhs.rows, lhs.cols, rhs.rows, rhs.cols
+    );
     assert_eq!((dst.rows, dst.cols), (lhs.rows, rhs.cols), "gemm destination has the wrong shape");
     // SAFETY: every view was checked at construction to lie inside its slice, `dst` is a unique borrow whose
     // elements do not overlap, and the shapes agree (asserted above), so gemm reads and writes only in bounds.
@@ -190,6 +211,7 @@ fn weight_as_in_out(weight: &[f32], layout: WeightLayout, c: usize, oc: usize) -
 }
 
 /// `out[N, OC] = inp[N, C] · W + bias` (overwrites `out`).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_forward(
     out: &mut [f32],
     inp: &[f32],

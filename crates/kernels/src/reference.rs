@@ -83,8 +83,8 @@ pub fn layernorm_forward(
 }
 
 /// Backward of [`layernorm_forward`] through the explicit Jacobian of `x̂ = (x - μ) s`:
-/// `∂μ/∂x_k = 1/C`, `∂s/∂x_k = -s² x̂_k / C`, hence `∂x̂_j/∂x_k = s (δ_jk - 1/C) - s x̂_j x̂_k / C`, and
-/// `dx_k = Σ_j (dout_j weight_j) ∂x̂_j/∂x_k`. Adds into `dinp`, `dweight`, `dbias`.
+/// `∂μ/∂x_k = 1/C`, `∂s/∂x_k = -s² x̂_k / C`, hence `∂x̂_j/∂x_k = s (δ_jk - 1/C) - s x̂_j x̂_k / C`,
+/// and `dx_k = Σ_j (dout_j weight_j) ∂x̂_j/∂x_k`. Adds into `dinp`, `dweight`, `dbias`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dinp: &mut [f64],

@@ -55,6 +55,7 @@ pub fn softmax_xent_forward(
 }
 
 /// Adds `dloss / count · (probs - onehot(target))` into `dlogits[N, V]` for counted rows.
+#[allow(clippy::too_many_arguments)]
 pub fn softmax_xent_backward(
     dlogits: &mut [f32],
     probs: &[f32],

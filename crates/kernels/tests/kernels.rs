@@ -121,6 +121,7 @@ fn check(case: &Case, rng: &mut Rng) {
     // (b) fused fp32 forward and backward vs the reference.
     let mut grads = zeros_like(&case.inputs);
     let outs = (case.fused)(&case.inputs, Some(&dout), &mut grads);
+    assert_eq!((outs.len(), ref_outs.len()), (case.output_names.len(), case.output_names.len()), "{name}: outputs");
     for ((out, expected), out_name) in outs.iter().zip(&ref_outs).zip(case.output_names) {
         expect_close(name, &format!("fp32 {out_name}"), out, expected, FP32_ATOL, FP32_RTOL);
     }

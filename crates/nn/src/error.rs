@@ -5,18 +5,45 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelError {
     /// `tokens.len()` (or `targets.len()`) is not `B * T`.
-    BatchShape { what: &'static str, len: usize, b: usize, t: usize },
+    BatchShape {
+        what: &'static str,
+        len: usize,
+        b: usize,
+        t: usize,
+    },
     /// A token id or target is outside the vocabulary.
-    TokenOutOfRange { what: &'static str, position: usize, token: u32, vocab_size: usize },
+    TokenOutOfRange {
+        what: &'static str,
+        position: usize,
+        token: u32,
+        vocab_size: usize,
+    },
     /// The sequence is longer than the model's context.
-    SequenceTooLong { t: usize, block_size: usize },
+    SequenceTooLong {
+        t: usize,
+        block_size: usize,
+    },
     /// A buffer does not match the layout's size.
-    BufferSize { what: &'static str, len: usize, expected: usize },
+    BufferSize {
+        what: &'static str,
+        len: usize,
+        expected: usize,
+    },
     /// `backward` without a preceding `forward` with targets, or twice.
-    Phase { called: &'static str, state: &'static str },
-    UnknownPreset { name: String, known: Vec<&'static str> },
+    Phase {
+        called: &'static str,
+        state: &'static str,
+    },
+    UnknownPreset {
+        name: String,
+        known: Vec<&'static str>,
+    },
     /// The preset fixes a vocabulary size that differs from the one asked for.
-    VocabMismatch { preset: String, preset_vocab: usize, requested: usize },
+    VocabMismatch {
+        preset: String,
+        preset_vocab: usize,
+        requested: usize,
+    },
     InvalidConfig(String),
 }
 

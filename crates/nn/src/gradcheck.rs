@@ -42,7 +42,11 @@ pub struct GradMismatch {
 
 impl std::fmt::Display for GradMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]: backward gives {:.6e}, finite differences {:.6e}", self.tensor, self.index, self.analytic, self.numeric)
+        write!(
+            f,
+            "{}[{}]: backward gives {:.6e}, finite differences {:.6e}",
+            self.tensor, self.index, self.analytic, self.numeric
+        )
     }
 }
 

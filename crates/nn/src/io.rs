@@ -11,8 +11,15 @@ pub enum LoadError {
     /// The bytes are not a safetensors file.
     Format(String),
     Missing(String),
-    Shape { name: String, file: Vec<usize>, model: Vec<usize> },
-    Dtype { name: String, dtype: String },
+    Shape {
+        name: String,
+        file: Vec<usize>,
+        model: Vec<usize>,
+    },
+    Dtype {
+        name: String,
+        dtype: String,
+    },
     /// A tensor the model does not have (only reported when loading strictly).
     Unexpected(String),
 }
@@ -22,7 +29,9 @@ impl fmt::Display for LoadError {
         match self {
             LoadError::Format(e) => write!(f, "not a valid safetensors file: {e}"),
             LoadError::Missing(n) => write!(f, "tensor '{n}' is missing from the file"),
-            LoadError::Shape { name, file, model } => write!(f, "tensor '{name}' has shape {file:?} in the file, the model needs {model:?}"),
+            LoadError::Shape { name, file, model } => {
+                write!(f, "tensor '{name}' has shape {file:?} in the file, the model needs {model:?}")
+            }
             LoadError::Dtype { name, dtype } => write!(f, "tensor '{name}' is {dtype}; expected F32"),
             LoadError::Unexpected(n) => write!(f, "the file has tensor '{n}', which the model does not"),
         }
@@ -41,7 +50,13 @@ pub fn tensor_f32(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, LoadErr
 
 /// Fills `params` from the tensors of `bytes` named `prefix + name` for each parameter of `layout`. With
 /// `strict`, a tensor under `prefix` that the model lacks is an error.
-pub fn load_params(layout: &ParamLayout, params: &mut [f32], bytes: &[u8], prefix: &str, strict: bool) -> Result<(), LoadError> {
+pub fn load_params(
+    layout: &ParamLayout,
+    params: &mut [f32],
+    bytes: &[u8],
+    prefix: &str,
+    strict: bool,
+) -> Result<(), LoadError> {
     let file = SafeTensors::deserialize(bytes).map_err(|e| LoadError::Format(e.to_string()))?;
     for entry in layout.entries() {
         let key = format!("{prefix}{}", entry.spec.name);
@@ -52,7 +67,9 @@ pub fn load_params(layout: &ParamLayout, params: &mut [f32], bytes: &[u8], prefi
         params[entry.range()].copy_from_slice(&tensor_f32(&key, &view)?);
     }
     if strict {
-        if let Some(extra) = file.names().into_iter().find(|n| n.starts_with(prefix) && layout.find(&n[prefix.len()..]).is_none()) {
+        if let Some(extra) =
+            file.names().into_iter().find(|n| n.starts_with(prefix) && layout.find(&n[prefix.len()..]).is_none())
+        {
             return Err(LoadError::Unexpected(extra.clone()));
         }
     }
@@ -60,11 +77,22 @@ pub fn load_params(layout: &ParamLayout, params: &mut [f32], bytes: &[u8], prefi
 }
 
 /// Serializes `buf` (parameters or gradients over `layout`) as F32 tensors named `prefix + name`, plus `metadata`.
-pub fn save_params(layout: &ParamLayout, buf: &[f32], prefix: &str, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>, String> {
+pub fn save_params(
+    layout: &ParamLayout,
+    buf: &[f32],
+    prefix: &str,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, String> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = layout
         .entries()
         .iter()
-        .map(|e| (format!("{prefix}{}", e.spec.name), buf[e.range()].iter().flat_map(|x| x.to_le_bytes()).collect(), e.spec.shape.clone()))
+        .map(|e| {
+            (
+                format!("{prefix}{}", e.spec.name),
+                buf[e.range()].iter().flat_map(|x| x.to_le_bytes()).collect(),
+                e.spec.shape.clone(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()

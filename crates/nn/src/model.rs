@@ -50,7 +50,13 @@ pub struct Model {
 
 impl Model {
     /// Assembles a model from layers declared in `layout`. `max_seq_len` bounds `T` (GPT's context).
-    pub fn new(layout: ParamLayout, layers: Vec<Box<dyn Layer>>, head: LmHead, vocab_size: usize, max_seq_len: Option<usize>) -> Self {
+    pub fn new(
+        layout: ParamLayout,
+        layers: Vec<Box<dyn Layer>>,
+        head: LmHead,
+        vocab_size: usize,
+        max_seq_len: Option<usize>,
+    ) -> Self {
         assert!(!layers.is_empty(), "a model needs at least one layer before its head");
         let n = layers.len();
         Model {
@@ -103,12 +109,21 @@ impl Model {
         self.layout.numel()
     }
 
-    fn check_ids(&self, what: &'static str, ids: &[u32], b: usize, t: usize, ignore: Option<u32>) -> Result<(), ModelError> {
+    fn check_ids(
+        &self,
+        what: &'static str,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        ignore: Option<u32>,
+    ) -> Result<(), ModelError> {
         if ids.len() != b * t {
             return Err(ModelError::BatchShape { what, len: ids.len(), b, t });
         }
         match ids.iter().position(|&x| x as usize >= self.vocab_size && Some(x) != ignore) {
-            Some(position) => Err(ModelError::TokenOutOfRange { what, position, token: ids[position], vocab_size: self.vocab_size }),
+            Some(position) => {
+                Err(ModelError::TokenOutOfRange { what, position, token: ids[position], vocab_size: self.vocab_size })
+            }
             None => Ok(()),
         }
     }
@@ -122,7 +137,14 @@ impl Model {
 
     /// Runs the layers on `tokens[B, T]`. With `targets[B, T]` returns the mean cross-entropy and prepares a
     /// backward; without, leaves the logits in [`Model::logits`].
-    pub fn forward(&mut self, params: &[f32], tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<XentLoss>, ModelError> {
+    pub fn forward(
+        &mut self,
+        params: &[f32],
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<XentLoss>, ModelError> {
         self.check_buffer("parameter", params)?;
         self.check_ids("tokens", tokens, b, t, None)?;
         if let Some(targets) = targets {
@@ -166,13 +188,32 @@ impl Model {
             zeroed(dact, n * layer.output_width());
         }
         let last = self.layers.len() - 1;
-        self.head.backward(&self.layout, params, grads, &self.acts[last], &self.targets, loss, dloss, &mut self.dacts[last]);
+        self.head.backward(
+            &self.layout,
+            params,
+            grads,
+            &self.acts[last],
+            &self.targets,
+            loss,
+            dloss,
+            &mut self.dacts[last],
+        );
         for i in (0..self.layers.len()).rev() {
             let (dbefore, drest) = self.dacts.split_at_mut(i);
             let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
             let input = if i > 0 { self.acts[i - 1].as_slice() } else { &[] };
             let layer = &mut self.layers[i];
-            layer.backward(&self.layout, params, grads, &batch, input, &self.acts[i], &drest[0], dinput, &mut self.scratch);
+            layer.backward(
+                &self.layout,
+                params,
+                grads,
+                &batch,
+                input,
+                &self.acts[i],
+                &drest[0],
+                dinput,
+                &mut self.scratch,
+            );
         }
         self.phase = Phase::Idle;
         Ok(())

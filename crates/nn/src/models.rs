@@ -71,7 +71,10 @@ impl ModelConfig {
         }
         if let ModelConfig::Gpt(c) = self {
             if c.n_embd % c.n_head != 0 {
-                return Err(ModelError::InvalidConfig(format!("n_head {} does not divide n_embd {}", c.n_head, c.n_embd)));
+                return Err(ModelError::InvalidConfig(format!(
+                    "n_head {} does not divide n_embd {}",
+                    c.n_head, c.n_embd
+                )));
             }
         }
         if self.vocab_size() > u32::MAX as usize {
@@ -87,7 +90,8 @@ impl ModelConfig {
         let model = match self {
             ModelConfig::Gpt(c) => {
                 let pos = Some(("transformer.wpe.weight", c.block_size));
-                let embedding = Embedding::new(&mut layout, "transformer.wte.weight", pos, c.vocab_size, c.n_embd, GPT_INIT_STD);
+                let embedding =
+                    Embedding::new(&mut layout, "transformer.wte.weight", pos, c.vocab_size, c.n_embd, GPT_INIT_STD);
                 let head = LmHead::tied(embedding.token_param(), c.n_embd, c.vocab_size);
                 let mut layers: Vec<Box<dyn Layer>> = vec![Box::new(embedding)];
                 for i in 0..c.n_layer {
@@ -97,7 +101,14 @@ impl ModelConfig {
                 Model::new(layout, layers, head, c.vocab_size, Some(c.block_size))
             }
             ModelConfig::Lstm(c) => {
-                let embedding = Embedding::new(&mut layout, "embedding.weight", None, c.vocab_size, c.embedding_dim, EMBEDDING_INIT_STD);
+                let embedding = Embedding::new(
+                    &mut layout,
+                    "embedding.weight",
+                    None,
+                    c.vocab_size,
+                    c.embedding_dim,
+                    EMBEDDING_INIT_STD,
+                );
                 let mut layers: Vec<Box<dyn Layer>> = vec![Box::new(embedding)];
                 for i in 0..c.num_layers {
                     let input = if i == 0 { c.embedding_dim } else { c.hidden_size };
@@ -142,11 +153,36 @@ const fn lstm(vocab_size: usize, embedding_dim: usize, hidden_size: usize, num_l
 
 /// Every shipped preset.
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "gpt-tiny", description: "GPT-2 architecture, 2 layers, 4 heads, width 64, context 64; for tests and demos", vocab_size: None, make: |v| gpt(v, 64, 2, 4, 64) },
-    Preset { name: "gpt-bench", description: "the GPT benchmark: 4 layers, 4 heads, width 256, context 128", vocab_size: Some(8192), make: |v| gpt(v, 128, 4, 4, 256) },
-    Preset { name: "gpt2-124m", description: "GPT-2 small: 12 layers, 12 heads, width 768, context 1024", vocab_size: Some(50257), make: |v| gpt(v, 1024, 12, 12, 768) },
-    Preset { name: "lstm-tiny", description: "the seed's LSTM LM, small: embedding 64, 2 layers of hidden 128", vocab_size: None, make: |v| lstm(v, 64, 128, 2) },
-    Preset { name: "lstm-seed", description: "the seed's MyLM: embedding 512, 6 layers of hidden 1024", vocab_size: Some(10000), make: |v| lstm(v, 512, 1024, 6) },
+    Preset {
+        name: "gpt-tiny",
+        description: "GPT-2 architecture, 2 layers, 4 heads, width 64, context 64; for tests and demos",
+        vocab_size: None,
+        make: |v| gpt(v, 64, 2, 4, 64),
+    },
+    Preset {
+        name: "gpt-bench",
+        description: "the GPT benchmark: 4 layers, 4 heads, width 256, context 128",
+        vocab_size: Some(8192),
+        make: |v| gpt(v, 128, 4, 4, 256),
+    },
+    Preset {
+        name: "gpt2-124m",
+        description: "GPT-2 small: 12 layers, 12 heads, width 768, context 1024",
+        vocab_size: Some(50257),
+        make: |v| gpt(v, 1024, 12, 12, 768),
+    },
+    Preset {
+        name: "lstm-tiny",
+        description: "the seed's LSTM LM, small: embedding 64, 2 layers of hidden 128",
+        vocab_size: None,
+        make: |v| lstm(v, 64, 128, 2),
+    },
+    Preset {
+        name: "lstm-seed",
+        description: "the seed's MyLM: embedding 512, 6 layers of hidden 1024",
+        vocab_size: Some(10000),
+        make: |v| lstm(v, 512, 1024, 6),
+    },
 ];
 
 /// Looks up a preset by name.

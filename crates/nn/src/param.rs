@@ -12,9 +12,13 @@ pub enum Init {
     Zeros,
     Ones,
     /// Normal with mean 0 and this standard deviation.
-    Normal { std: f32 },
+    Normal {
+        std: f32,
+    },
     /// Uniform on `[-bound, bound)`.
-    Uniform { bound: f32 },
+    Uniform {
+        bound: f32,
+    },
 }
 
 /// A parameter a layer declares.

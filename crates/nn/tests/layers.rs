@@ -32,7 +32,8 @@ fn gradcheck_layer(mut layer: impl Layer, layout: &ParamLayout, b: usize, t: usi
     let input = random(&mut rng, b * t * input_width, 1.0);
     let batch = Batch { tokens: &toks, b, t };
     let name = layer.name().to_string();
-    check_layer(&mut layer, layout, &params, &batch, &input, &GradCheck::default()).unwrap_or_else(|m| panic!("{name}: {m}"));
+    check_layer(&mut layer, layout, &params, &batch, &input, &GradCheck::default())
+        .unwrap_or_else(|m| panic!("{name}: {m}"));
 }
 
 #[test]
@@ -69,17 +70,26 @@ fn gradcheck_model(config: ModelConfig, b: usize, t: usize) {
     let params = perturbed_params(model.layout(), &mut rng);
     let v = config.vocab_size();
     let (toks, targets) = (tokens(&mut rng, b * t, v), tokens(&mut rng, b * t, v));
-    check_model(&mut model, &params, &toks, &targets, (b, t), &GradCheck::default()).unwrap_or_else(|m| panic!("{config:?}: {m}"));
+    check_model(&mut model, &params, &toks, &targets, (b, t), &GradCheck::default())
+        .unwrap_or_else(|m| panic!("{config:?}: {m}"));
 }
 
 #[test]
 fn whole_gpt_with_tied_head_passes_gradcheck() {
-    gradcheck_model(ModelConfig::Gpt(GptConfig { vocab_size: 13, block_size: 8, n_layer: 2, n_head: 2, n_embd: 8 }), 2, 5);
+    gradcheck_model(
+        ModelConfig::Gpt(GptConfig { vocab_size: 13, block_size: 8, n_layer: 2, n_head: 2, n_embd: 8 }),
+        2,
+        5,
+    );
 }
 
 #[test]
 fn whole_lstm_lm_passes_gradcheck() {
-    gradcheck_model(ModelConfig::Lstm(LstmConfig { vocab_size: 11, embedding_dim: 4, hidden_size: 6, num_layers: 2 }), 2, 4);
+    gradcheck_model(
+        ModelConfig::Lstm(LstmConfig { vocab_size: 11, embedding_dim: 4, hidden_size: 6, num_layers: 2 }),
+        2,
+        4,
+    );
 }
 
 #[test]
@@ -182,12 +192,21 @@ fn bad_batches_and_misuse_are_errors_not_panics() {
     assert!(matches!(model.forward(&params, &[1, 2, 3], None, 2, 2), Err(ModelError::BatchShape { .. })));
     let err = model.forward(&params, &[1, 10], None, 1, 2).unwrap_err();
     assert_eq!(err, ModelError::TokenOutOfRange { what: "tokens", position: 1, token: 10, vocab_size: 10 });
-    assert!(matches!(model.forward(&params, &[1, 2], Some(&[3, 11]), 1, 2), Err(ModelError::TokenOutOfRange { what: "targets", .. })));
-    assert!(matches!(model.forward(&params, &vec![1; 65], None, 1, 65), Err(ModelError::SequenceTooLong { t: 65, block_size: 64 })));
+    assert!(matches!(
+        model.forward(&params, &[1, 2], Some(&[3, 11]), 1, 2),
+        Err(ModelError::TokenOutOfRange { what: "targets", .. })
+    ));
+    assert!(matches!(
+        model.forward(&params, &vec![1; 65], None, 1, 65),
+        Err(ModelError::SequenceTooLong { t: 65, block_size: 64 })
+    ));
     assert!(matches!(model.forward(&params[1..], &[1, 2], None, 1, 2), Err(ModelError::BufferSize { .. })));
     model.forward(&params, &[1, 2], None, 1, 2).unwrap();
     assert_eq!(model.phase(), Phase::Logits);
-    assert!(matches!(model.backward(&params, &mut grads, 1.0), Err(ModelError::Phase { .. })), "no loss to differentiate");
+    assert!(
+        matches!(model.backward(&params, &mut grads, 1.0), Err(ModelError::Phase { .. })),
+        "no loss to differentiate"
+    );
     model.forward(&params, &[1, 2], Some(&[2, 3]), 1, 2).unwrap();
     model.backward(&params, &mut grads, 1.0).unwrap();
     assert!(matches!(model.backward(&params, &mut grads, 1.0), Err(ModelError::Phase { .. })), "backward twice");

@@ -64,8 +64,12 @@ fn build(fx: &Fixture, preset_name: &str) -> (Model, Vec<f32>) {
     let vocab = meta["vocab_size"].as_u64().unwrap() as usize;
     let config = preset(preset_name).unwrap().config(vocab).unwrap();
     let fields: Vec<(&str, usize)> = match &config {
-        ModelConfig::Gpt(c) => vec![("block_size", c.block_size), ("n_layer", c.n_layer), ("n_head", c.n_head), ("n_embd", c.n_embd)],
-        ModelConfig::Lstm(c) => vec![("embedding_dim", c.embedding_dim), ("hidden_size", c.hidden_size), ("num_layers", c.num_layers)],
+        ModelConfig::Gpt(c) => {
+            vec![("block_size", c.block_size), ("n_layer", c.n_layer), ("n_head", c.n_head), ("n_embd", c.n_embd)]
+        }
+        ModelConfig::Lstm(c) => {
+            vec![("embedding_dim", c.embedding_dim), ("hidden_size", c.hidden_size), ("num_layers", c.num_layers)]
+        }
     };
     for (key, value) in fields {
         assert_eq!(meta[key].as_u64(), Some(value as u64), "fixture's {key} differs from preset {preset_name}");
@@ -108,7 +112,12 @@ fn check_forward_and_gradients(fixture: &str, preset_name: &str) {
 
 /// Trains on the fixture's batch for as many steps as it recorded, with `update` applying one optimizer step
 /// (given the 1-based step number, the model, parameters, gradients); returns the loss before each step.
-fn train_losses(fx: &Fixture, model: &mut Model, params: &mut [f32], mut update: impl FnMut(u64, &Model, &mut [f32], &[f32])) -> Vec<f64> {
+fn train_losses(
+    fx: &Fixture,
+    model: &mut Model,
+    params: &mut [f32],
+    mut update: impl FnMut(u64, &Model, &mut [f32], &[f32]),
+) -> Vec<f64> {
     let (tokens, targets, b, t) = batch(fx);
     let steps = fx.f32("train_losses").len();
     let mut grads = vec![0.0; params.len()];

@@ -24,7 +24,8 @@ impl Embedding {
         std: f32,
     ) -> Self {
         let token = layout.push(ParamSpec::new(token_name, &[vocab_size, width], Init::Normal { std }));
-        let position = position.map(|(name, max_t)| layout.push(ParamSpec::new(name, &[max_t, width], Init::Normal { std })));
+        let position =
+            position.map(|(name, max_t)| layout.push(ParamSpec::new(name, &[max_t, width], Init::Normal { std })));
         let params = std::iter::once(token).chain(position).collect();
         Embedding { name: "embedding".into(), params, token, position, width }
     }

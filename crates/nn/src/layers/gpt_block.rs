@@ -59,7 +59,9 @@ impl GptBlock {
         let prefix = format!("transformer.h.{index}");
         let w = Init::Normal { std: 0.02 };
         let w_proj = Init::Normal { std: 0.02 / (2.0 * n_layer as f32).sqrt() };
-        let mut push = |suffix: &str, shape: &[usize], init| layout.push(ParamSpec::new(format!("{prefix}.{suffix}"), shape, init));
+        let mut push = |suffix: &str, shape: &[usize], init| {
+            layout.push(ParamSpec::new(format!("{prefix}.{suffix}"), shape, init))
+        };
         let p = BlockParams {
             ln1_w: push("ln_1.weight", &[c], Init::Ones),
             ln1_b: push("ln_1.bias", &[c], Init::Zeros),
@@ -107,7 +109,16 @@ impl Layer for GptBlock {
         linear_forward(resid, att_out, v(p.attn_proj_w), Some(v(p.attn_proj_b)), WeightLayout::InOut, n, c, c);
         resid.iter_mut().zip(x).for_each(|(r, &x)| *r += x);
         let ln2 = sized(&mut s.ln2, n * c);
-        layernorm_forward(ln2, sized(&mut s.ln2_mean, n), sized(&mut s.ln2_rstd, n), resid, v(p.ln2_w), v(p.ln2_b), n, c);
+        layernorm_forward(
+            ln2,
+            sized(&mut s.ln2_mean, n),
+            sized(&mut s.ln2_rstd, n),
+            resid,
+            v(p.ln2_w),
+            v(p.ln2_b),
+            n,
+            c,
+        );
         let fc = sized(&mut s.fc, n * 4 * c);
         linear_forward(fc, ln2, v(p.fc_w), Some(v(p.fc_b)), WeightLayout::InOut, n, c, 4 * c);
         let fc_gelu = sized(&mut s.fc_gelu, n * 4 * c);
@@ -133,7 +144,23 @@ impl Layer for GptBlock {
         let (p, s) = (self.p, &self.saved);
         let v = |id| layout.view(params, id);
         let [dln1_w, dln1_b, dattn_w, dattn_b, dattn_proj_w, dattn_proj_b, dln2_w, dln2_b, dfc_w, dfc_b, dfc_proj_w, dfc_proj_b] =
-            layout.views_mut(grads, [p.ln1_w, p.ln1_b, p.attn_w, p.attn_b, p.attn_proj_w, p.attn_proj_b, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, p.fc_proj_w, p.fc_proj_b]);
+            layout.views_mut(
+                grads,
+                [
+                    p.ln1_w,
+                    p.ln1_b,
+                    p.attn_w,
+                    p.attn_b,
+                    p.attn_proj_w,
+                    p.attn_proj_b,
+                    p.ln2_w,
+                    p.ln2_b,
+                    p.fc_w,
+                    p.fc_b,
+                    p.fc_proj_w,
+                    p.fc_proj_b,
+                ],
+            );
         // Temporaries: d(fc_gelu) and d(fc) [N, 4C], d(ln2) and d(resid) [N, C], d(att_out) [N, C], d(qkv) [N, 3C],
         // d(ln1) [N, C], attention's dA scratch. Gradient temporaries start at zero since kernels accumulate.
         let sizes = [4 * n * c, 4 * n * c, n * c, n * c, n * c, 3 * n * c, n * c, shape.att_len()];
@@ -147,15 +174,48 @@ impl Layer for GptBlock {
         let (dln1, att_scratch) = buf.split_at_mut(sizes[6]);
 
         // MLP branch: out = resid + c_proj(gelu(c_fc(ln_2(resid)))).
-        linear_backward(Some(dfc_gelu), dfc_proj_w, Some(dfc_proj_b), dout, &s.fc_gelu, v(p.fc_proj_w), WeightLayout::InOut, n, 4 * c, c);
+        linear_backward(
+            Some(dfc_gelu),
+            dfc_proj_w,
+            Some(dfc_proj_b),
+            dout,
+            &s.fc_gelu,
+            v(p.fc_proj_w),
+            WeightLayout::InOut,
+            n,
+            4 * c,
+            c,
+        );
         gelu_backward(dfc, &s.fc, dfc_gelu);
         linear_backward(Some(dln2), dfc_w, Some(dfc_b), dfc, &s.ln2, v(p.fc_w), WeightLayout::InOut, n, c, 4 * c);
         dresid.copy_from_slice(&dout[..n * c]);
         layernorm_backward(dresid, dln2_w, dln2_b, dln2, &s.resid, v(p.ln2_w), &s.ln2_mean, &s.ln2_rstd, n, c);
         // Attention branch: resid = x + c_proj(attn(c_attn(ln_1(x)))).
-        linear_backward(Some(datt_out), dattn_proj_w, Some(dattn_proj_b), dresid, &s.att_out, v(p.attn_proj_w), WeightLayout::InOut, n, c, c);
+        linear_backward(
+            Some(datt_out),
+            dattn_proj_w,
+            Some(dattn_proj_b),
+            dresid,
+            &s.att_out,
+            v(p.attn_proj_w),
+            WeightLayout::InOut,
+            n,
+            c,
+            c,
+        );
         attention_backward(dqkv, att_scratch, datt_out, &s.qkv, &s.att, shape);
-        linear_backward(Some(dln1), dattn_w, Some(dattn_b), dqkv, &s.ln1, v(p.attn_w), WeightLayout::InOut, n, c, 3 * c);
+        linear_backward(
+            Some(dln1),
+            dattn_w,
+            Some(dattn_b),
+            dqkv,
+            &s.ln1,
+            v(p.attn_w),
+            WeightLayout::InOut,
+            n,
+            c,
+            3 * c,
+        );
         layernorm_backward(dx, dln1_w, dln1_b, dln1, x, v(p.ln1_w), &s.ln1_mean, &s.ln1_rstd, n, c);
         // The residual path.
         dx[..n * c].iter_mut().zip(dresid.iter()).for_each(|(d, &g)| *d += g);

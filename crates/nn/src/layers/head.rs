@@ -84,7 +84,14 @@ impl LmHead {
     }
 
     /// Logits of the `n` rows of `x[N, C]`; with `targets`, turns them into probabilities and returns the loss.
-    pub fn forward(&mut self, layout: &ParamLayout, params: &[f32], x: &[f32], n: usize, targets: Option<&[u32]>) -> Option<XentLoss> {
+    pub fn forward(
+        &mut self,
+        layout: &ParamLayout,
+        params: &[f32],
+        x: &[f32],
+        n: usize,
+        targets: Option<&[u32]>,
+    ) -> Option<XentLoss> {
         let v = self.vocab_size;
         self.out.resize(n * v, 0.0);
         let bias = self.bias.map(|b| layout.view(params, b));
@@ -110,7 +117,11 @@ impl LmHead {
         dloss: f32,
         dx: &mut [f32],
     ) {
-        debug_assert_eq!(self.state, HeadOutput::Probs, "head backward needs the probabilities of a forward with targets");
+        debug_assert_eq!(
+            self.state,
+            HeadOutput::Probs,
+            "head backward needs the probabilities of a forward with targets"
+        );
         let (n, v) = (targets.len(), self.vocab_size);
         self.dlogits.clear();
         self.dlogits.resize(n * v, 0.0);
@@ -119,7 +130,18 @@ impl LmHead {
         match self.bias {
             Some(b) => {
                 let [dw, db] = layout.views_mut(grads, [self.weight, b]);
-                linear_backward(Some(dx), dw, Some(db), &self.dlogits, x, weight, WeightLayout::OutIn, n, self.width, v);
+                linear_backward(
+                    Some(dx),
+                    dw,
+                    Some(db),
+                    &self.dlogits,
+                    x,
+                    weight,
+                    WeightLayout::OutIn,
+                    n,
+                    self.width,
+                    v,
+                );
             }
             None => {
                 let dw = layout.view_mut(grads, self.weight);

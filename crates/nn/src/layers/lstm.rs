@@ -18,14 +18,23 @@ impl Lstm {
     /// Layer `index` mapping `C = input` to `H = hidden`; PyTorch's init: every tensor `U(-1/√H, 1/√H)`.
     pub fn new(layout: &mut ParamLayout, prefix: &str, index: usize, input: usize, hidden: usize) -> Self {
         let init = Init::Uniform { bound: 1.0 / (hidden as f32).sqrt() };
-        let mut push = |kind: &str, shape: &[usize]| layout.push(ParamSpec::new(format!("{prefix}.{kind}_l{index}"), shape, init));
+        let mut push =
+            |kind: &str, shape: &[usize]| layout.push(ParamSpec::new(format!("{prefix}.{kind}_l{index}"), shape, init));
         let params = [
             push("weight_ih", &[4 * hidden, input]),
             push("weight_hh", &[4 * hidden, hidden]),
             push("bias_ih", &[4 * hidden]),
             push("bias_hh", &[4 * hidden]),
         ];
-        Lstm { name: format!("lstm.l{index}"), params, input, hidden, gates: Vec::new(), cell: Vec::new(), scratch: LstmScratch::default() }
+        Lstm {
+            name: format!("lstm.l{index}"),
+            params,
+            input,
+            hidden,
+            gates: Vec::new(),
+            cell: Vec::new(),
+            scratch: LstmScratch::default(),
+        }
     }
 
     fn shape(&self, batch: &Batch) -> LstmShape {
@@ -70,7 +79,20 @@ impl Layer for Lstm {
         let [w_ih, w_hh, _, _] = self.params.map(|id| layout.view(params, id));
         let [dw_ih, dw_hh, db_ih, db_hh] = layout.views_mut(grads, self.params);
         lstm_backward(
-            dinput, dw_ih, dw_hh, db_ih, db_hh, &mut self.scratch, dout, input, w_ih, w_hh, output, &self.gates, &self.cell, shape,
+            dinput,
+            dw_ih,
+            dw_hh,
+            db_ih,
+            db_hh,
+            &mut self.scratch,
+            dout,
+            input,
+            w_ih,
+            w_hh,
+            output,
+            &self.gates,
+            &self.cell,
+            shape,
         );
     }
 }
