@@ -5,7 +5,7 @@
 use rustspeed_kernels::gradcheck::{compare, to_f64};
 use rustspeed_nn::io::{load_params, tensor_f32};
 use rustspeed_nn::{preset, Model, ModelConfig};
-use rustspeed_optim::{adamw_step, sgd_step, AdamHyper, SgdHyper};
+use rustspeed_optim::{adam_step, sgd_step, AdamHyper, SgdHyper};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -157,6 +157,7 @@ fn gpt_tiny_adamw_ten_steps_match_pytorch() {
         eps: f("eps"),
         weight_decay: f("weight_decay"),
         bias_correction: true,
+        adam_w_mode: true,
     };
     let mut m = vec![0.0; params.len()];
     let mut v = vec![0.0; params.len()];
@@ -164,7 +165,7 @@ fn gpt_tiny_adamw_ten_steps_match_pytorch() {
         for e in model.layout().entries() {
             let hp = AdamHyper { weight_decay: if e.spec.weight_decay { hyper.weight_decay } else { 0.0 }, ..hyper };
             let r = e.range();
-            adamw_step(&hp, step, &mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r]);
+            adam_step(&hp, step, &mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r]);
         }
     });
     compare(&losses, &to_f64(&fx.f32("train_losses")), 0.0, TRAIN_LOSS_RTOL)

@@ -1,19 +1,28 @@
-//! SGD with momentum, in PyTorch's `torch.optim.SGD` form:
+//! SGD with momentum, in PyTorch's `torch.optim.SGD` form (DeepSpeed builds `torch.optim.SGD` for
+//! `"type": "SGD"`, deepspeed-semantics.md §1.5):
 //! `g ← g + wd·p`; `b ← g` on the first step, else `b ← μb + (1-τ)g`; `g ← g + μb` (Nesterov) or `g ← b`;
 //! `p ← p - lr·g`.
 
-/// Hyperparameters of one SGD step.
+/// Hyperparameters of one SGD step. Defaults are `torch.optim.SGD`'s.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdHyper {
+    /// Learning rate (default 1e-3), as set by the LR schedule for this step.
     pub lr: f32,
+    /// Momentum factor μ (default 0: plain SGD, no state).
     pub momentum: f32,
+    /// Dampening τ of the gradient added to the momentum buffer (default 0); not applied on the first step.
     pub dampening: f32,
+    /// Nesterov momentum (default false); PyTorch requires `momentum > 0` and `dampening = 0` for it.
     pub nesterov: bool,
+    /// L2 weight decay added to the gradient (default 0); pass 0 for tensors that do not decay.
     pub weight_decay: f32,
 }
 
 /// One SGD step. `momentum_buf` is required when `momentum != 0`; `first_step` initializes it from the gradient
 /// (PyTorch's behaviour, which ignores dampening on the first step).
+///
+/// # Panics
+/// If the slices differ in length, or `momentum != 0` without a buffer (caller bugs, not user input).
 pub fn sgd_step(hp: &SgdHyper, first_step: bool, params: &mut [f32], grads: &[f32], momentum_buf: Option<&mut [f32]>) {
     assert_eq!(params.len(), grads.len());
     match momentum_buf {

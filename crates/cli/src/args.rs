@@ -1,0 +1,160 @@
+//! A small command-line parser: `--name value` options and `--flag` switches, each declared by the command, with
+//! errors that name the bad flag (and the closest known one).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// One option a command accepts.
+pub struct Opt {
+    pub name: &'static str,
+    /// `None`: a switch without a value.
+    pub value: Option<&'static str>,
+    pub help: &'static str,
+}
+
+pub const fn opt(name: &'static str, value: &'static str, help: &'static str) -> Opt {
+    Opt { name, value: Some(value), help }
+}
+
+pub const fn switch(name: &'static str, help: &'static str) -> Opt {
+    Opt { name, value: None, help }
+}
+
+#[derive(Debug)]
+pub struct ArgError(pub String);
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parsed options of one command.
+pub struct Args {
+    command: &'static str,
+    values: BTreeMap<&'static str, String>,
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Usage text of a command's options.
+pub fn usage(command: &str, opts: &[Opt]) -> String {
+    let mut s = format!("options of `rustspeed {command}`:\n");
+    for o in opts {
+        let left = match o.value {
+            Some(v) => format!("--{} {v}", o.name),
+            None => format!("--{}", o.name),
+        };
+        s.push_str(&format!("  {left:<28} {}\n", o.help));
+    }
+    s
+}
+
+impl Args {
+    /// Parses `argv` (after the command name) against `opts`.
+    pub fn parse(command: &'static str, opts: &'static [Opt], argv: &[String]) -> Result<Args, ArgError> {
+        let mut values = BTreeMap::new();
+        let mut it = argv.iter();
+        while let Some(arg) = it.next() {
+            let Some(body) = arg.strip_prefix("--") else {
+                return Err(ArgError(format!(
+                    "unexpected argument '{arg}' for `rustspeed {command}`; options start with --\n{}",
+                    usage(command, opts)
+                )));
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            let Some(o) = opts.iter().find(|o| o.name == name) else {
+                let closest =
+                    opts.iter().min_by_key(|o| distance(o.name, name)).filter(|o| distance(o.name, name) <= 2);
+                let hint = closest.map_or(String::new(), |o| format!(" (did you mean --{}?)", o.name));
+                return Err(ArgError(format!(
+                    "unknown option --{name} for `rustspeed {command}`{hint}\n{}",
+                    usage(command, opts)
+                )));
+            };
+            let value = match (o.value, inline) {
+                (None, None) => "true".to_string(),
+                (None, Some(_)) => return Err(ArgError(format!("--{name} takes no value"))),
+                (Some(_), Some(v)) => v,
+                (Some(what), None) => match it.next() {
+                    Some(v) if !v.starts_with("--") => v.clone(),
+                    _ => return Err(ArgError(format!("--{name} needs a value ({what})"))),
+                },
+            };
+            if values.insert(o.name, value).is_some() {
+                return Err(ArgError(format!("--{name} is given twice")));
+            }
+        }
+        Ok(Args { command, values })
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(|s| s.as_str())
+    }
+
+    pub fn required(&self, name: &str) -> Result<&str, ArgError> {
+        self.get(name).ok_or_else(|| ArgError(format!("`rustspeed {}` needs --{name}", self.command)))
+    }
+
+    /// The value of `--name` parsed as `T`, or `default` when absent.
+    pub fn parsed<T: FromStr>(&self, name: &str, default: T) -> Result<T, ArgError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| ArgError(format!("--{name} {v}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: &[Opt] = &[opt("steps", "N", "steps"), switch("resume", "resume"), opt("out", "DIR", "out")];
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_values_switches_and_equals_form() {
+        let a = Args::parse("train", OPTS, &argv("--steps 5 --resume --out=run")).unwrap();
+        assert_eq!(a.parsed::<u64>("steps", 0).unwrap(), 5);
+        assert!(a.flag("resume"));
+        assert_eq!(a.get("out"), Some("run"));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let e = Args::parse("train", OPTS, &argv("--step 5")).err().unwrap().0;
+        assert!(e.contains("unknown option --step") && e.contains("did you mean --steps?"), "{e}");
+        assert!(Args::parse("train", OPTS, &argv("--steps")).err().unwrap().0.contains("needs a value"));
+        assert!(Args::parse("train", OPTS, &argv("--steps 1 --steps 2")).err().unwrap().0.contains("twice"));
+        let e = Args::parse("train", OPTS, &argv("--steps x")).unwrap().parsed::<u64>("steps", 0).err().unwrap().0;
+        assert!(e.contains("--steps x"), "{e}");
+    }
+}

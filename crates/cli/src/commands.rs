@@ -1,0 +1,120 @@
+//! The small commands: `prepare`, `generate`, `export`, `presets`.
+
+use crate::args::{opt, switch, usage, Args, Opt};
+use rustspeed_data::{prepare as prepare_data, PrepareOptions, Tokenizer, TokenizerSpec};
+use rustspeed_engine::generate::{generate as sample, SampleOptions};
+use rustspeed_engine::persist::load_weights;
+use rustspeed_nn::io::save_params;
+use rustspeed_nn::PRESETS;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Parses `argv` for `command`, or prints its usage for `--help` (returning `None`).
+pub fn parse(command: &'static str, opts: &'static [Opt], argv: &[String]) -> Result<Option<Args>, String> {
+    if argv.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", usage(command, opts));
+        return Ok(None);
+    }
+    Args::parse(command, opts, argv).map(Some).map_err(|e| e.to_string())
+}
+
+const PREPARE_OPTS: &[Opt] = &[
+    opt("input", "FILE", "UTF-8 text file to train on"),
+    opt("tokenizer", "SPEC", "char | bpe:VOCAB | path/to/tokenizer.json (default char)"),
+    opt("out", "DATA_DIR", "directory to create"),
+    opt("val-fraction", "F", "share of the tokens kept for validation (default 0.1)"),
+    switch("overwrite", "replace an existing DATA_DIR"),
+];
+
+pub fn prepare(argv: &[String]) -> Result<(), String> {
+    let Some(a) = parse("prepare", PREPARE_OPTS, argv)? else { return Ok(()) };
+    let input = PathBuf::from(a.required("input").map_err(|e| e.to_string())?);
+    let out = PathBuf::from(a.required("out").map_err(|e| e.to_string())?);
+    let spec: TokenizerSpec = a.get("tokenizer").unwrap_or("char").parse().map_err(|e| format!("--tokenizer: {e}"))?;
+    let opts = PrepareOptions {
+        val_fraction: a.parsed("val-fraction", PrepareOptions::default().val_fraction).map_err(|e| e.to_string())?,
+        overwrite: a.flag("overwrite"),
+    };
+    let start = std::time::Instant::now();
+    let report = prepare_data(&input, &spec, &out, &opts).map_err(|e| e.to_string())?;
+    println!(
+        "prepared {} -> {}: vocabulary {}, {} train tokens, {} validation tokens ({:.1}s)",
+        input.display(),
+        out.display(),
+        report.vocab_size,
+        report.train_tokens,
+        report.val_tokens,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+const GENERATE_OPTS: &[Opt] = &[
+    opt("run", "RUN_DIR", "a directory written by `rustspeed train`"),
+    opt("prompt", "TEXT", "text to continue"),
+    opt("tokens", "N", "tokens to generate (default 200)"),
+    opt("temperature", "T", "softmax temperature, 0 = greedy (default 0.8)"),
+    opt("top-k", "K", "sample among the K most likely tokens, 0 = all (default 0)"),
+    opt("seed", "S", "sampling seed (default 1)"),
+    opt("tag", "TAG", "checkpoint tag (default: latest)"),
+];
+
+pub fn generate(argv: &[String]) -> Result<(), String> {
+    let Some(a) = parse("generate", GENERATE_OPTS, argv)? else { return Ok(()) };
+    let run = PathBuf::from(a.required("run").map_err(|e| e.to_string())?);
+    let prompt = a.required("prompt").map_err(|e| e.to_string())?;
+    let d = SampleOptions::default();
+    let opts = SampleOptions {
+        tokens: a.parsed("tokens", d.tokens).map_err(|e| e.to_string())?,
+        temperature: a.parsed("temperature", d.temperature).map_err(|e| e.to_string())?,
+        top_k: a.parsed("top-k", d.top_k).map_err(|e| e.to_string())?,
+        seed: a.parsed("seed", d.seed).map_err(|e| e.to_string())?,
+    };
+    let text = sample_text(&run, a.get("tag"), prompt, &opts)?;
+    println!("{prompt}{text}");
+    Ok(())
+}
+
+/// Loads a run's checkpoint and tokenizer and continues `prompt`.
+pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SampleOptions) -> Result<String, String> {
+    let tokenizer =
+        Tokenizer::load(&run.join(crate::train::TOKENIZER_DIR)).map_err(|e| format!("run {}: {e}", run.display()))?;
+    let weights = load_weights(&run.join(crate::train::CHECKPOINT_DIR), tag).map_err(|e| e.to_string())?;
+    let mut model = weights.spec.config.build().map_err(|e| e.to_string())?;
+    let ids = tokenizer.encode(prompt).map_err(|e| format!("the prompt cannot be encoded: {e}"))?;
+    let out = sample(&mut model, &weights.params, &ids, opts).map_err(|e| e.to_string())?;
+    tokenizer.decode(&out).map_err(|e| e.to_string())
+}
+
+const EXPORT_OPTS: &[Opt] = &[
+    opt("run", "RUN_DIR", "a directory written by `rustspeed train`"),
+    opt("out", "FILE", "safetensors file to write"),
+    opt("tag", "TAG", "checkpoint tag (default: latest)"),
+];
+
+/// Writes the weights under their state-dict names: Hugging Face GPT-2 (`GPT2LMHeadModel`, Conv1D orientation,
+/// head tied to `transformer.wte.weight`) for `gpt`, PyTorch `MyLM` for `lstm`; the metadata holds the model
+/// configuration.
+pub fn export(argv: &[String]) -> Result<(), String> {
+    let Some(a) = parse("export", EXPORT_OPTS, argv)? else { return Ok(()) };
+    let run = PathBuf::from(a.required("run").map_err(|e| e.to_string())?);
+    let out = PathBuf::from(a.required("out").map_err(|e| e.to_string())?);
+    if out.exists() {
+        return Err(format!("{} exists; choose another --out (nothing is overwritten)", out.display()));
+    }
+    let weights = load_weights(&run.join(crate::train::CHECKPOINT_DIR), a.get("tag")).map_err(|e| e.to_string())?;
+    let model = weights.spec.config.build().map_err(|e| e.to_string())?;
+    let metadata = HashMap::from([("rustspeed_model".to_string(), weights.spec.to_json().to_string())]);
+    let bytes = save_params(model.layout(), &weights.params, "", Some(metadata))?;
+    std::fs::write(&out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("wrote {} ({} parameters of {})", out.display(), model.num_params(), weights.spec.preset);
+    Ok(())
+}
+
+pub fn presets() -> Result<(), String> {
+    for p in PRESETS {
+        let vocab = p.vocab_size.map_or("from data".to_string(), |v| v.to_string());
+        println!("{:<10} vocab {:<9} {}", p.name, vocab, p.description);
+    }
+    Ok(())
+}

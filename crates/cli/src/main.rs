@@ -1,0 +1,50 @@
+//! `rustspeed`: prepare a corpus, train a model from a DeepSpeed config, sample from it, export it.
+
+mod args;
+mod commands;
+mod metrics;
+mod plot;
+mod progress;
+mod train;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+rustspeed: train language models from a DeepSpeed-style config
+
+usage: rustspeed <command> [options]     (rustspeed <command> --help for its options)
+
+commands:
+  prepare    text file -> tokenizer + token shards (train/validation)
+  train      train a model preset on prepared data with a DeepSpeed JSON config
+  generate   sample text from a trained run
+  export     write a run's weights as one safetensors file (Hugging Face / PyTorch names)
+  presets    list the model presets
+";
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = argv.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "prepare" => commands::prepare(rest),
+        "train" => train::run(rest),
+        "generate" => commands::generate(rest),
+        "export" => commands::export(rest),
+        "presets" => commands::presets(),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => Err(format!("unknown command '{other}'\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

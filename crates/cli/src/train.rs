@@ -1,0 +1,241 @@
+//! `rustspeed train`: the training loop, read top to bottom.
+//!
+//! Run directory:
+//! ```text
+//! RUN_DIR/run.json        what was trained: preset, data directory, sequence length, seed
+//! RUN_DIR/ds_config.json  the DeepSpeed config as parsed (defaults filled in)
+//! RUN_DIR/tokenizer/      the data's tokenizer, so that `generate` needs only the run
+//! RUN_DIR/metrics.csv     step,loss,lr,grad_norm,tokens_per_s,val_loss
+//! RUN_DIR/loss.png        the loss curves, written at the end
+//! RUN_DIR/checkpoints/    `latest` and one directory per saved step
+//! ```
+
+use crate::args::{opt, switch, Opt};
+use crate::commands::parse;
+use crate::metrics::{Metrics, Row};
+use crate::plot::write_loss_curve_png;
+use crate::progress::{format_duration, Progress};
+use rustspeed_config::DeepSpeedConfig;
+use rustspeed_data::{Dataset, Loader, LoaderState};
+use rustspeed_engine::model_spec::ModelSpec;
+use rustspeed_engine::Engine;
+use rustspeed_nn::{preset, ModelConfig};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+pub const TOKENIZER_DIR: &str = "tokenizer";
+
+const OPTS: &[Opt] = &[
+    opt("model", "PRESET", "model preset (rustspeed presets lists them)"),
+    opt("config", "DS.json", "DeepSpeed JSON config"),
+    opt("data", "DATA_DIR", "directory written by `rustspeed prepare`"),
+    opt("out", "RUN_DIR", "run directory (created; never overwritten without --resume)"),
+    opt("steps", "N", "train until this many optimizer steps in total (default 1000)"),
+    switch("resume", "continue the run in RUN_DIR from its latest checkpoint"),
+    opt("seq-len", "T", "tokens per sequence (default: the GPT context, 64 for LSTMs)"),
+    opt("seed", "S", "seed of initialization and data order (default 1337)"),
+    opt("eval-every", "N", "validate every N steps (default 100)"),
+    opt("eval-batches", "N", "validation micro-batches per evaluation (default 20)"),
+    opt("save-every", "N", "checkpoint every N steps (default 500; always at the end)"),
+    opt("print-every", "N", "progress line every N steps when not on a terminal (default: steps_per_print or 10)"),
+];
+
+/// Sequence length of LSTM runs when not given (they have no context limit).
+const LSTM_DEFAULT_SEQ_LEN: usize = 64;
+
+struct Settings {
+    preset: String,
+    config_path: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+    steps: u64,
+    resume: bool,
+    seq_len: Option<usize>,
+    seed: u64,
+    eval_every: u64,
+    eval_batches: usize,
+    save_every: u64,
+    print_every: Option<u64>,
+}
+
+fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
+    let Some(a) = parse("train", OPTS, argv)? else { return Ok(None) };
+    let e = |e: crate::args::ArgError| e.to_string();
+    let positive = |name: &str, v: u64| if v == 0 { Err(format!("--{name} must be at least 1")) } else { Ok(v) };
+    Ok(Some(Settings {
+        preset: a.required("model").map_err(e)?.to_string(),
+        config_path: a.required("config").map_err(e)?.into(),
+        data: a.required("data").map_err(e)?.into(),
+        out: a.required("out").map_err(e)?.into(),
+        steps: positive("steps", a.parsed("steps", 1000).map_err(e)?)?,
+        resume: a.flag("resume"),
+        seq_len: a.get("seq-len").map(|v| v.parse().map_err(|err| format!("--seq-len {v}: {err}"))).transpose()?,
+        seed: a.parsed("seed", 1337).map_err(e)?,
+        eval_every: positive("eval-every", a.parsed("eval-every", 100).map_err(e)?)?,
+        eval_batches: positive("eval-batches", a.parsed("eval-batches", 20).map_err(e)?)? as usize,
+        save_every: positive("save-every", a.parsed("save-every", 500).map_err(e)?)?,
+        print_every: a
+            .get("print-every")
+            .map(|v| v.parse().map_err(|err| format!("--print-every {v}: {err}")))
+            .transpose()?,
+    }))
+}
+
+fn seq_len_for(config: &ModelConfig, asked: Option<usize>) -> Result<usize, String> {
+    let (default, limit) = match config {
+        ModelConfig::Gpt(c) => (c.block_size, Some(c.block_size)),
+        ModelConfig::Lstm(_) => (LSTM_DEFAULT_SEQ_LEN, None),
+    };
+    match (asked.unwrap_or(default), limit) {
+        (0, _) => Err("--seq-len must be at least 1".into()),
+        (t, Some(max)) if t > max => Err(format!("--seq-len {t} exceeds the model's context length {max}")),
+        (t, _) => Ok(t),
+    }
+}
+
+/// Mean loss over the first `batches` micro-batches of the validation split (the same ones every time).
+fn validate(engine: &mut Engine, data: &Dataset, b: usize, t: usize, batches: usize, seed: u64) -> Result<f32, String> {
+    let mut loader = Loader::new(&data.val, b, t, seed, 0, 1).map_err(|e| format!("validation: {e}"))?;
+    let batches = batches.min(loader.windows_per_epoch() / b).max(1);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..batches)
+        .map(|_| {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            loader.next_batch(&mut x, &mut y);
+            (x, y)
+        })
+        .collect();
+    engine.evaluate(t, pairs.iter().map(|(x, y)| (x.as_slice(), y.as_slice()))).map_err(|e| e.to_string())
+}
+
+/// On `--resume`, the sequence length and seed come from the run's `run.json` (a different value would break
+/// the exact continuation); one given on the command line must agree.
+fn adopt_run_settings(s: &mut Settings) -> Result<(), String> {
+    let path = s.out.join("run.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+    let run: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+    let (Some(t), Some(seed)) = (run["seq_len"].as_u64(), run["seed"].as_u64()) else {
+        return Err(format!("--resume: {} lacks seq_len or seed", path.display()));
+    };
+    if s.seq_len.is_some_and(|asked| asked as u64 != t) {
+        return Err(format!("--resume: the run was trained with --seq-len {t}"));
+    }
+    s.seq_len = Some(t as usize);
+    s.seed = seed;
+    Ok(())
+}
+
+pub fn run(argv: &[String]) -> Result<(), String> {
+    let Some(mut s) = settings(argv)? else { return Ok(()) };
+    if s.resume {
+        adopt_run_settings(&mut s)?;
+    }
+    // 1. Inputs: config, data, model. All checked before anything is written.
+    let config = DeepSpeedConfig::from_file(&s.config_path).map_err(|e| e.to_string())?;
+    let data = Dataset::open(&s.data).map_err(|e| e.to_string())?;
+    let model_config = preset(&s.preset).and_then(|p| p.config(data.vocab_size())).map_err(|e| e.to_string())?;
+    let t = seq_len_for(&model_config, s.seq_len)?;
+    let spec = ModelSpec { preset: s.preset.clone(), config: model_config.clone() };
+    let model = model_config.build().map_err(|e| e.to_string())?;
+    let params = model.layout().init_params(s.seed);
+    let mut engine = Engine::new(model, params, config).map_err(|e| e.to_string())?;
+    let b = engine.batch_sizes().micro_batch_size;
+    let mut loader = Loader::new(&data.train, b, t, s.seed, 0, 1).map_err(|e| format!("training data: {e}"))?;
+
+    // 2. Run directory: new, or resumed from its latest checkpoint.
+    let ckpt_dir = s.out.join(CHECKPOINT_DIR);
+    if s.resume {
+        let client = engine.load_checkpoint(&ckpt_dir).map_err(|e| format!("--resume: {e}"))?;
+        let state = LoaderState::from_json(&client["loader"]).map_err(|e| format!("--resume: data position: {e}"))?;
+        loader.restore(&state).map_err(|e| format!("--resume: {e}"))?;
+    } else {
+        prepare_run_dir(&s, &engine, &data, &spec, t)?;
+    }
+    let first = engine.counters().global_steps;
+    if first >= s.steps {
+        return Err(format!("the run already has {first} steps; pass a larger --steps to continue it"));
+    }
+    let mut metrics = Metrics::open(&s.out.join("metrics.csv"), first)?;
+    let every = s.print_every.or(engine.config().steps_per_print).unwrap_or(10);
+    let progress = Progress::new(first, s.steps, every);
+    eprintln!(
+        "training {} ({} parameters) on {} tokens: {} steps of {} sequences x {} tokens (micro-batch {}, accumulation {})",
+        s.preset,
+        engine.model().num_params(),
+        data.train.len(),
+        s.steps - first,
+        engine.batch_sizes().train_batch_size,
+        t,
+        b,
+        engine.batch_sizes().gradient_accumulation_steps
+    );
+
+    // 3. The loop: one optimizer step, its metrics, validation and checkpoints when due.
+    let start = Instant::now();
+    let mut last_val = None;
+    for step in first + 1..=s.steps {
+        let report = engine.train_batch(t, |x, y| loader.next_batch(x, y)).map_err(|e| e.to_string())?;
+        let tokens_per_s = report.tokens as f64 / report.timings.total().as_secs_f64().max(1e-9);
+        let val_loss = match step % s.eval_every == 0 || step == s.steps {
+            true => Some(validate(&mut engine, &data, b, t, s.eval_batches, s.seed)?),
+            false => None,
+        };
+        last_val = val_loss.or(last_val);
+        metrics.append(&Row {
+            step,
+            loss: report.loss,
+            lr: report.lr,
+            grad_norm: report.grad_norm,
+            tokens_per_s,
+            val_loss,
+        })?;
+        let note = val_loss.map_or(String::new(), |v| format!("  val_loss {v:.4}"));
+        progress.update(step, report.loss, report.lr, tokens_per_s, &note);
+        if step % s.save_every == 0 || step == s.steps {
+            let client = json!({ "loader": loader.state().to_json() });
+            engine.save_checkpoint(&ckpt_dir, &spec, client).map_err(|e| e.to_string())?;
+        }
+    }
+
+    // 4. Summary and the loss curve.
+    let rows = metrics.rows();
+    let train: Vec<(u64, f32)> = rows.iter().map(|r| (r.step, r.loss)).collect();
+    let val: Vec<(u64, f32)> = rows.iter().filter_map(|r| r.val_loss.map(|v| (r.step, v))).collect();
+    let png = s.out.join("loss.png");
+    write_loss_curve_png(&png, &train, &val).map_err(|e| format!("{}: {e}", png.display()))?;
+    eprintln!(
+        "done: {} steps in {}, final validation loss {}; metrics {}, curve {}, checkpoint {}",
+        s.steps - first,
+        format_duration(start.elapsed()),
+        last_val.map_or("n/a".into(), |v| format!("{v:.4}")),
+        s.out.join("metrics.csv").display(),
+        png.display(),
+        ckpt_dir.display()
+    );
+    Ok(())
+}
+
+/// Creates a new run directory; refuses one that already holds a run.
+fn prepare_run_dir(s: &Settings, engine: &Engine, data: &Dataset, spec: &ModelSpec, t: usize) -> Result<(), String> {
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    if s.out.join(CHECKPOINT_DIR).exists() || s.out.join("metrics.csv").exists() {
+        return Err(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out (nothing is overwritten)",
+            s.out.display()
+        ));
+    }
+    let tokenizer_dir = s.out.join(TOKENIZER_DIR);
+    std::fs::create_dir_all(&tokenizer_dir).map_err(|e| io(&tokenizer_dir, e))?;
+    data.tokenizer.save(&s.out.join(TOKENIZER_DIR)).map_err(|e| e.to_string())?;
+    let run = json!({
+        "model": spec.to_json(), "data": data.dir().display().to_string(), "seq_len": t, "seed": s.seed,
+    });
+    let write = |name: &str, v: &serde_json::Value| {
+        let p = s.out.join(name);
+        std::fs::write(&p, serde_json::to_string_pretty(v).expect("JSON serializes")).map_err(|e| io(&p, e))
+    };
+    write("run.json", &run)?;
+    write("ds_config.json", &engine.config().to_json())
+}

@@ -1,0 +1,210 @@
+//! The `rustspeed` binary end to end on a small generated corpus: prepare, train, resume, generate, export, and
+//! every kind of bad input a user can give (each a clear error and a non-zero exit, never a panic, nothing
+//! overwritten).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Sandbox {
+    dir: PathBuf,
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Sandbox {
+        let dir = std::env::temp_dir().join(format!("rustspeed-cli-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Sandbox { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, contents).unwrap();
+        p
+    }
+
+    /// A prepared character-level dataset of a repetitive text (vocabulary of 16 characters).
+    fn data(&self) -> PathBuf {
+        let line = "the quick brown fox jumps over a lazy dog. ";
+        let text: String = (0..400).map(|i| if i % 7 == 0 { "to be or not to be. " } else { line }).collect();
+        let input = self.write("corpus.txt", text);
+        let out = self.path("data");
+        ok(&rustspeed(&["prepare", "--input", s(&input), "--out", s(&out)]));
+        out
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn rustspeed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rustspeed")).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rustspeed failed: {err}");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &err
+}
+
+/// Asserts a clean failure (exit code 1, an `error:` line containing every `needle`, no panic) and returns stderr.
+fn fails(out: &Output, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected a failure, got success: {err}");
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "error lacks '{n}': {err}");
+    }
+    err
+}
+
+const CONFIG: &str = r#"{"train_batch_size": 4, "gradient_accumulation_steps": 2,
+    "optimizer": {"type": "AdamW", "params": {"lr": 0.003, "weight_decay": 0.1}},
+    "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 4, "warmup_max_lr": 0.003}}}"#;
+
+fn train_args<'a>(config: &'a str, data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    let small = ["--seq-len", "16", "--eval-every", "2", "--eval-batches", "2", "--save-every", "3"];
+    let mut a =
+        vec!["train", "--model", "gpt-tiny", "--config", config, "--data", data, "--out", out, "--steps", steps];
+    a.extend(small);
+    a
+}
+
+/// `metrics.csv` without the timing column, which differs between runs.
+fn metrics_without_timing(run: &Path) -> Vec<String> {
+    let text = fs::read_to_string(run.join("metrics.csv")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(4);
+            f.join(",")
+        })
+        .collect()
+}
+
+#[test]
+fn train_resume_generate_and_export() {
+    let sb = Sandbox::new("e2e");
+    let data = sb.data();
+    let config = sb.write("ds.json", CONFIG);
+    let (straight, split) = (sb.path("straight"), sb.path("split"));
+    ok(&rustspeed(&train_args(s(&config), s(&data), s(&straight), "6")));
+    for file in ["metrics.csv", "loss.png", "run.json", "ds_config.json", "checkpoints/latest", "tokenizer"] {
+        assert!(straight.join(file).exists(), "{file} missing");
+    }
+    assert_eq!(fs::read_to_string(straight.join("checkpoints/latest")).unwrap(), "global_step6");
+
+    // 4 steps, then resume to 6 (the checkpoint at 3 is the latest complete one only if the run stops there; here
+    // the run ends at 4 and saves, so resume continues from 4).
+    ok(&rustspeed(&train_args(s(&config), s(&data), s(&split), "4")));
+    let resumed = rustspeed(&[&train_args(s(&config), s(&data), s(&split), "6")[..], &["--resume"]].concat());
+    ok(&resumed);
+    assert_eq!(metrics_without_timing(&straight), metrics_without_timing(&split), "resumed run differs");
+    let header = &metrics_without_timing(&straight)[0];
+    assert_eq!(header, "step,loss,lr,grad_norm,val_loss");
+
+    let gen = |seed: &str| {
+        ok(&rustspeed(&["generate", "--run", s(&straight), "--prompt", "the ", "--tokens", "40", "--seed", seed]))
+    };
+    let (a, b) = (gen("5"), gen("5"));
+    assert_eq!(a, b, "same seed, same text");
+    assert!(a.starts_with("the ") && a.trim_end().chars().count() >= 40, "{a}");
+    fails(&rustspeed(&["generate", "--run", s(&straight), "--prompt", "Zebra"]), &["prompt", "Z"]);
+
+    let exported = sb.path("model.safetensors");
+    ok(&rustspeed(&["export", "--run", s(&straight), "--out", s(&exported)]));
+    let before = fs::read(&exported).unwrap();
+    fails(&rustspeed(&["export", "--run", s(&straight), "--out", s(&exported)]), &["exists"]);
+    assert_eq!(fs::read(&exported).unwrap(), before, "export must not overwrite");
+}
+
+#[test]
+fn bad_input_files_are_named_errors() {
+    let sb = Sandbox::new("inputs");
+    let out = sb.path("data");
+    let missing = sb.path("nope.txt");
+    fails(&rustspeed(&["prepare", "--input", s(&missing), "--out", s(&out)]), &["nope.txt"]);
+    let empty = sb.write("empty.txt", "");
+    fails(&rustspeed(&["prepare", "--input", s(&empty), "--out", s(&out)]), &["empty.txt", "empty"]);
+    let binary = sb.write("latin1.txt", b"caf\xe9 au lait");
+    fails(&rustspeed(&["prepare", "--input", s(&binary), "--out", s(&out)]), &["latin1.txt", "UTF-8"]);
+    assert!(!out.exists(), "a failed prepare leaves no data directory");
+
+    let data = sb.data();
+    let meta = fs::read(data.join("meta.json")).unwrap();
+    let corpus = sb.path("corpus.txt");
+    fails(&rustspeed(&["prepare", "--input", s(&corpus), "--out", s(&data)]), &["--overwrite"]);
+    assert_eq!(fs::read(data.join("meta.json")).unwrap(), meta, "existing data untouched");
+
+    fails(&rustspeed(&["prepare", "--inptu", "x"]), &["--inptu", "did you mean --input"]);
+    fails(&rustspeed(&["trian"]), &["unknown command 'trian'"]);
+}
+
+#[test]
+fn bad_configs_presets_and_checkpoints_are_named_errors() {
+    let sb = Sandbox::new("train");
+    let data = sb.data();
+    let run = sb.path("run");
+    let train = |config: &Path, model: &str, extra: &[&str]| {
+        let steps = if extra.contains(&"--resume") { "4" } else { "2" };
+        let mut a = vec![
+            "train",
+            "--model",
+            model,
+            "--config",
+            s(config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run),
+            "--steps",
+            steps,
+        ];
+        a.extend_from_slice(&["--seq-len", "16", "--eval-batches", "1"]);
+        a.extend_from_slice(extra);
+        rustspeed(&a)
+    };
+    let malformed = sb.write("malformed.json", r#"{"train_batch_size": 4,"#);
+    fails(&train(&malformed, "gpt-tiny", &[]), &["malformed.json"]);
+    let wrong_type = sb.write("type.json", r#"{"train_batch_size": "4", "optimizer": {"type": "Adam"}}"#);
+    fails(&train(&wrong_type, "gpt-tiny", &[]), &["train_batch_size"]);
+    let triple = sb.write("triple.json", r#"{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": 2, "optimizer": {"type": "Adam"}}"#);
+    fails(&train(&triple, "gpt-tiny", &[]), &["8 != 3 * 2 * 1"]);
+    let seed_shape = sb.write("seed.json", r#"{"train_batch_size": 4, "fp16": true, "optimizer": {"type": "Adam"}}"#);
+    fails(&train(&seed_shape, "gpt-tiny", &[]), &["fp16", "\"enabled\": true"]);
+    let unknown_key = sb.write("unknown.json", r#"{"train_batch_size": 4, "optimizer": {"type": "Adam"}, "zero_optimization": {"stage3_prefetch_bucket_sise": 1}}"#);
+    fails(
+        &train(&unknown_key, "gpt-tiny", &[]),
+        &["zero_optimization.stage3_prefetch_bucket_sise", "stage3_prefetch_bucket_size"],
+    );
+
+    let good = sb.write("good.json", CONFIG);
+    fails(&train(&good, "gpt-huge", &[]), &["gpt-huge", "gpt-tiny"]);
+    fails(&train(&good, "gpt-bench", &[]), &["8192", "vocabulary"]);
+    fails(&train(&good, "gpt-tiny", &["--resume"]), &["--resume"]);
+    assert!(!run.join("checkpoints").exists());
+
+    ok(&train(&good, "gpt-tiny", &[]));
+    let metrics = fs::read(run.join("metrics.csv")).unwrap();
+    fails(&train(&good, "gpt-tiny", &[]), &["already holds a run", "--resume"]);
+    assert_eq!(fs::read(run.join("metrics.csv")).unwrap(), metrics, "existing run untouched");
+
+    let model_file = run.join("checkpoints/global_step2/model.safetensors");
+    let bytes = fs::read(&model_file).unwrap();
+    fs::write(&model_file, &bytes[..bytes.len() - 100]).unwrap();
+    fails(&train(&good, "gpt-tiny", &["--resume"]), &["model.safetensors", "truncated"]);
+    fails(&rustspeed(&["generate", "--run", s(&run), "--prompt", "the"]), &["truncated"]);
+}

@@ -1,0 +1,123 @@
+//! Top-level DeepSpeed blocks that rustspeed does not implement. Such a block is accepted only when it asks for
+//! nothing: a block with an `enabled` switch when that switch is off (its other keys are then ignored, as
+//! DeepSpeed ignores them), any other block when each key it gives holds DeepSpeed's default. Anything else is an
+//! error naming the key, so that a config never silently loses a feature its author turned on.
+
+use serde_json::{json, Value};
+
+use crate::error::ConfigError;
+use crate::reader::{closest, Block};
+
+/// Blocks switched by `enabled` (default false).
+const SWITCHED_BLOCKS: [&str; 16] = [
+    "amp",
+    "autotuning",
+    "comet",
+    "comms_logger",
+    "csv_monitor",
+    "curriculum_learning",
+    "data_efficiency",
+    "eigenvalue",
+    "elasticity",
+    "flops_profiler",
+    "hybrid_engine",
+    "nebula",
+    "progressive_layer_drop",
+    "tensorboard",
+    "torch_autocast",
+    "wandb",
+];
+
+/// Blocks without a switch, with DeepSpeed's default for each key (semantics §1.7–1.11).
+fn default_valued_blocks() -> [(&'static str, Value); 4] {
+    [
+        (
+            "activation_checkpointing",
+            json!({
+                "partition_activations": false, "cpu_checkpointing": false,
+                "contiguous_memory_optimization": false, "number_checkpoints": null,
+                "synchronize_checkpoint_boundary": false, "profile": false,
+            }),
+        ),
+        (
+            "checkpoint",
+            json!({
+                "tag_validation": "Warn", "load_universal": false, "use_node_local_storage": false,
+                "parallel_write": {"pipeline_stage": false},
+            }),
+        ),
+        (
+            "aio",
+            json!({
+                "block_size": 1048576, "queue_depth": 8, "thread_count": 1, "single_submit": false,
+                "overlap_events": true,
+            }),
+        ),
+        (
+            "pipeline",
+            json!({
+                "stages": "auto", "partition": "best", "seed_layers": false, "activation_checkpoint_interval": 0,
+                "pipe_partitioned": true, "grad_partitioned": true,
+            }),
+        ),
+    ]
+}
+
+/// Checks every unimplemented block present in the top-level object (and records their names as known keys).
+pub(crate) fn check_unimplemented_blocks(top: &Block<'_>) -> Result<(), ConfigError> {
+    for name in SWITCHED_BLOCKS {
+        if let Some(block) = top.block(name, &format!("\"{name}\": {{\"enabled\": false}}"))? {
+            if block.bool_or("enabled", false)? {
+                return Err(ConfigError::Unsupported {
+                    path: block.path_of("enabled"),
+                    reason: format!(
+                        "rustspeed does not implement DeepSpeed's `{name}`; remove the block or set \"enabled\": false"
+                    ),
+                });
+            }
+        }
+    }
+    for (name, defaults) in default_valued_blocks() {
+        if let Some(block) = top.block(name, &format!("\"{name}\": {{}}"))? {
+            check_defaults(&block, &defaults, name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every key of `block` must be a key of `defaults` holding the default value (nested objects recursively).
+fn check_defaults(block: &Block<'_>, defaults: &Value, top_name: &str) -> Result<(), ConfigError> {
+    let Some(known) = defaults.as_object() else { return Ok(()) };
+    for key in block.keys() {
+        let path = block.path_of(key);
+        let Some(default) = known.get(key.as_str()) else {
+            return Err(ConfigError::UnknownKey {
+                path,
+                suggestion: closest(key, known.keys().map(String::as_str)).map(str::to_string),
+                hint: None,
+            });
+        };
+        let given = block.raw_any(key);
+        let same = match (given, default) {
+            (Some(Value::Object(_)), Value::Object(_)) => {
+                let nested = Block::nested(path.clone(), given.unwrap_or(default), "{}")?;
+                check_defaults(&nested, default, top_name)?;
+                true
+            }
+            (None | Some(Value::Null), _) => true,
+            (Some(Value::String(a)), Value::String(b)) => a.eq_ignore_ascii_case(b) || a == "auto",
+            (Some(Value::Number(a)), Value::Number(b)) => a.as_f64() == b.as_f64(),
+            (Some(a), b) => a == b,
+        };
+        if !same {
+            return Err(ConfigError::Unsupported {
+                path,
+                reason: format!(
+                    "rustspeed does not implement DeepSpeed's `{top_name}`; only its defaults are accepted (here {})",
+                    default
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Tokenizers run by the Hugging Face `tokenizers` crate: byte-level BPE trained here, or any `tokenizer.json`.
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::PreTokenizerWrapper;
+
+use crate::error::DataError;
+
+#[derive(Clone, Debug)]
+pub(crate) struct HfTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    /// The serialized `tokenizer.json`, kept as read (or as trained) so that saving copies it byte for byte.
+    json: String,
+    vocab_size: usize,
+    /// Whether encoding the text in line-aligned chunks gives the same ids as encoding it whole (see
+    /// [`chunking_is_exact`]).
+    chunkable: bool,
+}
+
+/// Target size of the pieces a long text is encoded in: small enough to spread over threads and to keep the
+/// library's per-token bookkeeping (offsets, token strings: tens of bytes per token) small, large enough that
+/// per-call overhead does not matter.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks encoded per parallel call; bounds the memory of the encodings alive at once.
+const CHUNKS_PER_BATCH: usize = 32;
+
+impl HfTokenizer {
+    /// Trains byte-level BPE as GPT-2 does it: the GPT-2 pre-tokenizer regex splits text into words, each word's
+    /// UTF-8 bytes are mapped to 256 printable characters (all of them in the initial alphabet, so every text
+    /// encodes and nothing is unknown), and merges are learned up to `vocab_size` tokens. No prefix space is
+    /// added, so `decode(encode(text)) == text` exactly.
+    ///
+    /// The trainer is deterministic: the alphabet is sorted, ties between equally frequent pairs go to the
+    /// smaller pair of ids, and word counts do not depend on the order the threads count them in. A corpus with
+    /// fewer distinct pairs than needed yields a vocabulary smaller than `vocab_size`.
+    pub(crate) fn train_byte_level_bpe(corpus: &str, vocab_size: usize) -> Result<HfTokenizer, DataError> {
+        let training_error = |message: String| DataError::Tokenizer {
+            action: "train the byte-level BPE tokenizer",
+            path: None,
+            message,
+        };
+        let trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .show_progress(false)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+        let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        // Word counts are gathered per chunk, in parallel; the chunks end where the whole text's words end too
+        // (see `chunking_is_exact`), so the counts are those of the whole text.
+        let chunks = line_aligned_chunks(corpus, CHUNK_BYTES);
+        tokenizer.train(&mut trainer, chunks.into_iter()).map_err(|e| training_error(e.to_string()))?;
+        let json = tokenizer.to_string(false).map_err(|e| training_error(e.to_string()))?;
+        HfTokenizer::from_json(json, None)
+    }
+
+    /// Reads a Hugging Face `tokenizer.json`.
+    pub(crate) fn from_file(path: &Path) -> Result<HfTokenizer, DataError> {
+        let json = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => DataError::BadFile {
+                path: path.to_path_buf(),
+                problem: "the tokenizer.json does not exist".to_string(),
+            },
+            _ => DataError::Io { action: "read", path: path.to_path_buf(), source },
+        })?;
+        HfTokenizer::from_json(json, Some(path))
+    }
+
+    fn from_json(json: String, path: Option<&Path>) -> Result<HfTokenizer, DataError> {
+        let mut tokenizer = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| DataError::Tokenizer {
+            action: "load the Hugging Face tokenizer",
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
+        // A tokenizer.json made for a model's inputs may truncate or pad; a corpus must be encoded whole.
+        tokenizer.with_truncation(None).map_err(|e| DataError::Tokenizer {
+            action: "disable truncation of the Hugging Face tokenizer",
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
+        tokenizer.with_padding(None);
+        let chunkable = chunking_is_exact(&tokenizer);
+        // Ids of added tokens may lie above the model's vocabulary: the embedding must cover the largest id.
+        let vocab_size = tokenizer.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        if vocab_size == 0 {
+            return Err(DataError::Tokenizer {
+                action: "load the Hugging Face tokenizer",
+                path: path.map(Path::to_path_buf),
+                message: "its vocabulary is empty".to_string(),
+            });
+        }
+        Ok(HfTokenizer { tokenizer, json, vocab_size, chunkable })
+    }
+
+    pub(crate) fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub(crate) fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Encodes without special tokens (no BOS/EOS): the token stream is the text and nothing else. Where that
+    /// is exact, in chunks on several threads.
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        if self.chunkable {
+            self.encode_in_chunks(text, CHUNK_BYTES)
+        } else {
+            self.encode_whole(text)
+        }
+    }
+
+    fn encode_whole(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        let encoding = self.tokenizer.encode_fast(text, false).map_err(encode_error)?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn encode_in_chunks(&self, text: &str, chunk_bytes: usize) -> Result<Vec<u32>, DataError> {
+        let chunks = line_aligned_chunks(text, chunk_bytes);
+        let mut ids = Vec::with_capacity(text.len() / 3);
+        for batch in chunks.chunks(CHUNKS_PER_BATCH) {
+            let encodings = self.tokenizer.encode_batch_fast(batch.to_vec(), false).map_err(encode_error)?;
+            for encoding in &encodings {
+                ids.extend_from_slice(encoding.get_ids());
+            }
+        }
+        Ok(ids)
+    }
+
+    pub(crate) fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        // The library skips ids it does not know; an id outside the vocabulary is a caller's error, so say so.
+        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.vocab_size) {
+            return Err(DataError::TokenOutOfVocab {
+                context: "decode".to_string(),
+                position,
+                id,
+                vocab_size: self.vocab_size,
+            });
+        }
+        self.tokenizer.decode(ids, false).map_err(|e| DataError::Tokenizer {
+            action: "decode token ids",
+            path: None,
+            message: e.to_string(),
+        })
+    }
+}
+
+fn encode_error(e: tokenizers::Error) -> DataError {
+    DataError::Tokenizer { action: "encode text", path: None, message: e.to_string() }
+}
+
+/// Chunking is exact for the GPT-2 byte-level setup: no normalizer, the ByteLevel pre-tokenizer with its regex
+/// and no prefix space, and no added token that contains a newline or strips whitespace to its left.
+///
+/// Why: the regex `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+` matches a
+/// newline only inside all-whitespace pieces, so at a lone newline (non-whitespace on both sides) the piece
+/// holding it is exactly "\n", whole text or chunk end alike (at a chunk end `\s+(?!\S)` takes it, inside the
+/// text `\s+`), and the next piece starts after it. BPE merges never cross pieces. An added token could span
+/// or absorb the boundary only by containing the newline or by stripping it from its left.
+fn chunking_is_exact(tokenizer: &tokenizers::Tokenizer) -> bool {
+    let byte_level_regex = matches!(
+        tokenizer.get_pre_tokenizer(),
+        Some(PreTokenizerWrapper::ByteLevel(level)) if level.use_regex && !level.add_prefix_space
+    );
+    let added_tokens_keep_lines =
+        tokenizer.get_added_tokens_decoder().values().all(|token| !token.lstrip && !token.content.contains('\n'));
+    tokenizer.get_normalizer().is_none() && byte_level_regex && added_tokens_keep_lines
+}
+
+/// Splits `text` into pieces of about `chunk_bytes` (or more, up to the next boundary), each ending right after a
+/// lone newline: a '\n' whose neighbours are both non-whitespace characters (Unicode White_Space, as the
+/// regex's `\s`). Concatenated, the pieces are `text`.
+fn line_aligned_chunks(text: &str, chunk_bytes: usize) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut search_from = chunk_bytes.max(1);
+    while search_from < text.len() {
+        let Some(offset) = text.as_bytes()[search_from..].iter().position(|&b| b == b'\n') else { break };
+        let newline = search_from + offset;
+        let before = text[start..newline].chars().next_back();
+        let after = text[newline + 1..].chars().next();
+        let lone = matches!((before, after), (Some(b), Some(a)) if !b.is_whitespace() && !a.is_whitespace());
+        if lone {
+            chunks.push(&text[start..newline + 1]);
+            start = newline + 1;
+            search_from = start + chunk_bytes.max(1);
+        } else {
+            search_from = newline + 1;
+        }
+    }
+    chunks.push(&text[start..]);
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines with blank-line runs, leading and trailing spaces, tabs, a no-break space (Unicode whitespace)
+    /// after a newline, contractions, digits and non-ASCII letters: every way a piece could touch a boundary.
+    const TRICKY: &str = "First line.\nsecond line\n\nthird after blank\n \nspace line\nend \n\ttab\n\u{a0}nbsp\n\
+        don't\n'tis\n42 apples\n\u{e9}t\u{e9}\n\n\n!!\nlast";
+
+    #[test]
+    fn chunks_concatenate_to_the_text_and_end_at_lone_newlines() {
+        let text = TRICKY.repeat(5);
+        for chunk_bytes in [1, 3, 10, 50] {
+            let chunks = line_aligned_chunks(&text, chunk_bytes);
+            assert_eq!(chunks.concat(), text);
+            for chunk in &chunks[..chunks.len() - 1] {
+                let body = chunk.strip_suffix('\n').expect("a chunk ends with a newline");
+                assert!(!body.ends_with(char::is_whitespace), "{chunk:?}");
+            }
+            assert!(chunks.len() > 1);
+        }
+    }
+
+    #[test]
+    fn chunked_encoding_equals_whole_encoding() {
+        let text = TRICKY.repeat(20);
+        let tokenizer = HfTokenizer::train_byte_level_bpe(&text, 300).unwrap();
+        assert!(tokenizer.chunkable);
+        let whole = tokenizer.encode_whole(&text).unwrap();
+        for chunk_bytes in [1, 7, 64, 500] {
+            assert_eq!(tokenizer.encode_in_chunks(&text, chunk_bytes).unwrap(), whole, "chunks of {chunk_bytes}");
+        }
+    }
+}

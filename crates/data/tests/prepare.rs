@@ -1,0 +1,324 @@
+//! `prepare` and `Dataset::open`: what is written (read back by an independent parser of the documented
+//! layout), the contiguous split, input and output errors, atomic installation, and damaged directories.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::{corpus, read_shard_by_spec, TempDir};
+use rustspeed_data::{prepare, DataError, Dataset, PrepareOptions, ShardProblem, Tokenizer, TokenizerSpec};
+use serde_json::Value;
+
+fn write_corpus(dir: &TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.join("input.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn prepare_default(input: &Path, spec: &TokenizerSpec, out: &Path) -> Result<rustspeed_data::PrepareReport, DataError> {
+    prepare(input, spec, out, &PrepareOptions::default())
+}
+
+/// Names in `dir` starting with '.', i.e. staging or moved-aside directories that should not survive.
+fn hidden_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn char_prepare_writes_the_documented_files_and_a_contiguous_split() {
+    let tmp = TempDir::new("prep-char");
+    let text = corpus(2000, 10);
+    let input = write_corpus(&tmp, &text);
+    let out = tmp.join("data");
+    let report = prepare_default(&input, &TokenizerSpec::Char, &out).unwrap();
+
+    let chars: Vec<char> = text.chars().collect();
+    let n = chars.len();
+    let expected_val = (n as f64 * 0.1).floor() as usize;
+    assert_eq!(report.vocab_size, chars.iter().collect::<BTreeSet<_>>().len());
+    assert_eq!(report.chars, n as u64);
+    assert_eq!(report.bytes, text.len() as u64);
+    assert_eq!((report.train_tokens, report.val_tokens), ((n - expected_val) as u64, expected_val as u64));
+    assert_eq!(report.token_width, 2);
+
+    for name in ["tokenizer_meta.json", "train.bin", "val.bin", "meta.json"] {
+        assert!(out.join(name).is_file(), "{name} written");
+    }
+    // The shards, parsed by the test's own reader, are the char ids of the text's first and last parts.
+    let tokenizer = Tokenizer::char_from_corpus(&text);
+    let (version, width, train) = read_shard_by_spec(&out.join("train.bin"));
+    let (_, _, val) = read_shard_by_spec(&out.join("val.bin"));
+    assert_eq!((version, width), (1, 2));
+    let head: String = chars[..n - expected_val].iter().collect();
+    let tail: String = chars[n - expected_val..].iter().collect();
+    assert_eq!(train, tokenizer.encode(&head).unwrap());
+    assert_eq!(val, tokenizer.encode(&tail).unwrap());
+
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["format_version"], 1);
+    assert_eq!(meta["tokenizer"]["kind"], "char");
+    assert_eq!(meta["tokenizer"]["vocab_size"], report.vocab_size);
+    assert_eq!(meta["train"]["tokens"], report.train_tokens);
+    assert_eq!(meta["val"]["tokens"], report.val_tokens);
+    assert_eq!(meta["source"]["file_name"], "input.txt");
+    assert_eq!(meta["source"]["bytes"], text.len());
+
+    let dataset = Dataset::open(&out).unwrap();
+    assert_eq!(dataset.vocab_size(), report.vocab_size);
+    assert_eq!(dataset.tokenizer.decode(&dataset.train.tokens(0..dataset.train.len())).unwrap(), head);
+    assert_eq!(dataset.tokenizer.decode(&dataset.val.tokens(0..dataset.val.len())).unwrap(), tail);
+    assert!(hidden_entries(tmp.path()).is_empty(), "no staging directory left: {:?}", hidden_entries(tmp.path()));
+}
+
+#[test]
+fn bpe_prepare_splits_the_token_stream_and_decodes_back_to_the_text() {
+    let tmp = TempDir::new("prep-bpe");
+    let text = corpus(3000, 11);
+    let input = write_corpus(&tmp, &text);
+    let out = tmp.join("data");
+    let opts = PrepareOptions { val_fraction: 0.25, ..PrepareOptions::default() };
+    let report = prepare(&input, &TokenizerSpec::Bpe { vocab_size: 300 }, &out, &opts).unwrap();
+    let dataset = Dataset::open(&out).unwrap();
+    assert_eq!(dataset.tokenizer.kind(), "bpe");
+    assert_eq!(dataset.vocab_size(), 300);
+    let total = report.train_tokens + report.val_tokens;
+    assert_eq!(report.val_tokens, (total as f64 * 0.25).floor() as u64);
+    let mut all = dataset.train.tokens(0..dataset.train.len());
+    all.extend(dataset.val.tokens(0..dataset.val.len()));
+    assert_eq!(all, dataset.tokenizer.encode(&text).unwrap(), "train ++ val is the whole token stream, in order");
+    assert_eq!(dataset.tokenizer.decode(&all).unwrap(), text);
+}
+
+#[test]
+fn hf_json_prepare_copies_the_tokenizer_file() {
+    let tmp = TempDir::new("prep-hf");
+    let text = corpus(1500, 12);
+    let trained_dir = tmp.join("trained");
+    std::fs::create_dir(&trained_dir).unwrap();
+    Tokenizer::train_bpe(&text, 300).unwrap().save(&trained_dir).unwrap();
+    let source_json = trained_dir.join("tokenizer.json");
+    let input = write_corpus(&tmp, &text);
+    let out = tmp.join("data");
+    prepare_default(&input, &TokenizerSpec::HfJson(source_json.clone()), &out).unwrap();
+    assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), std::fs::read(&source_json).unwrap());
+    let dataset = Dataset::open(&out).unwrap();
+    assert_eq!(dataset.tokenizer.kind(), "hf");
+    assert_eq!(dataset.vocab_size(), 300);
+}
+
+#[test]
+fn zero_val_fraction_gives_an_empty_validation_split() {
+    let tmp = TempDir::new("prep-noval");
+    let input = write_corpus(&tmp, "abcabc");
+    let out = tmp.join("data");
+    let report = prepare(&input, &TokenizerSpec::Char, &out, &PrepareOptions { val_fraction: 0.0, overwrite: false });
+    assert_eq!(report.unwrap().val_tokens, 0);
+    assert!(Dataset::open(&out).unwrap().val.is_empty());
+}
+
+#[test]
+fn input_errors_name_the_path() {
+    let tmp = TempDir::new("prep-input");
+    let out = tmp.join("data");
+    let missing = tmp.join("missing.txt");
+    let err = prepare_default(&missing, &TokenizerSpec::Char, &out).unwrap_err();
+    assert!(matches!(err, DataError::InputMissing { .. }) && err.to_string().contains("missing.txt"), "{err}");
+
+    let empty = tmp.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let err = prepare_default(&empty, &TokenizerSpec::Char, &out).unwrap_err();
+    assert!(matches!(err, DataError::InputEmpty { .. }) && err.to_string().contains("empty.txt"), "{err}");
+
+    // "héllo" is 6 valid bytes (é is two), then 0xFF, which never occurs in UTF-8.
+    let binary = tmp.join("binary.txt");
+    std::fs::write(&binary, b"h\xc3\xa9llo\xffrest").unwrap();
+    let err = prepare_default(&binary, &TokenizerSpec::Char, &out).unwrap_err();
+    assert!(matches!(err, DataError::InputNotUtf8 { byte_offset: 6, .. }), "{err:?}");
+    assert!(err.to_string().contains("binary.txt") && err.to_string().contains("byte offset 6"), "{err}");
+    assert!(!out.exists(), "nothing is written for a bad input");
+}
+
+#[test]
+fn invalid_val_fraction_is_rejected() {
+    let tmp = TempDir::new("prep-frac");
+    let input = write_corpus(&tmp, "some text");
+    for bad in [1.0, -0.1, f64::NAN, 2.0] {
+        let opts = PrepareOptions { val_fraction: bad, overwrite: false };
+        let err = prepare(&input, &TokenizerSpec::Char, &tmp.join("data"), &opts).unwrap_err();
+        assert!(err.to_string().contains("val_fraction"), "{err}");
+    }
+}
+
+#[test]
+fn existing_output_is_replaced_only_with_overwrite_and_only_if_it_is_a_data_set() {
+    let tmp = TempDir::new("prep-exists");
+    let out = tmp.join("data");
+    let first = write_corpus(&tmp, "aaaa bbbb");
+    prepare_default(&first, &TokenizerSpec::Char, &out).unwrap();
+
+    let second = tmp.join("second.txt");
+    std::fs::write(&second, "xyz xyz xyz!").unwrap();
+    let err = prepare_default(&second, &TokenizerSpec::Char, &out).unwrap_err();
+    assert!(matches!(err, DataError::OutputExists { .. }), "{err:?}");
+    assert!(err.to_string().contains("overwrite"), "{err}");
+    assert_eq!(Dataset::open(&out).unwrap().vocab_size(), 3, "the old data set is untouched");
+
+    let opts = PrepareOptions { overwrite: true, ..PrepareOptions::default() };
+    prepare(&second, &TokenizerSpec::Char, &out, &opts).unwrap();
+    assert_eq!(Dataset::open(&out).unwrap().vocab_size(), 5, "replaced: ' ', '!', 'x', 'y', 'z'");
+    assert!(hidden_entries(tmp.path()).is_empty(), "no aside directory left: {:?}", hidden_entries(tmp.path()));
+
+    // A non-empty directory that is not a data set is never deleted, overwrite or not.
+    let precious = tmp.join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    let err = prepare(&second, &TokenizerSpec::Char, &precious, &opts).unwrap_err();
+    assert!(matches!(err, DataError::OutputNotDataset { .. }), "{err:?}");
+    assert!(precious.join("notes.txt").is_file());
+
+    // An existing empty directory is simply filled.
+    let empty = tmp.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    prepare_default(&second, &TokenizerSpec::Char, &empty).unwrap();
+    assert!(Dataset::open(&empty).is_ok());
+}
+
+/// Prepares a small char data set in `tmp/data` and returns its directory.
+fn small_dataset(tmp: &TempDir) -> std::path::PathBuf {
+    let input = write_corpus(tmp, &corpus(500, 13));
+    let out = tmp.join("data");
+    prepare_default(&input, &TokenizerSpec::Char, &out).unwrap();
+    out
+}
+
+#[test]
+fn a_directory_without_meta_json_is_not_accepted() {
+    // An interrupted prepare never installs a directory; a copy missing its last-written file stands for one.
+    let tmp = TempDir::new("open-nometa");
+    let out = small_dataset(&tmp);
+    std::fs::remove_file(out.join("meta.json")).unwrap();
+    let err = Dataset::open(&out).unwrap_err().to_string();
+    assert!(err.contains("not a prepared data set") && err.contains("meta.json"), "{err}");
+}
+
+fn patch_file(path: &Path, offset: usize, bytes: &[u8]) {
+    let mut content = std::fs::read(path).unwrap();
+    content[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, content).unwrap();
+}
+
+fn shard_problem(dir: &Path) -> ShardProblem {
+    match Dataset::open(dir).unwrap_err() {
+        DataError::BadShard { problem, .. } => problem,
+        other => panic!("expected a shard problem, got {other}"),
+    }
+}
+
+#[test]
+fn damaged_shards_are_reported_with_what_is_wrong() {
+    let tmp = TempDir::new("open-damaged");
+    let out = small_dataset(&tmp);
+    let train = out.join("train.bin");
+    let pristine = std::fs::read(&train).unwrap();
+    let restore = || std::fs::write(&train, &pristine).unwrap();
+
+    std::fs::write(&train, &pristine[..pristine.len() - 3]).unwrap();
+    let problem = shard_problem(&out);
+    assert!(matches!(problem, ShardProblem::SizeMismatch { .. }), "{problem:?}");
+    assert!(problem.to_string().contains("truncated"), "{problem}");
+    let message = Dataset::open(&out).unwrap_err().to_string();
+    assert!(message.contains("train.bin"), "{message}");
+
+    std::fs::write(&train, &pristine[..10]).unwrap();
+    assert!(matches!(shard_problem(&out), ShardProblem::ShorterThanHeader { bytes: 10, .. }));
+
+    restore();
+    patch_file(&train, 0, b"XX");
+    assert_eq!(shard_problem(&out), ShardProblem::BadMagic);
+
+    restore();
+    patch_file(&train, 8, &7u32.to_le_bytes());
+    assert_eq!(shard_problem(&out), ShardProblem::UnsupportedVersion { found: 7, supported: 1 });
+
+    restore();
+    patch_file(&train, 12, &3u32.to_le_bytes());
+    assert_eq!(shard_problem(&out), ShardProblem::BadTokenWidth { width: 3 });
+
+    // One token changed to another valid id: only the checksum can tell.
+    restore();
+    let id = u16::from_le_bytes([pristine[40], pristine[41]]);
+    patch_file(&train, 40, &(id ^ 1).to_le_bytes());
+    assert!(matches!(shard_problem(&out), ShardProblem::ChecksumMismatch { .. }));
+    restore();
+    assert!(Dataset::open(&out).is_ok());
+}
+
+#[test]
+fn a_token_outside_the_vocabulary_is_found_even_with_a_matching_checksum() {
+    let tmp = TempDir::new("open-oov");
+    let out = small_dataset(&tmp);
+    let train = out.join("train.bin");
+    // Token 5 becomes 0xFFFF; meta.json gets the new checksum so that only the vocabulary check can object.
+    patch_file(&train, 32 + 2 * 5, &0xFFFFu16.to_le_bytes());
+    let data = std::fs::read(&train).unwrap();
+    let checksum = format!("mix64-words:{:016x}", rustspeed_data::shard::checksum(&data[32..]));
+    let meta_path = out.join("meta.json");
+    let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["train"]["checksum"] = Value::String(checksum);
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let err = Dataset::open(&out).unwrap_err();
+    assert!(matches!(err, DataError::TokenOutOfVocab { position: 5, id: 0xFFFF, .. }), "{err:?}");
+}
+
+#[test]
+fn meta_json_disagreements_are_reported() {
+    let tmp = TempDir::new("open-meta");
+    let out = small_dataset(&tmp);
+    let meta_path = out.join("meta.json");
+    let pristine: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    let write = |meta: &Value| std::fs::write(&meta_path, meta.to_string()).unwrap();
+
+    let mut meta = pristine.clone();
+    meta["tokenizer"]["vocab_size"] = Value::from(9999);
+    write(&meta);
+    let err = Dataset::open(&out).unwrap_err();
+    assert!(matches!(err, DataError::VocabMismatch { meta_vocab: 9999, .. }), "{err:?}");
+
+    let mut meta = pristine.clone();
+    meta["train"]["tokens"] = Value::from(3);
+    write(&meta);
+    assert!(matches!(shard_problem(&out), ShardProblem::CountMismatch { meta_tokens: 3, .. }));
+
+    let mut meta = pristine.clone();
+    meta["format_version"] = Value::from(2);
+    write(&meta);
+    let err = Dataset::open(&out).unwrap_err().to_string();
+    assert!(err.contains("format_version") && err.contains('2'), "{err}");
+
+    let mut meta = pristine.clone();
+    meta["val"].as_object_mut().unwrap().remove("checksum");
+    write(&meta);
+    let err = Dataset::open(&out).unwrap_err().to_string();
+    assert!(err.contains("val.checksum") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn checksum_changes_with_every_bit_and_with_length() {
+    let data: Vec<u8> = (0..37u8).map(|i| i.wrapping_mul(73)).collect();
+    let base = rustspeed_data::shard::checksum(&data);
+    for byte in 0..data.len() {
+        for bit in 0..8 {
+            let mut flipped = data.clone();
+            flipped[byte] ^= 1 << bit;
+            assert_ne!(rustspeed_data::shard::checksum(&flipped), base, "byte {byte} bit {bit}");
+        }
+    }
+    let mut longer = data.clone();
+    longer.push(0);
+    assert_ne!(rustspeed_data::shard::checksum(&longer), base, "a trailing zero byte is noticed");
+}

@@ -1,0 +1,130 @@
+//! Checkpoint directories: written atomically, verified on load.
+//!
+//! Layout under a checkpoint root (a run's `checkpoints/`):
+//! ```text
+//! latest                 the newest complete tag (text, no newline), replaced atomically
+//! <tag>/manifest.json    everything that is not a tensor, plus a CRC-32 of every other file
+//! <tag>/*.safetensors    tensors (model parameters, optimizer state)
+//! ```
+//! A tag is first written under a temporary name and renamed into place only when every file is on disk, and
+//! `latest` moves after that; a crash at any point leaves the previous checkpoint intact and `latest` pointing
+//! at a complete one.
+
+use crate::error::EngineError;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Name of the manifest inside a tag directory.
+pub const MANIFEST: &str = "manifest.json";
+/// Name of the file that holds the newest tag.
+pub const LATEST: &str = "latest";
+/// The manifest's `format` value and version this build reads and writes.
+pub const FORMAT: &str = "rustspeed-checkpoint";
+pub const FORMAT_VERSION: u64 = 1;
+
+fn io_err(path: &Path, e: std::io::Error) -> EngineError {
+    EngineError::Io(format!("{}: {e}", path.display()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let mut f = fs::File::create(path).map_err(|e| io_err(path, e))?;
+    f.write_all(bytes).map_err(|e| io_err(path, e))?;
+    f.sync_all().map_err(|e| io_err(path, e))
+}
+
+/// Writes `files` and `manifest` (to which `format`, `version`, `tag` and `checksums` are added) as checkpoint
+/// `tag` under `root`, then points `latest` at it. Returns the tag directory.
+pub fn save(root: &Path, tag: &str, files: &[(&str, Vec<u8>)], mut manifest: Value) -> Result<PathBuf, EngineError> {
+    if tag.is_empty() || tag.contains(['/', '\\']) || tag.starts_with('.') {
+        return Err(EngineError::Checkpoint(format!("invalid checkpoint tag '{tag}'")));
+    }
+    fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+    let tmp = root.join(format!(".{tag}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
+    fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let mut checksums = BTreeMap::new();
+    for (name, bytes) in files {
+        write_synced(&tmp.join(name), bytes)?;
+        checksums.insert(name.to_string(), json!({ "crc32": crc32fast::hash(bytes), "bytes": bytes.len() }));
+    }
+    manifest["format"] = json!(FORMAT);
+    manifest["version"] = json!(FORMAT_VERSION);
+    manifest["tag"] = json!(tag);
+    manifest["checksums"] = json!(checksums);
+    let text = serde_json::to_string_pretty(&manifest).expect("a JSON value serializes");
+    write_synced(&tmp.join(MANIFEST), text.as_bytes())?;
+
+    let dst = root.join(tag);
+    if dst.exists() {
+        // Re-saving a tag: move the old one aside first so that a crash between the renames loses nothing.
+        let old = root.join(format!(".{tag}.old-{}", std::process::id()));
+        fs::rename(&dst, &old).map_err(|e| io_err(&dst, e))?;
+        fs::rename(&tmp, &dst).map_err(|e| io_err(&tmp, e))?;
+        fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
+    } else {
+        fs::rename(&tmp, &dst).map_err(|e| io_err(&tmp, e))?;
+    }
+    let latest_tmp = root.join(format!(".{LATEST}.partial-{}", std::process::id()));
+    write_synced(&latest_tmp, tag.as_bytes())?;
+    fs::rename(&latest_tmp, root.join(LATEST)).map_err(|e| io_err(&latest_tmp, e))?;
+    Ok(dst)
+}
+
+/// The tag `latest` names, or an error saying there is no checkpoint to resume from.
+pub fn latest_tag(root: &Path) -> Result<String, EngineError> {
+    let path = root.join(LATEST);
+    match fs::read_to_string(&path) {
+        Ok(tag) if !tag.trim().is_empty() => Ok(tag.trim().to_string()),
+        Ok(_) => Err(EngineError::Checkpoint(format!("{} is empty", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(EngineError::NoCheckpoint(format!("no checkpoint under {} (missing '{LATEST}')", root.display())))
+        }
+        Err(e) => Err(io_err(&path, e)),
+    }
+}
+
+/// A checkpoint read back and verified.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub manifest: Value,
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads checkpoint `tag` under `root` and verifies the manifest's format and every file's size and CRC-32.
+pub fn load(root: &Path, tag: &str) -> Result<Loaded, EngineError> {
+    let dir = root.join(tag);
+    let corrupt = |msg: String| EngineError::Checkpoint(format!("checkpoint {}: {msg}", dir.display()));
+    let manifest_path = dir.join(MANIFEST);
+    let text = fs::read_to_string(&manifest_path).map_err(|e| corrupt(format!("cannot read {MANIFEST}: {e}")))?;
+    let manifest: Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("{MANIFEST} is not valid JSON: {e}")))?;
+    if manifest["format"] != FORMAT {
+        return Err(corrupt(format!("{MANIFEST} is not a {FORMAT} manifest")));
+    }
+    if manifest["version"] != FORMAT_VERSION {
+        return Err(corrupt(format!("format version {} is not {FORMAT_VERSION}", manifest["version"])));
+    }
+    let checksums = manifest["checksums"].as_object().ok_or_else(|| corrupt("manifest lists no checksums".into()))?;
+    let mut files = BTreeMap::new();
+    for (name, sum) in checksums {
+        let path = dir.join(name);
+        let bytes = fs::read(&path).map_err(|e| corrupt(format!("cannot read {name}: {e}")))?;
+        if Some(bytes.len() as u64) != sum["bytes"].as_u64() {
+            return Err(corrupt(format!(
+                "{name} has {} bytes, the manifest says {} (truncated?)",
+                bytes.len(),
+                sum["bytes"]
+            )));
+        }
+        if Some(crc32fast::hash(&bytes) as u64) != sum["crc32"].as_u64() {
+            return Err(corrupt(format!("{name} fails its CRC-32 check (corrupted)")));
+        }
+        files.insert(name.clone(), bytes);
+    }
+    Ok(Loaded { dir, manifest, files })
+}

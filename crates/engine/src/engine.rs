@@ -1,0 +1,289 @@
+//! The engine: DeepSpeed's `forward` / `backward` / `step` contract over rustspeed's flat buffers.
+//!
+//! Counters follow DeepSpeed (§3.2 of the semantics reference): `micro_steps` +1 on every `step()`,
+//! `global_steps` and `global_samples` on every accumulation boundary (applied or skipped), `skipped_steps` on
+//! skipped ones; the loss is divided by `gradient_accumulation_steps` in `backward`; the LR schedule advances only
+//! on applied steps.
+
+use crate::error::EngineError;
+use crate::optimizer::Optimizer;
+use crate::setup::Setup;
+use rustspeed_config::{BatchSizes, DeepSpeedConfig};
+use rustspeed_nn::Model;
+use rustspeed_optim::LrSchedule;
+use std::time::{Duration, Instant};
+
+/// Where the engine is in the forward → backward → step cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnginePhase {
+    /// Ready for a forward (start of a micro-step).
+    Ready,
+    /// A forward with targets ran; `backward` is next.
+    Forwarded,
+    /// Gradients of this micro-step are accumulated; `step` is next.
+    Backwarded,
+}
+
+impl EnginePhase {
+    fn describe(self) -> &'static str {
+        match self {
+            EnginePhase::Ready => "before forward()",
+            EnginePhase::Forwarded => "after forward() without backward()",
+            EnginePhase::Backwarded => "after backward() without step()",
+        }
+    }
+}
+
+/// DeepSpeed's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub micro_steps: u64,
+    pub global_steps: u64,
+    pub global_samples: u64,
+    pub skipped_steps: u64,
+}
+
+/// What one optimizer step did; returned by the boundary `step()`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// `global_steps` after this step (1 for the first).
+    pub step: u64,
+    /// Mean loss over the global batch (all micro-batches of the window).
+    pub loss: f32,
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: f32,
+    /// Learning rate used by this step.
+    pub lr: f64,
+    /// Whether the step was skipped (never in fp32).
+    pub skipped: bool,
+    /// Tokens processed in the window.
+    pub tokens: u64,
+    /// Wall time of the window: forward, backward, optimizer.
+    pub timings: StepTimings,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTimings {
+    pub forward: Duration,
+    pub backward: Duration,
+    pub optimizer: Duration,
+}
+
+impl StepTimings {
+    pub fn total(&self) -> Duration {
+        self.forward + self.backward + self.optimizer
+    }
+}
+
+/// State of the current accumulation window.
+#[derive(Clone, Debug, Default)]
+struct Window {
+    loss_sum: f64,
+    tokens: u64,
+    timings: StepTimings,
+    last_loss: f32,
+}
+
+pub struct Engine {
+    pub(crate) model: Model,
+    pub(crate) params: Vec<f32>,
+    pub(crate) grads: Vec<f32>,
+    pub(crate) optimizer: Optimizer,
+    pub(crate) schedule: LrSchedule,
+    pub(crate) batch: BatchSizes,
+    pub(crate) gradient_clipping: f64,
+    pub(crate) counters: Counters,
+    pub(crate) config: DeepSpeedConfig,
+    phase: EnginePhase,
+    window: Window,
+}
+
+/// DeepSpeed's epsilon in the clipping coefficient `clip / (‖g‖ + 1e-6)`.
+const CLIP_EPS: f64 = 1e-6;
+
+impl Engine {
+    /// Builds the engine for `model` with parameters `params` (its layout's size) from a DeepSpeed config; every
+    /// choice (optimizer, schedule, precision, ZeRO stage, communicator) is made here, by [`Setup::choose`].
+    pub fn new(model: Model, params: Vec<f32>, config: DeepSpeedConfig) -> Result<Engine, EngineError> {
+        if params.len() != model.num_params() {
+            return Err(EngineError::Config(format!(
+                "{} parameters given, the model has {}",
+                params.len(),
+                model.num_params()
+            )));
+        }
+        let Setup { optimizer, schedule, batch } = Setup::choose(&config, model.layout())?;
+        let grads = vec![0.0; params.len()];
+        Ok(Engine {
+            model,
+            params,
+            grads,
+            optimizer,
+            schedule,
+            batch,
+            gradient_clipping: config.gradient_clipping,
+            counters: Counters::default(),
+            config,
+            phase: EnginePhase::Ready,
+            window: Window::default(),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn batch_sizes(&self) -> BatchSizes {
+        self.batch
+    }
+
+    pub fn config(&self) -> &DeepSpeedConfig {
+        &self.config
+    }
+
+    pub fn phase(&self) -> EnginePhase {
+        self.phase
+    }
+
+    /// The learning rate the next applied step will use.
+    pub fn lr(&self) -> f64 {
+        self.schedule.lr(self.optimizer.applied_steps() as i64 - 1, self.optimizer.base_lr())
+    }
+
+    /// `(micro_steps + 1) % GAS == 0`, as DeepSpeed.
+    pub fn is_gradient_accumulation_boundary(&self) -> bool {
+        (self.counters.micro_steps + 1) % self.batch.gradient_accumulation_steps as u64 == 0
+    }
+
+    fn expect_phase(&self, called: &'static str, want: EnginePhase, expected: &'static str) -> Result<(), EngineError> {
+        match self.phase == want {
+            true => Ok(()),
+            false => Err(EngineError::Phase { called, expected, state: self.phase.describe() }),
+        }
+    }
+
+    /// Forward of one micro-batch `tokens[B, T]` → mean loss against `targets[B, T]`.
+    pub fn forward(&mut self, tokens: &[u32], targets: &[u32], t: usize) -> Result<f32, EngineError> {
+        self.expect_phase("forward", EnginePhase::Ready, "step() (or construction)")?;
+        let b = tokens.len() / t.max(1);
+        let start = Instant::now();
+        let loss = self.model.forward(&self.params, tokens, Some(targets), b, t)?.expect("targets give a loss");
+        self.window.timings.forward += start.elapsed();
+        if !loss.mean.is_finite() {
+            return Err(EngineError::NonFinite { step: self.counters.global_steps + 1, what: "the loss".into() });
+        }
+        self.window.tokens += tokens.len() as u64;
+        self.window.last_loss = loss.mean;
+        self.phase = EnginePhase::Forwarded;
+        Ok(loss.mean)
+    }
+
+    /// Accumulates `∂(loss / GAS)/∂params` of the latest forward.
+    pub fn backward(&mut self) -> Result<(), EngineError> {
+        self.expect_phase("backward", EnginePhase::Forwarded, "forward()")?;
+        let gas = self.batch.gradient_accumulation_steps as f32;
+        let start = Instant::now();
+        self.model.backward(&self.params, &mut self.grads, 1.0 / gas)?;
+        self.window.timings.backward += start.elapsed();
+        self.window.loss_sum += self.window.last_loss as f64 / gas as f64;
+        self.phase = EnginePhase::Backwarded;
+        Ok(())
+    }
+
+    /// Ends a micro-step. At an accumulation boundary, the optimizer step in numbered phases; returns its
+    /// report. Elsewhere only counts the micro-step and returns `None`.
+    pub fn step(&mut self) -> Result<Option<StepReport>, EngineError> {
+        self.expect_phase("step", EnginePhase::Backwarded, "backward()")?;
+        self.phase = EnginePhase::Ready;
+        if !self.is_gradient_accumulation_boundary() {
+            self.counters.micro_steps += 1;
+            return Ok(None);
+        }
+        let start = Instant::now();
+        // 1. Gradients of the whole window are accumulated (single rank: nothing to reduce).
+        // 2. Global gradient norm (fp32: no overflow check).
+        let grad_norm = self.grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();
+        if !grad_norm.is_finite() {
+            return Err(EngineError::NonFinite {
+                step: self.counters.global_steps + 1,
+                what: "the gradient norm".into(),
+            });
+        }
+        // 3. Clip by the global norm (DeepSpeed / torch `clip_grad_norm_`: scale by clip/(‖g‖+ε) when below 1).
+        if self.gradient_clipping > 0.0 {
+            let coef = self.gradient_clipping / (grad_norm + CLIP_EPS);
+            if coef < 1.0 {
+                self.grads.iter_mut().for_each(|g| *g *= coef as f32);
+            }
+        }
+        // 4. Optimizer step with this step's learning rate (and OneCycle's momentum, if cycling).
+        let t = self.optimizer.applied_steps() as i64 - 1;
+        let lr = self.schedule.lr(t, self.optimizer.base_lr());
+        let betas = self.schedule.momentum(t);
+        self.optimizer.apply(self.model.layout(), &mut self.params, &self.grads, lr as f32, betas);
+        // 5. Nothing to cast or gather in fp32 on one rank.
+        // 6. The schedule advances with the optimizer's applied-step count (read at step 4).
+        // 7. Zero gradients, count, report.
+        self.grads.fill(0.0);
+        self.counters.micro_steps += 1;
+        self.counters.global_steps += 1;
+        self.counters.global_samples += self.batch.train_batch_size as u64;
+        let mut window = std::mem::take(&mut self.window);
+        window.timings.optimizer = start.elapsed();
+        Ok(Some(StepReport {
+            step: self.counters.global_steps,
+            loss: window.loss_sum as f32,
+            grad_norm: grad_norm as f32,
+            lr,
+            skipped: false,
+            tokens: window.tokens,
+            timings: window.timings,
+        }))
+    }
+
+    /// One whole optimizer step: `GAS` micro-batches drawn from `next_micro_batch` (which fills tokens and
+    /// targets of `[B, T]`), each forward, backward, step.
+    pub fn train_batch(
+        &mut self,
+        t: usize,
+        mut next_micro_batch: impl FnMut(&mut Vec<u32>, &mut Vec<u32>),
+    ) -> Result<StepReport, EngineError> {
+        let (mut tokens, mut targets) = (Vec::new(), Vec::new());
+        loop {
+            next_micro_batch(&mut tokens, &mut targets);
+            self.forward(&tokens, &targets, t)?;
+            self.backward()?;
+            if let Some(report) = self.step()? {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Mean loss over `batches` of `[B, T]` without touching gradients or counters.
+    pub fn evaluate<'a>(
+        &mut self,
+        t: usize,
+        batches: impl IntoIterator<Item = (&'a [u32], &'a [u32])>,
+    ) -> Result<f32, EngineError> {
+        self.expect_phase(
+            "evaluate",
+            EnginePhase::Ready,
+            "step() (evaluation between micro-steps would discard activations)",
+        )?;
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for (tokens, targets) in batches {
+            let loss = self.model.forward(&self.params, tokens, Some(targets), tokens.len() / t, t)?.expect("targets");
+            sum += loss.mean as f64;
+            count += 1;
+        }
+        Ok(if count > 0 { (sum / count as f64) as f32 } else { f32::NAN })
+    }
+}

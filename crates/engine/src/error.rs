@@ -1,0 +1,55 @@
+//! Errors of the engine: configuration it cannot run, misuse of its phases, checkpoints.
+
+use rustspeed_nn::ModelError;
+use std::fmt;
+
+#[derive(Debug)]
+pub enum EngineError {
+    /// A configuration the engine does not run (yet), or an inconsistent one.
+    Unsupported(String),
+    Config(String),
+    Model(ModelError),
+    /// A call out of order, e.g. `step` before `backward`.
+    Phase {
+        called: &'static str,
+        expected: &'static str,
+        state: &'static str,
+    },
+    /// The loss went NaN or infinite.
+    NonFinite {
+        step: u64,
+        what: String,
+    },
+    /// `--resume` without a checkpoint.
+    NoCheckpoint(String),
+    /// A checkpoint that is missing pieces, corrupted, or does not fit the model.
+    Checkpoint(String),
+    Manifest(String),
+    Io(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Unsupported(m) => write!(f, "not supported: {m}"),
+            EngineError::Config(m) => write!(f, "configuration error: {m}"),
+            EngineError::Model(e) => write!(f, "{e}"),
+            EngineError::Phase { called, expected, state } => {
+                write!(f, "engine.{called}() called {state}; it must follow {expected}")
+            }
+            EngineError::NonFinite { step, what } => write!(f, "step {step}: {what} is not finite"),
+            EngineError::NoCheckpoint(m) => write!(f, "{m}"),
+            EngineError::Checkpoint(m) => write!(f, "{m}"),
+            EngineError::Manifest(m) => write!(f, "checkpoint manifest: {m}"),
+            EngineError::Io(m) => write!(f, "I/O error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> Self {
+        EngineError::Model(e)
+    }
+}

@@ -1,0 +1,19 @@
+//! rustspeed's training engine.
+//!
+//! [`Engine`] is built once from a model and a DeepSpeed config; [`setup::Setup::choose`] is the one place where
+//! the config's optimizer, schedule, batch sizes, precision and ZeRO stage become the engine's choices. The
+//! engine follows DeepSpeed's `forward` / `backward` / `step` contract and returns a [`StepReport`] per optimizer
+//! step. [`checkpoint`] writes and verifies checkpoint directories; [`persist`] maps the engine's state onto
+//! them; [`generate`] samples text.
+
+pub mod checkpoint;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod model_spec;
+pub mod optimizer;
+pub mod persist;
+pub mod setup;
+
+pub use engine::{Counters, Engine, EnginePhase, StepReport, StepTimings};
+pub use error::EngineError;

@@ -1,0 +1,135 @@
+//! The engine's optimizer: one update rule, its flat state buffers, and the count of applied steps. The update
+//! itself is `rustspeed_optim`'s pure step functions, applied per parameter tensor so that weight decay follows
+//! each tensor's flag (and Lamb's trust ratio is per tensor, as DeepSpeed's).
+
+use rustspeed_nn::ParamLayout;
+use rustspeed_optim::{
+    adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
+};
+
+/// The update rule with its configured hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    Adam(AdamHyper),
+    Lamb(LambHyper),
+    Lion(LionHyper),
+    Sgd(SgdHyper),
+}
+
+impl Rule {
+    pub fn kind(&self) -> OptimizerKind {
+        match self {
+            Rule::Adam(_) => OptimizerKind::Adam,
+            Rule::Lamb(_) => OptimizerKind::Lamb,
+            Rule::Lion(_) => OptimizerKind::Lion,
+            Rule::Sgd(h) => OptimizerKind::Sgd { with_momentum: h.momentum != 0.0 },
+        }
+    }
+
+    /// Names of the state buffers, as checkpoints store them (PyTorch's optimizer-state names).
+    pub fn slot_names(&self) -> &'static [&'static str] {
+        match self {
+            Rule::Adam(_) | Rule::Lamb(_) => &["exp_avg", "exp_avg_sq"],
+            Rule::Lion(_) => &["exp_avg"],
+            Rule::Sgd(h) if h.momentum != 0.0 => &["momentum_buffer"],
+            Rule::Sgd(_) => &[],
+        }
+    }
+
+    /// The configured learning rate.
+    pub fn lr(&self) -> f32 {
+        match self {
+            Rule::Adam(h) => h.lr,
+            Rule::Lamb(h) => h.lr,
+            Rule::Lion(h) => h.lr,
+            Rule::Sgd(h) => h.lr,
+        }
+    }
+
+    /// This step's hyperparameters for one tensor: the step's lr, OneCycle's betas when given, and no weight
+    /// decay for tensors that do not decay.
+    fn for_tensor(&self, lr: f32, betas: Option<(f64, f64)>, decay: bool) -> Rule {
+        let wd = |w: f32| if decay { w } else { 0.0 };
+        let pick = |d1: f32, d2: f32| betas.map_or((d1, d2), |(a, b)| (a as f32, b as f32));
+        match *self {
+            Rule::Adam(h) => {
+                let (beta1, beta2) = pick(h.beta1, h.beta2);
+                Rule::Adam(AdamHyper { lr, beta1, beta2, weight_decay: wd(h.weight_decay), ..h })
+            }
+            Rule::Lamb(h) => {
+                let (beta1, beta2) = pick(h.beta1, h.beta2);
+                Rule::Lamb(LambHyper { lr, beta1, beta2, weight_decay: wd(h.weight_decay), ..h })
+            }
+            Rule::Lion(h) => {
+                let (beta1, beta2) = pick(h.beta1, h.beta2);
+                Rule::Lion(LionHyper { lr, beta1, beta2, weight_decay: wd(h.weight_decay) })
+            }
+            Rule::Sgd(h) => Rule::Sgd(SgdHyper { lr, weight_decay: wd(h.weight_decay), ..h }),
+        }
+    }
+}
+
+pub struct Optimizer {
+    rule: Rule,
+    /// One flat buffer per state slot, over the parameter layout.
+    slots: Vec<Vec<f32>>,
+    applied_steps: u64,
+}
+
+impl Optimizer {
+    pub fn new(rule: Rule, num_params: usize) -> Self {
+        let slots = rule.slot_names().iter().map(|_| vec![0.0; num_params]).collect();
+        Optimizer { rule, slots, applied_steps: 0 }
+    }
+
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    pub fn base_lr(&self) -> f64 {
+        self.rule.lr() as f64
+    }
+
+    /// Optimizer steps applied so far (DeepSpeed's scheduler `last_batch_iteration + 1`).
+    pub fn applied_steps(&self) -> u64 {
+        self.applied_steps
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = (&'static str, &[f32])> {
+        self.rule.slot_names().iter().copied().zip(self.slots.iter().map(|s| s.as_slice()))
+    }
+
+    /// Restores state buffers and the step count (from a checkpoint); `slots` in [`Rule::slot_names`] order.
+    pub fn restore(&mut self, slots: Vec<Vec<f32>>, applied_steps: u64) {
+        assert_eq!(slots.len(), self.slots.len(), "optimizer state slot count");
+        self.slots = slots;
+        self.applied_steps = applied_steps;
+    }
+
+    /// One step over every parameter tensor with learning rate `lr` (and OneCycle's `betas`).
+    pub fn apply(
+        &mut self,
+        layout: &ParamLayout,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f32,
+        betas: Option<(f64, f64)>,
+    ) {
+        self.applied_steps += 1;
+        let step = self.applied_steps;
+        for entry in layout.entries() {
+            let r = entry.range();
+            let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+            match (self.rule.for_tensor(lr, betas, entry.spec.weight_decay), self.slots.as_mut_slice()) {
+                (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, &mut m[r.clone()], &mut v[r]),
+                (Rule::Lamb(h), [m, v]) => {
+                    lamb_step(&h, step, p, g, &mut m[r.clone()], &mut v[r]);
+                }
+                (Rule::Lion(h), [m]) => lion_step(&h, p, g, &mut m[r]),
+                (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(&mut buf[r])),
+                (Rule::Sgd(h), []) => sgd_step(&h, step == 1, p, g, None),
+                (rule, slots) => unreachable!("{rule:?} with {} state slots", slots.len()),
+            }
+        }
+    }
+}

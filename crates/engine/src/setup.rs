@@ -1,0 +1,140 @@
+//! The one place where a DeepSpeed config becomes the engine's choices: optimizer, LR schedule, batch sizes,
+//! precision, ZeRO stage and communicator. Nothing else in the engine inspects the config's options.
+
+use crate::error::EngineError;
+use crate::optimizer::{Optimizer, Rule};
+use rustspeed_config::{BatchSizes, DeepSpeedConfig, OptimizerConfig, SchedulerConfig};
+use rustspeed_nn::ParamLayout;
+use rustspeed_optim::{AdamHyper, LambHyper, LionHyper, LrSchedule, SgdHyper, WarmupType};
+
+/// What [`crate::Engine::new`] runs with.
+pub struct Setup {
+    pub optimizer: Optimizer,
+    pub schedule: LrSchedule,
+    pub batch: BatchSizes,
+}
+
+/// The block a config without an optimizer is told to add.
+const OPTIMIZER_EXAMPLE: &str = r#""optimizer": {"type": "AdamW", "params": {"lr": 0.001, "weight_decay": 0.1}}"#;
+
+impl Setup {
+    /// Chooses everything for a single fp32 rank; configurations this build cannot run are errors.
+    pub fn choose(config: &DeepSpeedConfig, layout: &ParamLayout) -> Result<Setup, EngineError> {
+        // Precision: fp32 only, until the mixed-precision work lands.
+        if config.fp16.enabled || config.bf16.enabled {
+            let which = if config.fp16.enabled { "fp16" } else { "bf16" };
+            return Err(EngineError::Unsupported(format!(
+                "\"{which}\": {{\"enabled\": true}} — mixed precision is not implemented yet; remove the block or set enabled to false to train in fp32"
+            )));
+        }
+        // ZeRO and communicator: one rank, stage 0.
+        if config.zero_optimization.stage != 0 {
+            return Err(EngineError::Unsupported(format!(
+                "zero_optimization.stage {} — only stage 0 runs in this build (single rank); set \"stage\": 0",
+                config.zero_optimization.stage
+            )));
+        }
+        let batch = config.batch_sizes(1).map_err(|e| EngineError::Config(e.to_string()))?;
+        let rule = match &config.optimizer {
+            Some(opt) => rule_of(opt),
+            None => {
+                return Err(EngineError::Config(format!(
+                    "the config has no \"optimizer\" block; add one, e.g. {OPTIMIZER_EXAMPLE}"
+                )))
+            }
+        };
+        let schedule = config.scheduler.as_ref().map_or(Ok(LrSchedule::Constant), schedule_of)?;
+        Ok(Setup { optimizer: Optimizer::new(rule, layout.numel()), schedule, batch })
+    }
+}
+
+fn rule_of(opt: &OptimizerConfig) -> Rule {
+    match opt {
+        OptimizerConfig::Adam(c) => Rule::Adam(AdamHyper {
+            lr: c.lr as f32,
+            beta1: c.betas[0] as f32,
+            beta2: c.betas[1] as f32,
+            eps: c.eps as f32,
+            weight_decay: c.weight_decay as f32,
+            bias_correction: c.bias_correction,
+            adam_w_mode: c.adam_w_mode,
+        }),
+        OptimizerConfig::Lamb(c) => Rule::Lamb(LambHyper {
+            lr: c.lr as f32,
+            beta1: c.betas[0] as f32,
+            beta2: c.betas[1] as f32,
+            eps: c.eps as f32,
+            eps_inside_sqrt: c.eps_inside_sqrt,
+            weight_decay: c.weight_decay as f32,
+            bias_correction: c.bias_correction,
+            max_coeff: c.max_coeff as f32,
+            min_coeff: c.min_coeff as f32,
+        }),
+        OptimizerConfig::Lion(c) => Rule::Lion(LionHyper {
+            lr: c.lr as f32,
+            beta1: c.betas[0] as f32,
+            beta2: c.betas[1] as f32,
+            weight_decay: c.weight_decay as f32,
+        }),
+        OptimizerConfig::Sgd(c) => Rule::Sgd(SgdHyper {
+            lr: c.lr as f32,
+            momentum: c.momentum as f32,
+            dampening: c.dampening as f32,
+            nesterov: c.nesterov,
+            weight_decay: c.weight_decay as f32,
+        }),
+    }
+}
+
+fn warmup_type(w: rustspeed_config::WarmupType) -> WarmupType {
+    match w {
+        rustspeed_config::WarmupType::Log => WarmupType::Log,
+        rustspeed_config::WarmupType::Linear => WarmupType::Linear,
+    }
+}
+
+/// The schedule of a `scheduler` block; step counts become the schedule's f64 arithmetic.
+fn schedule_of(s: &SchedulerConfig) -> Result<LrSchedule, EngineError> {
+    let schedule = match s {
+        SchedulerConfig::WarmupLR(c) => LrSchedule::WarmupLR {
+            warmup_min_lr: c.warmup_min_lr,
+            warmup_max_lr: c.warmup_max_lr,
+            warmup_num_steps: c.warmup_num_steps as f64,
+            warmup_type: warmup_type(c.warmup_type),
+        },
+        SchedulerConfig::WarmupDecayLR(c) => LrSchedule::WarmupDecayLR {
+            total_num_steps: c.total_num_steps as f64,
+            warmup_min_lr: c.warmup.warmup_min_lr,
+            warmup_max_lr: c.warmup.warmup_max_lr,
+            warmup_num_steps: c.warmup.warmup_num_steps as f64,
+            warmup_type: warmup_type(c.warmup.warmup_type),
+        },
+        SchedulerConfig::WarmupCosineLR(c) => LrSchedule::WarmupCosineLR {
+            total_num_steps: c.total_num_steps as f64,
+            warmup_min_ratio: c.warmup_min_ratio,
+            warmup_num_steps: c.warmup_num_steps as f64,
+            cos_min_ratio: c.cos_min_ratio,
+            warmup_type: warmup_type(c.warmup_type),
+        },
+        SchedulerConfig::OneCycle(c) => LrSchedule::OneCycle {
+            cycle_min_lr: c.cycle_min_lr,
+            cycle_max_lr: c.cycle_max_lr,
+            decay_lr_rate: c.decay_lr_rate,
+            cycle_first_step_size: c.cycle_first_step_size as f64,
+            cycle_second_step_size: c.cycle_second_step_size.map(|v| v as f64),
+            decay_step_size: c.decay_step_size as f64,
+            cycle_momentum: c.cycle_momentum,
+            cycle_min_mom: c.cycle_min_mom,
+            cycle_max_mom: c.cycle_max_mom,
+            decay_mom_rate: c.decay_mom_rate,
+        },
+        SchedulerConfig::LRRangeTest(c) => LrSchedule::LRRangeTest {
+            lr_range_test_min_lr: c.lr_range_test_min_lr,
+            lr_range_test_step_size: c.lr_range_test_step_size as f64,
+            lr_range_test_step_rate: c.lr_range_test_step_rate,
+            lr_range_test_staircase: c.lr_range_test_staircase,
+        },
+    };
+    schedule.validate().map_err(|e| EngineError::Config(format!("scheduler {}: {e}", s.type_name())))?;
+    Ok(schedule)
+}
