@@ -8,6 +8,8 @@
 use crate::error::EngineError;
 use crate::optimizer::Optimizer;
 use crate::setup::Setup;
+use crate::zero::{ZeroPlan, ZeroStage};
+use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
 use rustspeed_nn::Model;
 use rustspeed_optim::LrSchedule;
@@ -48,7 +50,7 @@ pub struct Counters {
 pub struct StepReport {
     /// `global_steps` after this step (1 for the first).
     pub step: u64,
-    /// Mean loss over the global batch (all micro-batches of the window).
+    /// Mean loss over the global batch (all micro-batches of the window, on every rank).
     pub loss: f32,
     /// Global L2 norm of the gradients before clipping.
     pub grad_norm: f32,
@@ -86,8 +88,16 @@ struct Window {
 
 pub struct Engine {
     pub(crate) model: Model,
+    /// Parameters, padded to the ZeRO plan's `W · S` (the model reads the first `P`).
     pub(crate) params: Vec<f32>,
+    /// This micro-step's (stage 2) or window's (stages 0, 1) local gradients, padded like `params`.
     pub(crate) grads: Vec<f32>,
+    /// Reduced gradients of the owned partition (stages 1, 2); empty at stage 0.
+    grad_partition: Vec<f32>,
+    /// Stage 2's per-micro-step reduce-scatter result, added into `grad_partition`.
+    reduce_buffer: Vec<f32>,
+    pub(crate) zero: ZeroPlan,
+    comm: Box<dyn Communicator>,
     pub(crate) optimizer: Optimizer,
     pub(crate) schedule: LrSchedule,
     pub(crate) batch: BatchSizes,
@@ -102,22 +112,38 @@ pub struct Engine {
 const CLIP_EPS: f64 = 1e-6;
 
 impl Engine {
-    /// Builds the engine for `model` with parameters `params` (its layout's size) from a DeepSpeed config; every
-    /// choice (optimizer, schedule, precision, ZeRO stage, communicator) is made here, by [`Setup::choose`].
+    /// Builds a single-rank engine for `model` with parameters `params` (its layout's size) from a DeepSpeed
+    /// config; every choice (optimizer, schedule, precision, ZeRO stage) is made by [`Setup::choose`].
     pub fn new(model: Model, params: Vec<f32>, config: DeepSpeedConfig) -> Result<Engine, EngineError> {
-        if params.len() != model.num_params() {
-            return Err(EngineError::Config(format!(
-                "{} parameters given, the model has {}",
-                params.len(),
-                model.num_params()
-            )));
+        Self::with_communicator(model, params, config, Box::new(SingleRank))
+    }
+
+    /// Builds this rank's engine of a data-parallel group. Rank 0's parameters are broadcast to all ranks (as
+    /// DeepSpeed does at initialization), so every rank starts from the same model.
+    pub fn with_communicator(
+        model: Model,
+        mut params: Vec<f32>,
+        config: DeepSpeedConfig,
+        comm: Box<dyn Communicator>,
+    ) -> Result<Engine, EngineError> {
+        let numel = model.num_params();
+        if params.len() != numel {
+            return Err(EngineError::Config(format!("{} parameters given, the model has {numel}", params.len())));
         }
-        let Setup { optimizer, schedule, batch } = Setup::choose(&config, model.layout())?;
-        let grads = vec![0.0; params.len()];
+        let Setup { optimizer, schedule, batch, zero } =
+            Setup::choose(&config, model.layout(), comm.rank(), comm.world_size())?;
+        params.resize(zero.padded(), 0.0);
+        comm.broadcast(&mut params, 0)?;
+        let partition_len = if zero.sharded() { zero.partition } else { 0 };
+        let reduce_len = if zero.stage == ZeroStage::Stage2 { zero.partition } else { 0 };
         Ok(Engine {
             model,
+            grads: vec![0.0; params.len()],
             params,
-            grads,
+            grad_partition: vec![0.0; partition_len],
+            reduce_buffer: vec![0.0; reduce_len],
+            zero,
+            comm,
             optimizer,
             schedule,
             batch,
@@ -133,8 +159,21 @@ impl Engine {
         &self.model
     }
 
+    /// The model's parameters (`P` of them; the padding is not part of the model).
     pub fn params(&self) -> &[f32] {
-        &self.params
+        &self.params[..self.zero.numel]
+    }
+
+    pub fn zero_plan(&self) -> ZeroPlan {
+        self.zero
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
     }
 
     pub fn counters(&self) -> Counters {
@@ -175,7 +214,10 @@ impl Engine {
         self.expect_phase("forward", EnginePhase::Ready, "step() (or construction)")?;
         let b = tokens.len() / t.max(1);
         let start = Instant::now();
-        let loss = self.model.forward(&self.params, tokens, Some(targets), b, t)?.expect("targets give a loss");
+        let loss = self
+            .model
+            .forward(&self.params[..self.zero.numel], tokens, Some(targets), b, t)?
+            .expect("targets give a loss");
         self.window.timings.forward += start.elapsed();
         if !loss.mean.is_finite() {
             return Err(EngineError::NonFinite { step: self.counters.global_steps + 1, what: "the loss".into() });
@@ -186,12 +228,19 @@ impl Engine {
         Ok(loss.mean)
     }
 
-    /// Accumulates `∂(loss / GAS)/∂params` of the latest forward.
+    /// Accumulates `∂(loss / GAS)/∂params` of the latest forward; at ZeRO stage 2 also reduce-scatters them into
+    /// this rank's gradient partition (averaged over ranks).
     pub fn backward(&mut self) -> Result<(), EngineError> {
         self.expect_phase("backward", EnginePhase::Forwarded, "forward()")?;
         let gas = self.batch.gradient_accumulation_steps as f32;
         let start = Instant::now();
-        self.model.backward(&self.params, &mut self.grads, 1.0 / gas)?;
+        let p = self.zero.numel;
+        self.model.backward(&self.params[..p], &mut self.grads[..p], 1.0 / gas)?;
+        if self.zero.stage == ZeroStage::Stage2 {
+            self.comm.reduce_scatter(&self.grads, &self.zero.counts(), &mut self.reduce_buffer, ReduceOp::Avg)?;
+            self.grad_partition.iter_mut().zip(&self.reduce_buffer).for_each(|(acc, g)| *acc += g);
+            self.grads.fill(0.0);
+        }
         self.window.timings.backward += start.elapsed();
         self.window.loss_sum += self.window.last_loss as f64 / gas as f64;
         self.phase = EnginePhase::Backwarded;
@@ -208,9 +257,23 @@ impl Engine {
             return Ok(None);
         }
         let start = Instant::now();
-        // 1. Gradients of the whole window are accumulated (single rank: nothing to reduce).
-        // 2. Global gradient norm (fp32: no overflow check).
-        let grad_norm = self.grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();
+        let (zero, comm) = (self.zero, &self.comm);
+        // 1. Reduce the window's gradients over ranks (averaged): all at stage 0, to the owner at stage 1; stage 2
+        //    reduced every micro-step already.
+        match zero.stage {
+            ZeroStage::Stage0 => comm.all_reduce(&mut self.grads[..zero.numel], ReduceOp::Avg)?,
+            ZeroStage::Stage1 => {
+                comm.reduce_scatter(&self.grads, &zero.counts(), &mut self.grad_partition, ReduceOp::Avg)?
+            }
+            ZeroStage::Stage2 => {}
+        }
+        let grads = if zero.sharded() { &mut self.grad_partition[..] } else { &mut self.grads[..zero.numel] };
+        // 2. Global gradient norm: each rank's share of ‖g‖², summed over ranks when sharded.
+        let mut sq = [grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>() as f32];
+        if zero.sharded() {
+            comm.all_reduce(&mut sq, ReduceOp::Sum)?;
+        }
+        let grad_norm = (sq[0] as f64).sqrt();
         if !grad_norm.is_finite() {
             return Err(EngineError::NonFinite {
                 step: self.counters.global_steps + 1,
@@ -221,30 +284,37 @@ impl Engine {
         if self.gradient_clipping > 0.0 {
             let coef = self.gradient_clipping / (grad_norm + CLIP_EPS);
             if coef < 1.0 {
-                self.grads.iter_mut().for_each(|g| *g *= coef as f32);
+                grads.iter_mut().for_each(|g| *g *= coef as f32);
             }
         }
-        // 4. Optimizer step with this step's learning rate (and OneCycle's momentum, if cycling).
+        // 4. Optimizer step on the owned parameters with this step's learning rate (and OneCycle's momentum).
         let t = self.optimizer.applied_steps() as i64 - 1;
         let lr = self.schedule.lr(t, self.optimizer.base_lr());
         let betas = self.schedule.momentum(t);
-        self.optimizer.apply(self.model.layout(), &mut self.params, &self.grads, lr as f32, betas);
-        // 5. Nothing to cast or gather in fp32 on one rank.
+        self.optimizer.apply(self.model.layout(), &mut self.params, grads, zero.owned(), lr as f32, betas);
+        // 5. Sharded stages: every rank gathers the others' updated partitions.
+        if zero.sharded() {
+            let mine = self.params[zero.owned()].to_vec();
+            comm.all_gather(&mine, &zero.counts(), &mut self.params)?;
+        }
         // 6. The schedule advances with the optimizer's applied-step count (read at step 4).
-        // 7. Zero gradients, count, report.
+        // 7. Zero gradients, agree on the window's loss, count, report.
         self.grads.fill(0.0);
+        self.grad_partition.fill(0.0);
+        let mut window = std::mem::take(&mut self.window);
+        let mut loss = [window.loss_sum as f32];
+        comm.all_reduce(&mut loss, ReduceOp::Avg)?;
         self.counters.micro_steps += 1;
         self.counters.global_steps += 1;
         self.counters.global_samples += self.batch.train_batch_size as u64;
-        let mut window = std::mem::take(&mut self.window);
         window.timings.optimizer = start.elapsed();
         Ok(Some(StepReport {
             step: self.counters.global_steps,
-            loss: window.loss_sum as f32,
+            loss: loss[0],
             grad_norm: grad_norm as f32,
             lr,
             skipped: false,
-            tokens: window.tokens,
+            tokens: window.tokens * zero.world as u64,
             timings: window.timings,
         }))
     }
@@ -280,7 +350,10 @@ impl Engine {
         )?;
         let (mut sum, mut count) = (0.0f64, 0usize);
         for (tokens, targets) in batches {
-            let loss = self.model.forward(&self.params, tokens, Some(targets), tokens.len() / t, t)?.expect("targets");
+            let loss = self
+                .model
+                .forward(&self.params[..self.zero.numel], tokens, Some(targets), tokens.len() / t, t)?
+                .expect("targets");
             sum += loss.mean as f64;
             count += 1;
         }

@@ -26,6 +26,8 @@ pub enum EngineError {
     Checkpoint(String),
     Manifest(String),
     Io(String),
+    /// A collective failed: a peer died, stalled, or timed out.
+    Comm(rustspeed_comm::CommError),
 }
 
 impl fmt::Display for EngineError {
@@ -42,11 +44,18 @@ impl fmt::Display for EngineError {
             EngineError::Checkpoint(m) => write!(f, "{m}"),
             EngineError::Manifest(m) => write!(f, "checkpoint manifest: {m}"),
             EngineError::Io(m) => write!(f, "I/O error: {m}"),
+            EngineError::Comm(e) => write!(f, "communication failed: {e}"),
         }
     }
 }
 
 impl std::error::Error for EngineError {}
+
+impl From<rustspeed_comm::CommError> for EngineError {
+    fn from(e: rustspeed_comm::CommError) -> Self {
+        EngineError::Comm(e)
+    }
+}
 
 impl From<ModelError> for EngineError {
     fn from(e: ModelError) -> Self {

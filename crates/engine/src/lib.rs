@@ -14,6 +14,7 @@ pub mod model_spec;
 pub mod optimizer;
 pub mod persist;
 pub mod setup;
+pub mod zero;
 
 pub use engine::{Counters, Engine, EnginePhase, StepReport, StepTimings};
 pub use error::EngineError;

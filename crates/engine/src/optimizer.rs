@@ -6,6 +6,7 @@ use rustspeed_nn::ParamLayout;
 use rustspeed_optim::{
     adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
 };
+use std::ops::Range;
 
 /// The update rule with its configured hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -77,8 +78,9 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(rule: Rule, num_params: usize) -> Self {
-        let slots = rule.slot_names().iter().map(|_| vec![0.0; num_params]).collect();
+    /// An optimizer whose state covers `owned_len` parameters (the whole model, or a ZeRO partition).
+    pub fn new(rule: Rule, owned_len: usize) -> Self {
+        let slots = rule.slot_names().iter().map(|_| vec![0.0; owned_len]).collect();
         Optimizer { rule, slots, applied_steps: 0 }
     }
 
@@ -106,27 +108,35 @@ impl Optimizer {
         self.applied_steps = applied_steps;
     }
 
-    /// One step over every parameter tensor with learning rate `lr` (and OneCycle's `betas`).
+    /// One step over the parameters in `owned` (the whole layout, or this rank's ZeRO partition) with learning
+    /// rate `lr` (and OneCycle's `betas`). `grads` and the state buffers cover `owned` only: index 0 is
+    /// parameter `owned.start`. Tensors cut by the partition boundary are stepped piecewise, which is exact for
+    /// the element-wise rules (Lamb's per-tensor trust ratio is not, so the engine refuses Lamb with ZeRO).
     pub fn apply(
         &mut self,
         layout: &ParamLayout,
         params: &mut [f32],
         grads: &[f32],
+        owned: Range<usize>,
         lr: f32,
         betas: Option<(f64, f64)>,
     ) {
         self.applied_steps += 1;
         let step = self.applied_steps;
         for entry in layout.entries() {
-            let r = entry.range();
-            let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+            let (start, end) = (entry.offset.max(owned.start), (entry.offset + entry.spec.numel()).min(owned.end));
+            if start >= end {
+                continue;
+            }
+            let local = start - owned.start..end - owned.start;
+            let (p, g) = (&mut params[start..end], &grads[local.clone()]);
             match (self.rule.for_tensor(lr, betas, entry.spec.weight_decay), self.slots.as_mut_slice()) {
-                (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, &mut m[r.clone()], &mut v[r]),
+                (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, &mut m[local.clone()], &mut v[local]),
                 (Rule::Lamb(h), [m, v]) => {
-                    lamb_step(&h, step, p, g, &mut m[r.clone()], &mut v[r]);
+                    lamb_step(&h, step, p, g, &mut m[local.clone()], &mut v[local]);
                 }
-                (Rule::Lion(h), [m]) => lion_step(&h, p, g, &mut m[r]),
-                (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(&mut buf[r])),
+                (Rule::Lion(h), [m]) => lion_step(&h, p, g, &mut m[local]),
+                (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(&mut buf[local])),
                 (Rule::Sgd(h), []) => sgd_step(&h, step == 1, p, g, None),
                 (rule, slots) => unreachable!("{rule:?} with {} state slots", slots.len()),
             }

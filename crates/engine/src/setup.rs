@@ -3,6 +3,7 @@
 
 use crate::error::EngineError;
 use crate::optimizer::{Optimizer, Rule};
+use crate::zero::{ZeroPlan, ZeroStage};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig, OptimizerConfig, SchedulerConfig};
 use rustspeed_nn::ParamLayout;
 use rustspeed_optim::{AdamHyper, LambHyper, LionHyper, LrSchedule, SgdHyper, WarmupType};
@@ -12,14 +13,20 @@ pub struct Setup {
     pub optimizer: Optimizer,
     pub schedule: LrSchedule,
     pub batch: BatchSizes,
+    pub zero: ZeroPlan,
 }
 
 /// The block a config without an optimizer is told to add.
 const OPTIMIZER_EXAMPLE: &str = r#""optimizer": {"type": "AdamW", "params": {"lr": 0.001, "weight_decay": 0.1}}"#;
 
 impl Setup {
-    /// Chooses everything for a single fp32 rank; configurations this build cannot run are errors.
-    pub fn choose(config: &DeepSpeedConfig, layout: &ParamLayout) -> Result<Setup, EngineError> {
+    /// Chooses everything for `rank` of `world` fp32 ranks; configurations this build cannot run are errors.
+    pub fn choose(
+        config: &DeepSpeedConfig,
+        layout: &ParamLayout,
+        rank: usize,
+        world: usize,
+    ) -> Result<Setup, EngineError> {
         // Precision: fp32 only, until the mixed-precision work lands.
         if config.fp16.enabled || config.bf16.enabled {
             let which = if config.fp16.enabled { "fp16" } else { "bf16" };
@@ -27,14 +34,17 @@ impl Setup {
                 "\"{which}\": {{\"enabled\": true}} — mixed precision is not implemented yet; remove the block or set enabled to false to train in fp32"
             )));
         }
-        // ZeRO and communicator: one rank, stage 0.
-        if config.zero_optimization.stage != 0 {
-            return Err(EngineError::Unsupported(format!(
-                "zero_optimization.stage {} — only stage 0 runs in this build (single rank); set \"stage\": 0",
-                config.zero_optimization.stage
-            )));
-        }
-        let batch = config.batch_sizes(1).map_err(|e| EngineError::Config(e.to_string()))?;
+        let stage = match config.zero_optimization.stage {
+            0 => ZeroStage::Stage0,
+            1 => ZeroStage::Stage1,
+            2 => ZeroStage::Stage2,
+            n => {
+                return Err(EngineError::Unsupported(format!(
+                    "zero_optimization.stage {n} — stages 0, 1 and 2 run in this build (stage 3 does not yet)"
+                )))
+            }
+        };
+        let batch = config.batch_sizes(world).map_err(|e| EngineError::Config(e.to_string()))?;
         let rule = match &config.optimizer {
             Some(opt) => rule_of(opt),
             None => {
@@ -43,8 +53,28 @@ impl Setup {
                 )))
             }
         };
+        if stage != ZeroStage::Stage0 {
+            check_zero_optimizer(&rule, config)?;
+        }
         let schedule = config.scheduler.as_ref().map_or(Ok(LrSchedule::Constant), schedule_of)?;
-        Ok(Setup { optimizer: Optimizer::new(rule, layout.numel()), schedule, batch })
+        let zero = ZeroPlan::new(stage, layout.numel(), rank, world);
+        Ok(Setup { optimizer: Optimizer::new(rule, zero.owned().len()), schedule, batch, zero })
+    }
+}
+
+/// DeepSpeed's rule for optimizers under ZeRO: Adam-family (and Lion) are tested, others need
+/// `zero_allow_untested_optimizer`. Lamb's per-tensor trust ratio needs whole tensors, which a partition cuts,
+/// so rustspeed refuses it under ZeRO.
+fn check_zero_optimizer(rule: &Rule, config: &DeepSpeedConfig) -> Result<(), EngineError> {
+    match rule {
+        Rule::Adam(_) | Rule::Lion(_) => Ok(()),
+        Rule::Lamb(_) => Err(EngineError::Unsupported(
+            "Lamb with ZeRO stage 1 or 2 (its trust ratio needs whole tensors); use stage 0 or another optimizer".into(),
+        )),
+        Rule::Sgd(_) if config.zero_allow_untested_optimizer => Ok(()),
+        Rule::Sgd(_) => Err(EngineError::Config(
+            "You are using an untested ZeRO Optimizer. Please add <\"zero_allow_untested_optimizer\": true> in the configuration file to use it.".into(),
+        )),
     }
 }
 

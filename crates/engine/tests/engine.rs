@@ -185,8 +185,12 @@ fn misuse_and_unsupported_configs_are_typed_errors() {
     };
     let fp16 = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam"}, "fp16": {"enabled": true}}"#;
     assert!(matches!(build(fp16), Err(EngineError::Unsupported(m)) if m.contains("fp16")));
-    let zero = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 2}}"#;
-    assert!(matches!(build(zero), Err(EngineError::Unsupported(m)) if m.contains("stage 2")));
+    let zero3 = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 3}}"#;
+    assert!(matches!(build(zero3), Err(EngineError::Unsupported(m)) if m.contains("stage 3")));
+    let lamb = r#"{"train_batch_size": 1, "optimizer": {"type": "Lamb"}, "zero_optimization": {"stage": 1}}"#;
+    assert!(matches!(build(lamb), Err(EngineError::Unsupported(m)) if m.contains("Lamb")));
+    let sgd = r#"{"train_batch_size": 1, "optimizer": {"type": "SGD"}, "zero_optimization": {"stage": 2}}"#;
+    assert!(matches!(build(sgd), Err(EngineError::Config(m)) if m.contains("zero_allow_untested_optimizer")));
     let no_opt = r#"{"train_batch_size": 1}"#;
     assert!(matches!(build(no_opt), Err(EngineError::Config(m)) if m.contains("\"optimizer\"")));
 }

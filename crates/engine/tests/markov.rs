@@ -45,11 +45,12 @@ impl Chain {
         let mut x = vec![0u32; len];
         for t in 1..len {
             let (row, mut u) = (&self.p[x[t - 1] as usize], rng.uniform());
-            x[t] = (0..V).find(|&j| {
-                u -= row[j];
-                u < 0.0
-            })
-            .unwrap_or(V - 1) as u32;
+            x[t] = (0..V)
+                .find(|&j| {
+                    u -= row[j];
+                    u < 0.0
+                })
+                .unwrap_or(V - 1) as u32;
         }
         x
     }
@@ -79,8 +80,9 @@ fn train_on_chain(model: ModelConfig, json: &str, steps: usize) -> (f64, f64, f6
             })
             .unwrap();
     }
-    let windows: Vec<(Vec<u32>, Vec<u32>)> =
-        (0..(val.len() - 1) / t).map(|w| (val[w * t..(w + 1) * t].to_vec(), val[w * t + 1..(w + 1) * t + 1].to_vec())).collect();
+    let windows: Vec<(Vec<u32>, Vec<u32>)> = (0..(val.len() - 1) / t)
+        .map(|w| (val[w * t..(w + 1) * t].to_vec(), val[w * t + 1..(w + 1) * t + 1].to_vec()))
+        .collect();
     let val_loss = engine.evaluate(t, windows.iter().map(|(x, y)| (x.as_slice(), y.as_slice()))).unwrap() as f64;
     let pairs = windows.iter().flat_map(|(x, y)| x.iter().zip(y));
     let n = (windows.len() * t) as f64;
