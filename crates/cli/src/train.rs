@@ -15,6 +15,8 @@ use crate::commands::parse;
 use crate::metrics::{Metrics, Row};
 use crate::plot::write_loss_curve_png;
 use crate::progress::{format_duration, Progress};
+use rustspeed_comm::threads::ThreadGroup;
+use rustspeed_comm::{Communicator, SingleRank};
 use rustspeed_config::DeepSpeedConfig;
 use rustspeed_data::{Dataset, Loader, LoaderState};
 use rustspeed_engine::model_spec::ModelSpec;
@@ -40,6 +42,9 @@ const OPTS: &[Opt] = &[
     opt("eval-batches", "N", "validation micro-batches per evaluation (default 20)"),
     opt("save-every", "N", "checkpoint every N steps (default 500; always at the end)"),
     opt("print-every", "N", "progress line every N steps when not on a terminal (default: steps_per_print or 10)"),
+    opt("world-size", "N", "data-parallel ranks, as threads of this process (default 1)"),
+    opt("threads-per-rank", "N", "compute threads of each rank (default: cores / world size)"),
+    opt("comm-timeout", "SECONDS", "how long a collective waits for a peer before failing (default 600)"),
 ];
 
 /// Sequence length of LSTM runs when not given (they have no context limit).
@@ -58,6 +63,9 @@ struct Settings {
     eval_batches: usize,
     save_every: u64,
     print_every: Option<u64>,
+    world_size: usize,
+    threads_per_rank: Option<usize>,
+    comm_timeout_s: u64,
 }
 
 fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
@@ -80,6 +88,15 @@ fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
             .get("print-every")
             .map(|v| v.parse().map_err(|err| format!("--print-every {v}: {err}")))
             .transpose()?,
+        world_size: positive("world-size", a.parsed("world-size", 1).map_err(e)?)? as usize,
+        threads_per_rank: match a.get("threads-per-rank") {
+            None => None,
+            Some(v) => {
+                let n = v.parse().map_err(|err| format!("--threads-per-rank {v}: {err}"))?;
+                Some(positive("threads-per-rank", n)? as usize)
+            }
+        },
+        comm_timeout_s: positive("comm-timeout", a.parsed("comm-timeout", 600).map_err(e)?)?,
     }))
 }
 
@@ -127,6 +144,15 @@ fn adopt_run_settings(s: &mut Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// What every rank needs to start: the checked inputs of the run.
+struct Run {
+    s: Settings,
+    config: DeepSpeedConfig,
+    data: Dataset,
+    spec: ModelSpec,
+    t: usize,
+}
+
 pub fn run(argv: &[String]) -> Result<(), String> {
     let Some(mut s) = settings(argv)? else { return Ok(()) };
     if s.resume {
@@ -134,72 +160,114 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     }
     // 1. Inputs: config, data, model. All checked before anything is written.
     let config = DeepSpeedConfig::from_file(&s.config_path).map_err(|e| e.to_string())?;
+    config.batch_sizes(s.world_size).map_err(|e| e.to_string())?;
     let data = Dataset::open(&s.data).map_err(|e| e.to_string())?;
     let model_config = preset(&s.preset).and_then(|p| p.config(data.vocab_size())).map_err(|e| e.to_string())?;
     let t = seq_len_for(&model_config, s.seq_len)?;
-    let spec = ModelSpec { preset: s.preset.clone(), config: model_config.clone() };
-    let model = model_config.build().map_err(|e| e.to_string())?;
-    let params = model.layout().init_params(s.seed);
-    let mut engine = Engine::new(model, params, config).map_err(|e| e.to_string())?;
-    let b = engine.batch_sizes().micro_batch_size;
-    let mut loader = Loader::new(&data.train, b, t, s.seed, 0, 1).map_err(|e| format!("training data: {e}"))?;
+    let spec = ModelSpec { preset: s.preset.clone(), config: model_config };
+    if !s.resume {
+        prepare_run_dir(&s, &config, &data, &spec, t)?;
+    }
+    let run = Run { s, config, data, spec, t };
+    // 2. Ranks: threads of this process, each with its own rayon pool so that they do not fight over cores.
+    let world = run.s.world_size;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = run.s.threads_per_rank.unwrap_or((cores / world).max(1));
+    let pool = |rank: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |i| format!("rank{rank}-worker{i}"))
+            .build()
+            .map_err(|e| format!("cannot start rank {rank}'s threads: {e}"))
+    };
+    if world == 1 {
+        return pool(0)?.install(|| train_rank(&run, Box::new(SingleRank)));
+    }
+    let comms = ThreadGroup::new(world, std::time::Duration::from_secs(run.s.comm_timeout_s));
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| {
+                let run = &run;
+                scope.spawn(move || pool(rank)?.install(|| train_rank(run, Box::new(comm))))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| h.join().unwrap_or_else(|_| Err(format!("rank {rank} panicked"))))
+            .collect()
+    });
+    // A rank's own failure explains the others' "left the group" errors, so it is the one to report.
+    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    match errors.iter().find(|e| !e.contains("communication failed")).or(errors.first()) {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
+    }
+}
 
-    // 2. Run directory: new, or resumed from its latest checkpoint.
+/// One rank's training loop. Rank 0 also validates, writes metrics and reports progress.
+fn train_rank(run: &Run, comm: Box<dyn Communicator>) -> Result<(), String> {
+    let Run { s, config, data, spec, t } = run;
+    let (rank, world, t) = (comm.rank(), comm.world_size(), *t);
+    let model = spec.config.build().map_err(|e| e.to_string())?;
+    let params = model.layout().init_params(s.seed);
+    let mut engine = Engine::with_communicator(model, params, config.clone(), comm).map_err(|e| e.to_string())?;
+    let b = engine.batch_sizes().micro_batch_size;
+    let mut loader = Loader::new(&data.train, b, t, s.seed, rank, world).map_err(|e| format!("training data: {e}"))?;
     let ckpt_dir = s.out.join(CHECKPOINT_DIR);
     if s.resume {
         let client = engine.load_checkpoint(&ckpt_dir).map_err(|e| format!("--resume: {e}"))?;
         let state = LoaderState::from_json(&client["loader"]).map_err(|e| format!("--resume: data position: {e}"))?;
         loader.restore(&state).map_err(|e| format!("--resume: {e}"))?;
-    } else {
-        prepare_run_dir(&s, &engine, &data, &spec, t)?;
     }
     let first = engine.counters().global_steps;
     if first >= s.steps {
         return Err(format!("the run already has {first} steps; pass a larger --steps to continue it"));
     }
-    let mut metrics = Metrics::open(&s.out.join("metrics.csv"), first)?;
+    let lead = rank == 0;
+    let mut metrics = if lead { Some(Metrics::open(&s.out.join("metrics.csv"), first)?) } else { None };
     let every = s.print_every.or(engine.config().steps_per_print).unwrap_or(10);
     let progress = Progress::new(first, s.steps, every);
-    eprintln!(
-        "training {} ({} parameters) on {} tokens: {} steps of {} sequences x {} tokens (micro-batch {}, accumulation {})",
-        s.preset,
-        engine.model().num_params(),
-        data.train.len(),
-        s.steps - first,
-        engine.batch_sizes().train_batch_size,
-        t,
-        b,
-        engine.batch_sizes().gradient_accumulation_steps
-    );
+    if lead {
+        let bs = engine.batch_sizes();
+        eprintln!(
+            "training {} ({} parameters) on {} tokens: {} steps of {} sequences x {t} tokens ({world} rank(s), micro-batch {b}, accumulation {}, ZeRO stage {})",
+            s.preset,
+            engine.model().num_params(),
+            data.train.len(),
+            s.steps - first,
+            bs.train_batch_size,
+            bs.gradient_accumulation_steps,
+            engine.zero_plan().stage.number(),
+        );
+    }
 
-    // 3. The loop: one optimizer step, its metrics, validation and checkpoints when due.
+    // The loop: one optimizer step, its metrics, validation and checkpoints when due.
     let start = Instant::now();
     let mut last_val = None;
     for step in first + 1..=s.steps {
         let report = engine.train_batch(t, |x, y| loader.next_batch(x, y)).map_err(|e| e.to_string())?;
+        if step % s.save_every == 0 || step == s.steps {
+            let client = json!({ "loader": loader.state().to_json() });
+            engine.save_checkpoint(&ckpt_dir, spec, client).map_err(|e| e.to_string())?;
+        }
+        let Some(metrics) = metrics.as_mut() else { continue };
         let tokens_per_s = report.tokens as f64 / report.timings.total().as_secs_f64().max(1e-9);
         let val_loss = match step % s.eval_every == 0 || step == s.steps {
-            true => Some(validate(&mut engine, &data, b, t, s.eval_batches, s.seed)?),
+            true => Some(validate(&mut engine, data, b, t, s.eval_batches, s.seed)?),
             false => None,
         };
         last_val = val_loss.or(last_val);
-        metrics.append(&Row {
-            step,
-            loss: report.loss,
-            lr: report.lr,
-            grad_norm: report.grad_norm,
-            tokens_per_s,
-            val_loss,
-        })?;
+        let row = Row { step, loss: report.loss, lr: report.lr, grad_norm: report.grad_norm, tokens_per_s, val_loss };
+        metrics.append(&row)?;
         let note = val_loss.map_or(String::new(), |v| format!("  val_loss {v:.4}"));
         progress.update(step, report.loss, report.lr, tokens_per_s, &note);
-        if step % s.save_every == 0 || step == s.steps {
-            let client = json!({ "loader": loader.state().to_json() });
-            engine.save_checkpoint(&ckpt_dir, &spec, client).map_err(|e| e.to_string())?;
-        }
     }
+    let Some(metrics) = metrics else { return Ok(()) };
 
-    // 4. Summary and the loss curve.
+    // Summary and the loss curve.
     let rows = metrics.rows();
     let train: Vec<(u64, f32)> = rows.iter().map(|r| (r.step, r.loss)).collect();
     let val: Vec<(u64, f32)> = rows.iter().filter_map(|r| r.val_loss.map(|v| (r.step, v))).collect();
@@ -218,7 +286,13 @@ pub fn run(argv: &[String]) -> Result<(), String> {
 }
 
 /// Creates a new run directory; refuses one that already holds a run.
-fn prepare_run_dir(s: &Settings, engine: &Engine, data: &Dataset, spec: &ModelSpec, t: usize) -> Result<(), String> {
+fn prepare_run_dir(
+    s: &Settings,
+    config: &DeepSpeedConfig,
+    data: &Dataset,
+    spec: &ModelSpec,
+    t: usize,
+) -> Result<(), String> {
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     if s.out.join(CHECKPOINT_DIR).exists() || s.out.join("metrics.csv").exists() {
         return Err(format!(
@@ -237,5 +311,5 @@ fn prepare_run_dir(s: &Settings, engine: &Engine, data: &Dataset, spec: &ModelSp
         std::fs::write(&p, serde_json::to_string_pretty(v).expect("JSON serializes")).map_err(|e| io(&p, e))
     };
     write("run.json", &run)?;
-    write("ds_config.json", &engine.config().to_json())
+    write("ds_config.json", &config.to_json())
 }

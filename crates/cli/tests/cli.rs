@@ -208,3 +208,25 @@ fn bad_configs_presets_and_checkpoints_are_named_errors() {
     fails(&train(&good, "gpt-tiny", &["--resume"]), &["model.safetensors", "truncated"]);
     fails(&rustspeed(&["generate", "--run", s(&run), "--prompt", "the"]), &["truncated"]);
 }
+
+#[test]
+fn two_ranks_train_like_one() {
+    let sb = Sandbox::new("ranks");
+    let data = sb.data();
+    let zero1 = sb.write("zero1.json", CONFIG.replacen('{', r#"{"zero_optimization": {"stage": 1}, "#, 1));
+    let (one, two) = (sb.path("one"), sb.path("two"));
+    ok(&rustspeed(&train_args(s(&zero1), s(&data), s(&one), "4")));
+    ok(&rustspeed(&[&train_args(s(&zero1), s(&data), s(&two), "4")[..], &["--world-size", "2"]].concat()));
+    let losses = |run: &Path| -> Vec<f64> {
+        metrics_without_timing(run)[1..].iter().map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect()
+    };
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!(a.len(), 4);
+    // The same global batches, reduced over two ranks instead of one: equal up to fp32 summation order.
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4 * x, "{a:?} vs {b:?}");
+    }
+    assert!(two.join("checkpoints/global_step4/optimizer_rank001.safetensors").exists());
+    let resumed = rustspeed(&[&train_args(s(&zero1), s(&data), s(&two), "6")[..], &["--resume"]].concat());
+    fails(&resumed, &["written by 2 rank(s)"]);
+}

@@ -35,22 +35,47 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     f.sync_all().map_err(|e| io_err(path, e))
 }
 
-/// Writes `files` and `manifest` (to which `format`, `version`, `tag` and `checksums` are added) as checkpoint
-/// `tag` under `root`, then points `latest` at it. Returns the tag directory.
-pub fn save(root: &Path, tag: &str, files: &[(&str, Vec<u8>)], mut manifest: Value) -> Result<PathBuf, EngineError> {
-    if tag.is_empty() || tag.contains(['/', '\\']) || tag.starts_with('.') {
-        return Err(EngineError::Checkpoint(format!("invalid checkpoint tag '{tag}'")));
+/// The directory a tag is written into before it is complete. Its name depends only on the tag, so that every
+/// rank of a run (threads or processes) writes into the same one.
+pub fn partial_dir(root: &Path, tag: &str) -> PathBuf {
+    root.join(format!(".{tag}.partial"))
+}
+
+fn check_tag(tag: &str) -> Result<(), EngineError> {
+    match tag.is_empty() || tag.contains(['/', '\\']) || tag.starts_with('.') {
+        true => Err(EngineError::Checkpoint(format!("invalid checkpoint tag '{tag}'"))),
+        false => Ok(()),
     }
+}
+
+/// Starts checkpoint `tag` under `root`: an empty partial directory (a stale one from a crash is removed).
+/// Files go in with [`write_file`]; [`commit`] makes the tag visible.
+pub fn begin(root: &Path, tag: &str) -> Result<PathBuf, EngineError> {
+    check_tag(tag)?;
     fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
-    let tmp = root.join(format!(".{tag}.partial-{}", std::process::id()));
+    let tmp = partial_dir(root, tag);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
     fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Writes one file of a partial checkpoint, synced to disk.
+pub fn write_file(partial: &Path, name: &str, bytes: &[u8]) -> Result<(), EngineError> {
+    write_synced(&partial.join(name), bytes)
+}
+
+/// Completes checkpoint `tag`: adds `format`, `version`, `tag` and the size and CRC-32 of each of `files` (read
+/// back from the partial directory) to `manifest`, writes it, renames the directory into place and points
+/// `latest` at it. Returns the tag directory.
+pub fn commit(root: &Path, tag: &str, files: &[String], mut manifest: Value) -> Result<PathBuf, EngineError> {
+    let tmp = partial_dir(root, tag);
     let mut checksums = BTreeMap::new();
-    for (name, bytes) in files {
-        write_synced(&tmp.join(name), bytes)?;
-        checksums.insert(name.to_string(), json!({ "crc32": crc32fast::hash(bytes), "bytes": bytes.len() }));
+    for name in files {
+        let path = tmp.join(name);
+        let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
+        checksums.insert(name.clone(), json!({ "crc32": crc32fast::hash(&bytes), "bytes": bytes.len() }));
     }
     manifest["format"] = json!(FORMAT);
     manifest["version"] = json!(FORMAT_VERSION);
@@ -73,6 +98,16 @@ pub fn save(root: &Path, tag: &str, files: &[(&str, Vec<u8>)], mut manifest: Val
     write_synced(&latest_tmp, tag.as_bytes())?;
     fs::rename(&latest_tmp, root.join(LATEST)).map_err(|e| io_err(&latest_tmp, e))?;
     Ok(dst)
+}
+
+/// Writes `files` and `manifest` as checkpoint `tag` under `root` in one go (a single writer).
+pub fn save(root: &Path, tag: &str, files: &[(&str, Vec<u8>)], manifest: Value) -> Result<PathBuf, EngineError> {
+    let tmp = begin(root, tag)?;
+    for (name, bytes) in files {
+        write_file(&tmp, name, bytes)?;
+    }
+    let names: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
+    commit(root, tag, &names, manifest)
 }
 
 /// The tag `latest` names, or an error saying there is no checkpoint to resume from.

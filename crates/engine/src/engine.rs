@@ -97,7 +97,7 @@ pub struct Engine {
     /// Stage 2's per-micro-step reduce-scatter result, added into `grad_partition`.
     reduce_buffer: Vec<f32>,
     pub(crate) zero: ZeroPlan,
-    comm: Box<dyn Communicator>,
+    pub(crate) comm: Box<dyn Communicator>,
     pub(crate) optimizer: Optimizer,
     pub(crate) schedule: LrSchedule,
     pub(crate) batch: BatchSizes,

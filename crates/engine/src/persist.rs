@@ -6,7 +6,7 @@ use crate::engine::{Counters, Engine};
 use crate::error::EngineError;
 use crate::model_spec::ModelSpec;
 use rustspeed_nn::io::{load_params, save_params};
-use rustspeed_nn::ParamLayout;
+use rustspeed_nn::{Init, ParamLayout, ParamSpec};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -45,33 +45,84 @@ pub fn load_weights(root: &Path, tag: Option<&str>) -> Result<Weights, EngineErr
     Ok(Weights { spec, params, manifest, dir })
 }
 
+/// File of rank `r`'s optimizer partition (ZeRO stages 1 and 2): one 1-D tensor per state slot.
+pub fn shard_file(rank: usize) -> String {
+    format!("optimizer_rank{rank:03}.safetensors")
+}
+
+/// Serializes 1-D tensors `(name, values)`.
+fn flat_tensors(tensors: &[(&str, &[f32])]) -> Result<Vec<u8>, EngineError> {
+    let mut layout = ParamLayout::default();
+    let mut values = Vec::new();
+    for (name, data) in tensors {
+        layout.push(ParamSpec::new(*name, &[data.len()], Init::Zeros));
+        values.extend_from_slice(data);
+    }
+    save_params(&layout, &values, "", None).map_err(EngineError::Io)
+}
+
 impl Engine {
-    /// Saves a checkpoint tagged `global_step{N}` under `root` and points `latest` at it. `client_state` (e.g.
-    /// the data loader's position) is stored in the manifest and returned by [`Engine::load_checkpoint`].
+    /// Saves a checkpoint tagged `global_step{N}` under `root` and points `latest` at it: a collective, called
+    /// by every rank. Rank 0 writes the parameters (the same on every rank) and, at stage 0, the optimizer state;
+    /// at stages 1 and 2 each rank writes its own optimizer partition. `client_state` (e.g. the data loader's
+    /// position) is stored in the manifest and returned by [`Engine::load_checkpoint`]. A rank that does not take
+    /// part makes the others fail at the communicator's timeout, naming it.
     pub fn save_checkpoint(&self, root: &Path, spec: &ModelSpec, client_state: Value) -> Result<PathBuf, EngineError> {
-        self.single_rank_checkpoints()?;
-        let layout = self.model.layout();
         let tag = format!("global_step{}", self.counters.global_steps);
-        let model_bytes = save_params(layout, self.params(), "", None).map_err(EngineError::Io)?;
-        let mut files = vec![(MODEL_FILE, model_bytes)];
-        let slots: Vec<_> = self.optimizer.slots().collect();
-        if !slots.is_empty() {
-            let mut state = Vec::with_capacity(slots.len() * layout.numel());
-            let mut names = ParamLayout::default();
-            for (slot, buf) in &slots {
-                for e in layout.entries() {
-                    names.push(rustspeed_nn::ParamSpec { name: format!("{slot}.{}", e.spec.name), ..e.spec.clone() });
-                }
-                state.extend_from_slice(buf);
-            }
-            files.push((OPTIMIZER_FILE, save_params(&names, &state, "", None).map_err(EngineError::Io)?));
+        let (rank, zero) = (self.comm.rank(), self.zero);
+        if rank == 0 {
+            checkpoint::begin(root, &tag)?;
         }
+        self.comm.barrier()?;
+        let partial = checkpoint::partial_dir(root, &tag);
+        let slots: Vec<_> = self.optimizer.slots().collect();
+        if zero.sharded() {
+            checkpoint::write_file(&partial, &shard_file(rank), &flat_tensors(&slots)?)?;
+        }
+        let mut files = vec![MODEL_FILE.to_string()];
+        if rank == 0 {
+            let layout = self.model.layout();
+            checkpoint::write_file(
+                &partial,
+                MODEL_FILE,
+                &save_params(layout, self.params(), "", None).map_err(EngineError::Io)?,
+            )?;
+            if !zero.sharded() && !slots.is_empty() {
+                let mut names = ParamLayout::default();
+                let mut state = Vec::with_capacity(slots.len() * layout.numel());
+                for (slot, buf) in &slots {
+                    for e in layout.entries() {
+                        names.push(ParamSpec { name: format!("{slot}.{}", e.spec.name), ..e.spec.clone() });
+                    }
+                    state.extend_from_slice(buf);
+                }
+                checkpoint::write_file(
+                    &partial,
+                    OPTIMIZER_FILE,
+                    &save_params(&names, &state, "", None).map_err(EngineError::Io)?,
+                )?;
+                files.push(OPTIMIZER_FILE.to_string());
+            }
+        }
+        if zero.sharded() && !slots.is_empty() {
+            files.extend((0..zero.world).map(shard_file));
+        }
+        self.comm.barrier()?;
+        if rank == 0 {
+            checkpoint::commit(root, &tag, &files, self.manifest(spec, client_state))?;
+        }
+        self.comm.barrier()?;
+        Ok(root.join(tag))
+    }
+
+    fn manifest(&self, spec: &ModelSpec, client_state: Value) -> Value {
         let c = self.counters;
-        let manifest = json!({
+        json!({
             "model": spec.to_json(),
-            "layout": layout_json(layout),
-            "world_size": 1,
-            "zero_stage": 0,
+            "layout": layout_json(self.model.layout()),
+            "world_size": self.zero.world,
+            "zero_stage": self.zero.stage.number(),
+            "partition_size": self.zero.partition,
             "precision": "fp32",
             "counters": {
                 "micro_steps": c.micro_steps, "global_steps": c.global_steps,
@@ -81,22 +132,28 @@ impl Engine {
             "lr_scheduler": { "last_batch_iteration": self.optimizer.applied_steps() as i64 - 1 },
             "ds_config": self.config.to_json(),
             "client_state": client_state,
-        });
-        checkpoint::save(root, &tag, &files, manifest)
+        })
     }
 
     /// Restores parameters, optimizer state, counters and schedule from the `latest` checkpoint under `root`;
-    /// returns its client state. The checkpoint must be of the same model (names and shapes).
+    /// returns its client state. The checkpoint must be of the same model (names and shapes), world size and
+    /// ZeRO stage.
     pub fn load_checkpoint(&mut self, root: &Path) -> Result<Value, EngineError> {
-        self.single_rank_checkpoints()?;
         let tag = checkpoint::latest_tag(root)?;
         let Loaded { dir, manifest, files } = checkpoint::load(root, &tag)?;
         let bad = |msg: String| EngineError::Checkpoint(format!("{}: {msg}", dir.display()));
         if manifest["layout"] != layout_json(self.model.layout()) {
             return Err(bad("its parameter layout differs from this model's (another preset or vocabulary?)".into()));
         }
+        let zero = self.zero;
+        if manifest["world_size"] != json!(zero.world) || manifest["zero_stage"] != json!(zero.stage.number()) {
+            return Err(bad(format!(
+                "it was written by {} rank(s) at ZeRO stage {}; this run has {} at stage {} (resuming on another world size or stage is not implemented yet)",
+                manifest["world_size"], manifest["zero_stage"], zero.world, zero.stage.number()
+            )));
+        }
         let model_bytes = files.get(MODEL_FILE).ok_or_else(|| bad(format!("{MODEL_FILE} is missing")))?;
-        let mut params = vec![0.0; self.model.num_params()];
+        let mut params = vec![0.0; zero.numel];
         load_params(self.model.layout(), &mut params, model_bytes, "", true)
             .map_err(|e| bad(format!("{MODEL_FILE}: {e}")))?;
 
@@ -107,14 +164,10 @@ impl Engine {
                 manifest["optimizer"]["slots"]
             )));
         }
-        let mut slots = Vec::new();
-        for slot in names {
-            let bytes = files.get(OPTIMIZER_FILE).ok_or_else(|| bad(format!("{OPTIMIZER_FILE} is missing")))?;
-            let mut buf = vec![0.0; self.model.num_params()];
-            load_params(self.model.layout(), &mut buf, bytes, &format!("{slot}."), false)
-                .map_err(|e| bad(format!("{OPTIMIZER_FILE}: {e}")))?;
-            slots.push(buf);
-        }
+        let slots = match zero.sharded() {
+            true => self.read_shard(&files, &bad)?,
+            false => self.read_full_state(&files, &bad)?,
+        };
         let counter =
             |key: &str| manifest["counters"][key].as_u64().ok_or_else(|| bad(format!("counters.{key} is missing")));
         let counters = Counters {
@@ -126,7 +179,7 @@ impl Engine {
         let applied = manifest["optimizer"]["applied_steps"]
             .as_u64()
             .ok_or_else(|| bad("optimizer.applied_steps is missing".into()))?;
-        params.resize(self.zero.padded(), 0.0);
+        params.resize(zero.padded(), 0.0);
         self.params = params;
         self.optimizer.restore(slots, applied);
         self.counters = counters;
@@ -134,14 +187,40 @@ impl Engine {
         Ok(manifest["client_state"].clone())
     }
 
-    /// Multi-rank runs need sharded checkpoints (each rank its own optimizer partition), which this build does
-    /// not write yet; with one rank every partition is the whole model.
-    fn single_rank_checkpoints(&self) -> Result<(), EngineError> {
-        match self.zero.world {
-            1 => Ok(()),
-            w => Err(EngineError::Unsupported(format!(
-                "checkpoints of a {w}-rank run (sharded checkpoints are not implemented yet)"
-            ))),
+    fn read_full_state(
+        &self,
+        files: &std::collections::BTreeMap<String, Vec<u8>>,
+        bad: &dyn Fn(String) -> EngineError,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let layout = self.model.layout();
+        let mut slots = Vec::new();
+        for slot in self.optimizer.rule().slot_names() {
+            let bytes = files.get(OPTIMIZER_FILE).ok_or_else(|| bad(format!("{OPTIMIZER_FILE} is missing")))?;
+            let mut buf = vec![0.0; layout.numel()];
+            load_params(layout, &mut buf, bytes, &format!("{slot}."), false)
+                .map_err(|e| bad(format!("{OPTIMIZER_FILE}: {e}")))?;
+            slots.push(buf);
         }
+        Ok(slots)
+    }
+
+    fn read_shard(
+        &self,
+        files: &std::collections::BTreeMap<String, Vec<u8>>,
+        bad: &dyn Fn(String) -> EngineError,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let names = self.optimizer.rule().slot_names();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let file = shard_file(self.comm.rank());
+        let bytes = files.get(&file).ok_or_else(|| bad(format!("{file} is missing")))?;
+        let mut layout = ParamLayout::default();
+        names.iter().for_each(|n| {
+            layout.push(ParamSpec::new(*n, &[self.zero.partition], Init::Zeros));
+        });
+        let mut all = vec![0.0; layout.numel()];
+        load_params(&layout, &mut all, bytes, "", true).map_err(|e| bad(format!("{file}: {e}")))?;
+        Ok(all.chunks(self.zero.partition).map(|c| c.to_vec()).collect())
     }
 }

@@ -16,6 +16,17 @@ pub enum ZeroStage {
     Stage2,
 }
 
+impl ZeroStage {
+    /// The `zero_optimization.stage` number.
+    pub fn number(self) -> u8 {
+        match self {
+            ZeroStage::Stage0 => 0,
+            ZeroStage::Stage1 => 1,
+            ZeroStage::Stage2 => 2,
+        }
+    }
+}
+
 /// This rank's share of the flat layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZeroPlan {

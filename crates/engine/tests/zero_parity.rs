@@ -4,9 +4,11 @@
 
 use rustspeed_comm::threads::{ThreadComm, ThreadGroup};
 use rustspeed_config::DeepSpeedConfig;
+use rustspeed_engine::model_spec::ModelSpec;
 use rustspeed_engine::Engine;
 use rustspeed_kernels::rng::Rng;
 use rustspeed_nn::{GptConfig, LstmConfig, ModelConfig};
+use std::path::Path;
 use std::time::Duration;
 
 /// Sequences per optimizer step over all ranks.
@@ -132,4 +134,113 @@ fn every_stage_world_size_and_accumulation_matches_one_rank() {
 #[test]
 fn random_delays_before_collectives_change_nothing() {
     check_matrix(true, &[1, 2], &[4], &[2]);
+}
+
+/// Trains `steps` steps on ranks of a group, optionally resuming from and/or saving to `dir`; returns rank 0's
+/// losses.
+fn run_with_checkpoint(
+    stage: u8,
+    world: usize,
+    steps: std::ops::Range<usize>,
+    resume: Option<&Path>,
+    save: Option<&Path>,
+) -> Vec<f32> {
+    let (_, model, optimizer) = models().into_iter().next().unwrap();
+    let spec = ModelSpec { preset: "test".into(), config: model.clone() };
+    let comms = ThreadGroup::new(world, TIMEOUT);
+    let results: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                let (model, spec, steps) = (&model, &spec, steps.clone());
+                s.spawn(move || {
+                    let rank = rustspeed_comm::Communicator::rank(&comm);
+                    let m = model.build().unwrap();
+                    let params = m.layout().init_params(7);
+                    let mut engine =
+                        Engine::with_communicator(m, params, config(stage, 1, optimizer), Box::new(comm)).unwrap();
+                    if let Some(dir) = resume {
+                        engine.load_checkpoint(dir).unwrap();
+                    }
+                    let micro = engine.batch_sizes().micro_batch_size;
+                    let losses = steps
+                        .map(|step| {
+                            let batch = global_batch(step, model.vocab_size());
+                            let report = engine.train_batch(SEQ_LEN, |x, y| {
+                                x.clear();
+                                y.clear();
+                                for (tokens, targets) in &batch[rank * micro..(rank + 1) * micro] {
+                                    x.extend_from_slice(tokens);
+                                    y.extend_from_slice(targets);
+                                }
+                            });
+                            report.unwrap().loss
+                        })
+                        .collect();
+                    if let Some(dir) = save {
+                        engine.save_checkpoint(dir, spec, serde_json::Value::Null).unwrap();
+                    }
+                    losses
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    results.into_iter().next().unwrap()
+}
+
+#[test]
+fn sharded_checkpoints_resume_exactly_on_the_same_world_size() {
+    for stage in [0u8, 1, 2] {
+        let dir = std::env::temp_dir().join(format!("rustspeed-zero-ckpt-{stage}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let straight = run_with_checkpoint(stage, 2, 0..6, None, None);
+        let mut split = run_with_checkpoint(stage, 2, 0..3, None, Some(&dir));
+        split.extend(run_with_checkpoint(stage, 2, 3..6, Some(&dir), None));
+        assert_eq!(split, straight, "stage {stage}: resumed losses differ");
+        if stage > 0 {
+            assert!(dir.join("global_step3/optimizer_rank001.safetensors").exists());
+        }
+        // Another world size is refused with a clear error.
+        let m = models()[0].1.build().unwrap();
+        let params = m.layout().init_params(7);
+        let mut single =
+            Engine::with_communicator(m, params, config(stage, 1, models()[0].2), Box::new(rustspeed_comm::SingleRank))
+                .unwrap();
+        let err = single.load_checkpoint(&dir).unwrap_err().to_string();
+        assert!(err.contains("written by 2 rank(s)"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn saving_on_a_subset_of_ranks_fails_naming_the_missing_rank() {
+    let dir = std::env::temp_dir().join(format!("rustspeed-zero-subset-{}", std::process::id()));
+    let (_, model, optimizer) = models().into_iter().next().unwrap();
+    let spec = ModelSpec { preset: "test".into(), config: model.clone() };
+    let mut comms = ThreadGroup::new(2, Duration::from_millis(500));
+    let lone = comms.remove(0);
+    let idle = comms.remove(0);
+    let errors = std::thread::scope(|s| {
+        let model_of_absent = model.clone();
+        let absent = s.spawn(move || {
+            let model = model_of_absent;
+            // Rank 1 builds its engine (the broadcast at construction) but never saves.
+            let m = model.build().unwrap();
+            let p = m.layout().init_params(7);
+            let engine = Engine::with_communicator(m, p, config(1, 1, optimizer), Box::new(idle)).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+            drop(engine);
+        });
+        let m = model.build().unwrap();
+        let p = m.layout().init_params(7);
+        let engine = Engine::with_communicator(m, p, config(1, 1, optimizer), Box::new(lone)).unwrap();
+        let err = engine.save_checkpoint(&dir, &spec, serde_json::Value::Null).unwrap_err();
+        absent.join().unwrap();
+        err
+    });
+    let message = errors.to_string();
+    assert!(message.contains("rank(s) [1]") && message.contains("barrier"), "{message}");
+    assert!(!dir.join("latest").exists(), "no checkpoint is published");
+    let _ = std::fs::remove_dir_all(&dir);
 }
