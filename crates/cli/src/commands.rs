@@ -97,6 +97,23 @@ const EXPORT_OPTS: &[Opt] = &[
 /// configuration.
 pub fn export(argv: &[String]) -> Result<(), String> {
     let Some(a) = parse("export", EXPORT_OPTS, argv)? else { return Ok(()) };
+    write_weights(&a)
+}
+
+/// `rustspeed consolidate RUN_DIR --out FILE`: DeepSpeed's `zero_to_fp32` — one fp32 safetensors file of the
+/// whole model from a (possibly sharded) checkpoint. In fp32 training every rank holds all parameters and the
+/// checkpoint's `model.safetensors` is already whole, so this writes the same file as `export`; the optimizer
+/// partitions stay in the checkpoint.
+pub fn consolidate(argv: &[String]) -> Result<(), String> {
+    let argv: Vec<String> = match argv.split_first() {
+        Some((run, rest)) if !run.starts_with("--") => [vec!["--run".to_string(), run.clone()], rest.to_vec()].concat(),
+        _ => argv.to_vec(),
+    };
+    let Some(a) = parse("consolidate", EXPORT_OPTS, &argv)? else { return Ok(()) };
+    write_weights(&a)
+}
+
+fn write_weights(a: &Args) -> Result<(), String> {
     let run = PathBuf::from(a.required("run").map_err(|e| e.to_string())?);
     let out = PathBuf::from(a.required("out").map_err(|e| e.to_string())?);
     if out.exists() {
@@ -107,7 +124,7 @@ pub fn export(argv: &[String]) -> Result<(), String> {
     let metadata = HashMap::from([("rustspeed_model".to_string(), weights.spec.to_json().to_string())]);
     let bytes = save_params(model.layout(), &weights.params, "", Some(metadata))?;
     std::fs::write(&out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
-    println!("wrote {} ({} parameters of {})", out.display(), model.num_params(), weights.spec.preset);
+    println!("wrote {} ({} fp32 parameters of {})", out.display(), model.num_params(), weights.spec.preset);
     Ok(())
 }
 
@@ -115,6 +132,60 @@ pub fn presets() -> Result<(), String> {
     for p in PRESETS {
         let vocab = p.vocab_size.map_or("from data".to_string(), |v| v.to_string());
         println!("{:<10} vocab {:<9} {}", p.name, vocab, p.description);
+    }
+    Ok(())
+}
+
+const ESTIMATE_OPTS: &[Opt] = &[
+    opt("model", "PRESET", "model preset"),
+    opt("world-size", "N", "data-parallel ranks (default 1)"),
+    opt("vocab", "V", "vocabulary size for presets that take it from the data (default 65)"),
+    opt("micro-batch", "B", "sequences per micro-batch, for activations (default 8)"),
+    opt("seq-len", "T", "tokens per sequence (default: the GPT context, 64 for LSTMs)"),
+    opt("optimizer", "NAME", "adam | lamb | lion | sgd | sgd-momentum (default adam)"),
+];
+
+fn mib(bytes: usize) -> String {
+    format!("{:>10.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Prints the predicted bytes per rank for ZeRO stages 0-2 (the ZeRO paper's model plus activations).
+pub fn estimate(argv: &[String]) -> Result<(), String> {
+    use rustspeed_engine::memory::{estimate as predict, Workload};
+    use rustspeed_engine::zero::ZeroStage;
+    let Some(a) = parse("estimate", ESTIMATE_OPTS, argv)? else { return Ok(()) };
+    let e = |e: crate::args::ArgError| e.to_string();
+    let p = rustspeed_nn::preset(a.required("model").map_err(e)?).map_err(|e| e.to_string())?;
+    let config = p.config(p.vocab_size.unwrap_or(a.parsed("vocab", 65).map_err(e)?)).map_err(|e| e.to_string())?;
+    let world: usize = a.parsed("world-size", 1).map_err(e)?;
+    let slots = match a.get("optimizer").unwrap_or("adam") {
+        "adam" | "lamb" => 2,
+        "lion" | "sgd-momentum" => 1,
+        "sgd" => 0,
+        other => return Err(format!("--optimizer {other}: expected adam, lamb, lion, sgd or sgd-momentum")),
+    };
+    let default_t = match &config {
+        rustspeed_nn::ModelConfig::Gpt(c) => c.block_size,
+        rustspeed_nn::ModelConfig::Lstm(_) => 64,
+    };
+    if world == 0 {
+        return Err("--world-size must be at least 1".into());
+    }
+    let params = config.build().map_err(|e| e.to_string())?.num_params();
+    let (b, t) = (a.parsed("micro-batch", 8).map_err(e)?, a.parsed("seq-len", default_t).map_err(e)?);
+    println!("{} ({params} parameters), {world} rank(s), micro-batch {b} x {t} tokens, fp32; MiB per rank:", p.name);
+    println!("stage  parameters  gradients    staging  optimizer  activations      total");
+    for (n, stage) in [ZeroStage::Stage0, ZeroStage::Stage1, ZeroStage::Stage2].into_iter().enumerate() {
+        let m = predict(&config, params, &Workload { stage, world, optimizer_slots: slots, micro_batch: b, seq_len: t });
+        println!(
+            "{n:>5}  {} {} {} {}  {}  {}",
+            mib(m.parameters),
+            mib(m.gradients),
+            mib(m.gradient_staging),
+            mib(m.optimizer_state),
+            mib(m.activations),
+            mib(m.total())
+        );
     }
     Ok(())
 }

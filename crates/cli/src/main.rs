@@ -20,6 +20,8 @@ commands:
   generate   sample text from a trained run
   export     write a run's weights as one safetensors file (Hugging Face / PyTorch names)
   presets    list the model presets
+  estimate   predicted memory per rank for ZeRO stages 0-2
+  consolidate  one fp32 safetensors file from a (sharded) checkpoint (DeepSpeed's zero_to_fp32)
 ";
 
 fn main() -> ExitCode {
@@ -34,6 +36,8 @@ fn main() -> ExitCode {
         "generate" => commands::generate(rest),
         "export" => commands::export(rest),
         "presets" => commands::presets(),
+        "estimate" => commands::estimate(rest),
+        "consolidate" => commands::consolidate(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -229,4 +229,10 @@ fn two_ranks_train_like_one() {
     assert!(two.join("checkpoints/global_step4/optimizer_rank001.safetensors").exists());
     let resumed = rustspeed(&[&train_args(s(&zero1), s(&data), s(&two), "6")[..], &["--resume"]].concat());
     fails(&resumed, &["written by 2 rank(s)"]);
+    let merged = sb.path("merged.safetensors");
+    ok(&rustspeed(&["consolidate", s(&two), "--out", s(&merged)]));
+    let single = sb.path("single.safetensors");
+    ok(&rustspeed(&["consolidate", s(&one), "--out", s(&single)]));
+    // One file of the same tensors; the values agree up to the fp32 summation order of the reductions.
+    assert_eq!(fs::metadata(&merged).unwrap().len(), fs::metadata(&single).unwrap().len());
 }

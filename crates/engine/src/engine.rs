@@ -6,6 +6,7 @@
 //! on applied steps.
 
 use crate::error::EngineError;
+use crate::memory::MemoryReport;
 use crate::optimizer::Optimizer;
 use crate::setup::Setup;
 use crate::zero::{ZeroPlan, ZeroStage};
@@ -166,6 +167,24 @@ impl Engine {
 
     pub fn zero_plan(&self) -> ZeroPlan {
         self.zero
+    }
+
+    /// Bytes this rank holds for parameters, gradients and optimizer state, read off its buffers.
+    pub fn memory(&self) -> MemoryReport {
+        let f = std::mem::size_of::<f32>();
+        let (gradients, staging) = match self.zero.stage {
+            ZeroStage::Stage0 => (self.grads.len(), 0),
+            ZeroStage::Stage1 => (self.grads.len() + self.grad_partition.len(), 0),
+            ZeroStage::Stage2 => (self.grad_partition.len(), self.grads.len() + self.reduce_buffer.len()),
+        };
+        MemoryReport {
+            parameters: self.params.len() * f,
+            gradients: gradients * f,
+            gradient_staging: staging * f,
+            master_weights: 0,
+            optimizer_state: self.optimizer.slots().map(|(_, s)| s.len()).sum::<usize>() * f,
+            activations: 0,
+        }
     }
 
     pub fn rank(&self) -> usize {

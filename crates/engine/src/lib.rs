@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod memory;
 pub mod model_spec;
 pub mod optimizer;
 pub mod persist;

@@ -44,9 +44,12 @@ impl ZeroPlan {
         ZeroPlan { stage, rank, world, numel, partition: numel.div_ceil(world) }
     }
 
-    /// Length of the padded flat buffers, `W · S`.
+    /// Length of the flat buffers: padded to `W · S` when sharded, `P` at stage 0 (nothing is split).
     pub fn padded(&self) -> usize {
-        self.partition * self.world
+        match self.sharded() {
+            true => self.partition * self.world,
+            false => self.numel,
+        }
     }
 
     /// Whether optimizer state (and the gradients it reads) covers only this rank's partition.

@@ -1,0 +1,99 @@
+//! Bytes per rank: what the engine holds ([`crate::Engine::memory`], read off its buffers) and what the ZeRO
+//! paper's model predicts ([`estimate`]), so that the two can be compared.
+//!
+//! ZeRO (Rajbhandari et al. 2020, §5) counts, for Ψ parameters over N_d ranks with mixed-precision Adam:
+//! 2Ψ (fp16 parameters) + 2Ψ (fp16 gradients) + KΨ (fp32 master + momentum + variance, K = 12), and shards the
+//! K term at stage 1, also the gradients at stage 2. In rustspeed's fp32 mode the parameters *are* the master
+//! weights: 4Ψ parameters + 4Ψ gradients + (4 · slots)Ψ optimizer state, sharded the same way.
+
+use crate::zero::ZeroStage;
+use rustspeed_nn::ModelConfig;
+
+const F32: usize = std::mem::size_of::<f32>();
+
+/// Bytes per rank, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// The model's parameters as the forward reads them.
+    pub parameters: usize,
+    /// Gradients kept across micro-steps for the optimizer: the full buffer at stage 0; at stage 1 the full
+    /// local buffer plus the reduced partition; at stage 2 only the partition.
+    pub gradients: usize,
+    /// Stage 2: the buffer the backward writes one micro-step's gradients into before they are reduce-scattered
+    /// (full size, not kept across micro-steps) and the reduce-scatter's result. At stages 0 and 1 the backward
+    /// writes into the gradient buffer itself, counted above.
+    pub gradient_staging: usize,
+    /// fp32 master weights separate from the parameters (none in fp32 training).
+    pub master_weights: usize,
+    /// Optimizer state (Adam: momentum and variance).
+    pub optimizer_state: usize,
+    /// Saved activations of one micro-batch (estimates only; 0 in the engine's own accounting).
+    pub activations: usize,
+}
+
+impl MemoryReport {
+    pub fn total(&self) -> usize {
+        self.parameters
+            + self.gradients
+            + self.gradient_staging
+            + self.master_weights
+            + self.optimizer_state
+            + self.activations
+    }
+}
+
+/// Shape of the work whose memory is estimated.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    pub stage: ZeroStage,
+    pub world: usize,
+    /// Optimizer state slots per parameter (Adam 2, Lion 1, SGD with momentum 1).
+    pub optimizer_slots: usize,
+    /// Micro-batch `B` and sequence length `T`, for activations.
+    pub micro_batch: usize,
+    pub seq_len: usize,
+}
+
+/// The ZeRO paper's prediction for `params` (Ψ) parameters, plus the activations the model saves for its
+/// backward. Partitions are `⌈Ψ/N⌉`, as the engine pads them.
+pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryReport {
+    let part = params.div_ceil(w.world);
+    let padded = part * w.world;
+    let (parameters, gradients, staging, optimizer) = match w.stage {
+        ZeroStage::Stage0 => (params, params, 0, params * w.optimizer_slots),
+        ZeroStage::Stage1 => (padded, padded + part, 0, part * w.optimizer_slots),
+        ZeroStage::Stage2 => (padded, part, padded + part, part * w.optimizer_slots),
+    };
+    MemoryReport {
+        parameters: parameters * F32,
+        gradients: gradients * F32,
+        gradient_staging: staging * F32,
+        master_weights: 0,
+        optimizer_state: optimizer * F32,
+        activations: activation_floats(model, w.micro_batch, w.seq_len) * F32,
+    }
+}
+
+/// Floats of activations saved for the backward (and the head's logits and their gradient), from the layers'
+/// definitions in `rustspeed_nn`.
+pub fn activation_floats(model: &ModelConfig, b: usize, t: usize) -> usize {
+    let n = b * t;
+    match model {
+        ModelConfig::Gpt(c) => {
+            let ch = c.n_embd;
+            // Per block: ln_1 out + qkv + attention out + residual + ln_2 out (1 + 3 + 1 + 1 + 1 = 7 NC), MLP
+            // pre- and post-GELU (8 NC), two LayerNorms' mean and rstd (4 N), attention probabilities (B·NH·T²),
+            // and the block's output (NC).
+            let block = 16 * n * ch + 4 * n + b * c.n_head * t * t;
+            // Embedding output, ln_f output + its mean/rstd, logits/probabilities and their gradient.
+            let outer = n * ch + (n * ch + 2 * n) + 2 * n * c.vocab_size;
+            c.n_layer * block + outer
+        }
+        ModelConfig::Lstm(c) => {
+            // Per layer: hidden states (output), gates (4H), cell states (H).
+            let layer = 6 * n * c.hidden_size;
+            let outer = n * c.embedding_dim + 2 * n * c.vocab_size;
+            c.num_layers * layer + outer
+        }
+    }
+}

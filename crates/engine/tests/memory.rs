@@ -1,0 +1,86 @@
+//! The engine's per-rank byte accounting against the ZeRO paper's model ([`estimate`]), and the sharding it
+//! promises: at world size 4, stage 1 holds a quarter of stage 0's optimizer state, stage 2 also a quarter of
+//! its gradients (within padding).
+
+use rustspeed_comm::threads::ThreadGroup;
+use rustspeed_config::DeepSpeedConfig;
+use rustspeed_engine::memory::{estimate, MemoryReport, Workload};
+use rustspeed_engine::zero::ZeroStage;
+use rustspeed_engine::Engine;
+use rustspeed_nn::{preset, ModelConfig};
+use std::time::Duration;
+
+const WORLD: usize = 4;
+
+/// Every rank's accounting for `model` at `stage` over `WORLD` ranks with Adam.
+fn accounting(model: &ModelConfig, stage: u8) -> Vec<MemoryReport> {
+    let json = format!(
+        r#"{{"train_batch_size": 4, "zero_optimization": {{"stage": {stage}}}, "optimizer": {{"type": "Adam"}}}}"#
+    );
+    let comms = ThreadGroup::new(WORLD, Duration::from_secs(60));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                let json = &json;
+                s.spawn(move || {
+                    let m = model.build().unwrap();
+                    let p = m.layout().init_params(0);
+                    let e =
+                        Engine::with_communicator(m, p, DeepSpeedConfig::from_json_str(json).unwrap(), Box::new(comm))
+                            .unwrap();
+                    e.memory()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn stage(n: u8) -> ZeroStage {
+    [ZeroStage::Stage0, ZeroStage::Stage1, ZeroStage::Stage2][n as usize]
+}
+
+#[test]
+fn engine_accounting_matches_the_zero_estimate_and_shards_by_four() {
+    for name in ["gpt-tiny", "lstm-tiny"] {
+        let model = preset(name).unwrap().config(65).unwrap();
+        let params = model.build().unwrap().num_params();
+        let per_stage: Vec<MemoryReport> = (0..3u8)
+            .map(|n| {
+                let ranks = accounting(&model, n);
+                let w = Workload { stage: stage(n), world: WORLD, optimizer_slots: 2, micro_batch: 1, seq_len: 8 };
+                let predicted = MemoryReport { activations: 0, ..estimate(&model, params, &w) };
+                for (rank, got) in ranks.iter().enumerate() {
+                    assert_eq!(got, &predicted, "{name} stage {n} rank {rank}");
+                }
+                ranks[0]
+            })
+            .collect();
+        // Padding: each rank's partition is ⌈Ψ/4⌉, so at most 3 padding elements per buffer (4 bytes each).
+        let padding = 3 * 4;
+        let quarter = |full: usize, part: usize| (4 * part).abs_diff(full) <= 4 * padding;
+        assert!(quarter(per_stage[0].optimizer_state, per_stage[1].optimizer_state), "{name}: {per_stage:?}");
+        assert!(quarter(per_stage[0].optimizer_state, per_stage[2].optimizer_state), "{name}: {per_stage:?}");
+        assert!(quarter(per_stage[0].gradients, per_stage[2].gradients), "{name}: {per_stage:?}");
+        assert_eq!(per_stage[0].optimizer_state, params * 2 * 4, "{name}: Adam keeps 8 bytes per parameter");
+    }
+}
+
+#[test]
+fn the_estimate_follows_the_zero_paper_for_gpt2_small() {
+    // Ψ = 124,439,808; fp32 Adam: 4Ψ parameters + 4Ψ gradients + 8Ψ state = 16Ψ at stage 0.
+    let model = preset("gpt2-124m").unwrap().config(50257).unwrap();
+    let psi = 124_439_808usize;
+    let w = |stage| Workload { stage, world: 8, optimizer_slots: 2, micro_batch: 4, seq_len: 256 };
+    let s0 = estimate(&model, psi, &w(ZeroStage::Stage0));
+    assert_eq!(s0.parameters + s0.gradients + s0.optimizer_state, 16 * psi);
+    let s2 = estimate(&model, psi, &w(ZeroStage::Stage2));
+    let part = psi.div_ceil(8);
+    assert_eq!(s2.optimizer_state, 8 * part);
+    assert_eq!(s2.gradients, 4 * part);
+    // Activations: 12 blocks of (16·N·C + 4·N + B·NH·T²) + the embedding, ln_f and 2·N·V for the head.
+    let (n, c, v) = (4 * 256, 768, 50257);
+    let block = 16 * n * c + 4 * n + 4 * 12 * 256 * 256;
+    assert_eq!(s0.activations, 4 * (12 * block + n * c + n * c + 2 * n + 2 * n * v));
+}
