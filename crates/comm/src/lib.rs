@@ -79,7 +79,7 @@ impl fmt::Display for CommError {
 impl std::error::Error for CommError {}
 
 /// Collectives over `world_size` ranks. Buffers are fp32; `counts` give each rank's share where shares differ.
-pub trait Communicator: Send {
+pub trait Communicator: Send + Sync {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
     /// Every rank's `buf` becomes the reduction of all ranks' `buf`.

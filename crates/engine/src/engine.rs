@@ -8,6 +8,7 @@
 use crate::error::EngineError;
 use crate::memory::MemoryReport;
 use crate::optimizer::Optimizer;
+use crate::reduce::reduce_piece;
 use crate::setup::Setup;
 use crate::zero::{ZeroPlan, ZeroStage};
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
@@ -99,6 +100,7 @@ pub struct Engine {
     reduce_buffer: Vec<f32>,
     pub(crate) zero: ZeroPlan,
     pub(crate) comm: Box<dyn Communicator>,
+    reduction: Reduction,
     pub(crate) optimizer: Optimizer,
     pub(crate) schedule: LrSchedule,
     pub(crate) batch: BatchSizes,
@@ -107,6 +109,13 @@ pub struct Engine {
     pub(crate) config: DeepSpeedConfig,
     phase: EnginePhase,
     window: Window,
+}
+
+/// How gradients are reduced over ranks (`zero_optimization.overlap_comm`, `reduce_bucket_size`).
+#[derive(Clone, Copy, Debug)]
+struct Reduction {
+    overlap: bool,
+    bucket: usize,
 }
 
 /// DeepSpeed's epsilon in the clipping coefficient `clip / (‖g‖ + 1e-6)`.
@@ -136,13 +145,17 @@ impl Engine {
         params.resize(zero.padded(), 0.0);
         comm.broadcast(&mut params, 0)?;
         let partition_len = if zero.sharded() { zero.partition } else { 0 };
-        let reduce_len = if zero.stage == ZeroStage::Stage2 { zero.partition } else { 0 };
+        let reduction = Reduction {
+            overlap: config.zero_optimization.overlap_comm(),
+            bucket: config.zero_optimization.reduce_bucket_size as usize,
+        };
         Ok(Engine {
             model,
             grads: vec![0.0; params.len()],
             params,
             grad_partition: vec![0.0; partition_len],
-            reduce_buffer: vec![0.0; reduce_len],
+            reduce_buffer: Vec::new(),
+            reduction,
             zero,
             comm,
             optimizer,
@@ -175,7 +188,7 @@ impl Engine {
         let (gradients, staging) = match self.zero.stage {
             ZeroStage::Stage0 => (self.grads.len(), 0),
             ZeroStage::Stage1 => (self.grads.len() + self.grad_partition.len(), 0),
-            ZeroStage::Stage2 => (self.grad_partition.len(), self.grads.len() + self.reduce_buffer.len()),
+            ZeroStage::Stage2 => (self.grad_partition.len(), self.grads.len()),
         };
         MemoryReport {
             parameters: self.params.len() * f,
@@ -253,11 +266,38 @@ impl Engine {
         self.expect_phase("backward", EnginePhase::Forwarded, "forward()")?;
         let gas = self.batch.gradient_accumulation_steps as f32;
         let start = Instant::now();
+        // Gradients are reduced over ranks in this backward when the window ends (stages 0 and 1) or on every
+        // micro-step (stage 2), layer by layer on a communication thread with `overlap_comm`.
+        let reduce = self.zero.stage == ZeroStage::Stage2 || self.is_gradient_accumulation_boundary();
         let p = self.zero.numel;
-        self.model.backward(&self.params[..p], &mut self.grads[..p], 1.0 / gas)?;
-        if self.zero.stage == ZeroStage::Stage2 {
-            self.comm.reduce_scatter(&self.grads, &self.zero.counts(), &mut self.reduce_buffer, ReduceOp::Avg)?;
-            self.grad_partition.iter_mut().zip(&self.reduce_buffer).for_each(|(acc, g)| *acc += g);
+        let Engine { model, params, grads, grad_partition, reduce_buffer, zero, comm, reduction, .. } = self;
+        let (params, grads, comm, zero) = (&params[..p], &mut grads[..p], &**comm, *zero);
+        match (reduce, reduction.overlap) {
+            (false, _) => model.backward(params, grads, 1.0 / gas)?,
+            (true, false) => {
+                model.backward(params, grads, 1.0 / gas)?;
+                reduce_piece(comm, &zero, reduction.bucket, 0, grads, grad_partition, reduce_buffer)?;
+            }
+            (true, true) => std::thread::scope(|scope| -> Result<(), EngineError> {
+                let (tx, rx) = std::sync::mpsc::channel::<(usize, &mut [f32])>();
+                let bucket = reduction.bucket;
+                let worker = scope.spawn(move || -> Result<(), rustspeed_comm::CommError> {
+                    for (offset, piece) in rx {
+                        reduce_piece(comm, &zero, bucket, offset, piece, grad_partition, reduce_buffer)?;
+                    }
+                    Ok(())
+                });
+                let backward = model.backward_with(params, grads, 1.0 / gas, &mut |offset, piece| {
+                    // A send fails only when the worker stopped on an error, which its join reports.
+                    let _ = tx.send((offset, piece));
+                });
+                drop(tx);
+                let reduced = worker.join().expect("the gradient reduction thread does not panic");
+                backward?;
+                reduced.map_err(EngineError::from)
+            })?,
+        }
+        if reduce && zero.stage == ZeroStage::Stage2 {
             self.grads.fill(0.0);
         }
         self.window.timings.backward += start.elapsed();
@@ -277,15 +317,8 @@ impl Engine {
         }
         let start = Instant::now();
         let (zero, comm) = (self.zero, &self.comm);
-        // 1. Reduce the window's gradients over ranks (averaged): all at stage 0, to the owner at stage 1; stage 2
-        //    reduced every micro-step already.
-        match zero.stage {
-            ZeroStage::Stage0 => comm.all_reduce(&mut self.grads[..zero.numel], ReduceOp::Avg)?,
-            ZeroStage::Stage1 => {
-                comm.reduce_scatter(&self.grads, &zero.counts(), &mut self.grad_partition, ReduceOp::Avg)?
-            }
-            ZeroStage::Stage2 => {}
-        }
+        // 1. The window's gradients were reduced over ranks (averaged) by backward(): in place at stage 0, into
+        //    this rank's partition at stages 1 and 2.
         let grads = if zero.sharded() { &mut self.grad_partition[..] } else { &mut self.grads[..zero.numel] };
         // 2. Global gradient norm: each rank's share of ‖g‖², summed over ranks when sharded.
         let mut sq = [grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>() as f32];

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod model_spec;
 pub mod optimizer;
 pub mod persist;
+mod reduce;
 pub mod setup;
 pub mod zero;
 

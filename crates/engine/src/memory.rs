@@ -20,8 +20,9 @@ pub struct MemoryReport {
     /// local buffer plus the reduced partition; at stage 2 only the partition.
     pub gradients: usize,
     /// Stage 2: the buffer the backward writes one micro-step's gradients into before they are reduce-scattered
-    /// (full size, not kept across micro-steps) and the reduce-scatter's result. At stages 0 and 1 the backward
-    /// writes into the gradient buffer itself, counted above.
+    /// (full size, not kept across micro-steps). At stages 0 and 1 the backward writes into the gradient buffer
+    /// itself, counted above. (The reduce-scatter's result buffer is bounded by `reduce_bucket_size` and not
+    /// counted, like DeepSpeed's bucket buffers.)
     pub gradient_staging: usize,
     /// fp32 master weights separate from the parameters (none in fp32 training).
     pub master_weights: usize,
@@ -62,7 +63,7 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
     let (parameters, gradients, staging, optimizer) = match w.stage {
         ZeroStage::Stage0 => (params, params, 0, params * w.optimizer_slots),
         ZeroStage::Stage1 => (padded, padded + part, 0, part * w.optimizer_slots),
-        ZeroStage::Stage2 => (padded, part, padded + part, part * w.optimizer_slots),
+        ZeroStage::Stage2 => (padded, part, padded, part * w.optimizer_slots),
     };
     MemoryReport {
         parameters: parameters * F32,

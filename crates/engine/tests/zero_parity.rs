@@ -46,22 +46,44 @@ fn global_batch(step: usize, vocab: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
 }
 
 fn config(stage: u8, gas: usize, optimizer: &str) -> DeepSpeedConfig {
+    config_with(stage, gas, optimizer, "")
+}
+
+/// `zero`: extra `zero_optimization` keys, e.g. `, "overlap_comm": true`.
+fn config_with(stage: u8, gas: usize, optimizer: &str, zero: &str) -> DeepSpeedConfig {
     DeepSpeedConfig::from_json_str(&format!(
         r#"{{"train_batch_size": {GLOBAL_BATCH}, "gradient_accumulation_steps": {gas}, "gradient_clipping": 1.0,
-            "zero_optimization": {{"stage": {stage}}}, "zero_allow_untested_optimizer": true,
+            "zero_optimization": {{"stage": {stage}{zero}}}, "zero_allow_untested_optimizer": true,
             "optimizer": {optimizer}}}"#
     ))
     .unwrap()
 }
 
+/// Overlapped reduction with tiny buckets: many collectives per backward, issued from the communication
+/// thread while the backward runs.
+const OVERLAP: &str = r#", "overlap_comm": true, "reduce_bucket_size": 37"#;
+
 /// Trains one rank; returns its losses and final parameters.
-fn train_rank(model: &ModelConfig, optimizer: &str, stage: u8, gas: usize, comm: ThreadComm) -> (Vec<f32>, Vec<f32>) {
+fn train_rank(
+    model: &ModelConfig,
+    optimizer: &str,
+    stage: u8,
+    gas: usize,
+    overlap: bool,
+    comm: ThreadComm,
+) -> (Vec<f32>, Vec<f32>) {
     let (rank, world) = (rustspeed_comm::Communicator::rank(&comm), rustspeed_comm::Communicator::world_size(&comm));
     let m = model.build().unwrap();
     // Only rank 0's initialization counts: the engine broadcasts it. Other ranks start from another seed to
     // prove that.
     let params = m.layout().init_params(7 + rank as u64);
-    let mut engine = Engine::with_communicator(m, params, config(stage, gas, optimizer), Box::new(comm)).unwrap();
+    let mut engine = Engine::with_communicator(
+        m,
+        params,
+        config_with(stage, gas, optimizer, if overlap { OVERLAP } else { "" }),
+        Box::new(comm),
+    )
+    .unwrap();
     let micro = engine.batch_sizes().micro_batch_size;
     let losses = (0..STEPS)
         .map(|step| {
@@ -85,32 +107,43 @@ fn train_rank(model: &ModelConfig, optimizer: &str, stage: u8, gas: usize, comm:
     (losses, engine.params().to_vec())
 }
 
+/// How a group runs: random delays before collectives, overlapped bucketed reduction.
+#[derive(Clone, Copy)]
+struct Mode {
+    delays: bool,
+    overlap: bool,
+}
+
+const PLAIN: Mode = Mode { delays: false, overlap: false };
+
 fn train_group(
     model: &ModelConfig,
     optimizer: &str,
     stage: u8,
     world: usize,
     gas: usize,
-    delays: bool,
+    mode: Mode,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let comms = ThreadGroup::new(world, TIMEOUT);
-    if delays {
+    if mode.delays {
         comms.iter().for_each(|c| c.inject_delays(Duration::from_micros(500), 3));
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> =
-            comms.into_iter().map(|c| s.spawn(move || train_rank(model, optimizer, stage, gas, c))).collect();
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|c| s.spawn(move || train_rank(model, optimizer, stage, gas, mode.overlap, c)))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
 
-fn check_matrix(delays: bool, stages: &[u8], worlds: &[usize], gases: &[usize]) {
+fn check_matrix(mode: Mode, stages: &[u8], worlds: &[usize], gases: &[usize]) {
     for (name, model, optimizer) in models() {
-        let reference = train_group(&model, optimizer, 0, 1, 1, false).remove(0);
+        let reference = train_group(&model, optimizer, 0, 1, 1, PLAIN).remove(0);
         for &stage in stages {
             for &world in worlds {
                 for &gas in gases {
-                    let ranks = train_group(&model, optimizer, stage, world, gas, delays);
+                    let ranks = train_group(&model, optimizer, stage, world, gas, mode);
                     let case = format!("{name} stage {stage} world {world} GAS {gas}");
                     for (rank, (losses, params)) in ranks.iter().enumerate() {
                         for (step, (a, b)) in losses.iter().zip(&reference.0).enumerate() {
@@ -128,12 +161,17 @@ fn check_matrix(delays: bool, stages: &[u8], worlds: &[usize], gases: &[usize]) 
 
 #[test]
 fn every_stage_world_size_and_accumulation_matches_one_rank() {
-    check_matrix(false, &[0, 1, 2], &[1, 2, 4], &[1, 2]);
+    check_matrix(PLAIN, &[0, 1, 2], &[1, 2, 4], &[1, 2]);
+}
+
+#[test]
+fn overlapped_bucketed_reduction_matches_one_rank() {
+    check_matrix(Mode { delays: false, overlap: true }, &[0, 1, 2], &[2, 4], &[1, 2]);
 }
 
 #[test]
 fn random_delays_before_collectives_change_nothing() {
-    check_matrix(true, &[1, 2], &[4], &[2]);
+    check_matrix(Mode { delays: true, overlap: true }, &[0, 1, 2], &[4], &[2]);
 }
 
 /// Trains `steps` steps on ranks of a group, optionally resuming from and/or saving to `dir`; returns rank 0's

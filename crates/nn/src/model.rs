@@ -175,6 +175,21 @@ impl Model {
     /// Adds `dloss · ∂loss/∂params` into `grads` for the latest forward with targets (`dloss` is 1 for the plain
     /// gradient; the engine passes `1/GAS` or the loss scale).
     pub fn backward(&mut self, params: &[f32], grads: &mut [f32], dloss: f32) -> Result<(), ModelError> {
+        self.backward_with(params, grads, dloss, &mut |_, _| {})
+    }
+
+    /// [`Model::backward`], handing each piece of `grads` to `on_ready(offset, piece)` as soon as no later layer
+    /// writes to it: layers run in reverse layout order, so after layer `i` everything from its first parameter
+    /// to the previous piece is final. The pieces are disjoint and cover `grads` once (the part before the
+    /// first layer's parameters, if any, comes last). This is what lets the engine reduce a layer's gradients
+    /// on another thread while the backward of the layers before it runs (DeepSpeed's `overlap_comm`).
+    pub fn backward_with<'g>(
+        &mut self,
+        params: &[f32],
+        grads: &'g mut [f32],
+        dloss: f32,
+        on_ready: &mut dyn FnMut(usize, &'g mut [f32]),
+    ) -> Result<(), ModelError> {
         self.check_buffer("parameter", params)?;
         self.check_buffer("gradient", grads)?;
         let loss = match (self.phase, self.loss) {
@@ -188,33 +203,45 @@ impl Model {
             zeroed(dact, n * layer.output_width());
         }
         let last = self.layers.len() - 1;
+        // `pending` is the part of `grads` still being written: always a prefix, since later layers' (and the
+        // head's own) parameters come later in the layout.
+        let mut pending: &'g mut [f32] = grads;
+        let layout = &self.layout;
+        let release = |pending: &mut &'g mut [f32], from: usize, on_ready: &mut dyn FnMut(usize, &'g mut [f32])| {
+            if from < pending.len() {
+                let (rest, ready) = std::mem::take(pending).split_at_mut(from);
+                *pending = rest;
+                on_ready(from, ready);
+            }
+        };
+        let head_grads: &mut [f32] = pending;
         self.head.backward(
-            &self.layout,
+            layout,
             params,
-            grads,
+            head_grads,
             &self.acts[last],
             &self.targets,
             loss,
             dloss,
             &mut self.dacts[last],
         );
+        let first_offset = |ids: &[crate::ParamId]| ids.iter().map(|&id| layout.entry(id).offset).min();
+        if let Some(from) = first_offset(self.head.params()) {
+            release(&mut pending, from, on_ready);
+        }
         for i in (0..self.layers.len()).rev() {
             let (dbefore, drest) = self.dacts.split_at_mut(i);
             let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
             let input = if i > 0 { self.acts[i - 1].as_slice() } else { &[] };
             let layer = &mut self.layers[i];
-            layer.backward(
-                &self.layout,
-                params,
-                grads,
-                &batch,
-                input,
-                &self.acts[i],
-                &drest[0],
-                dinput,
-                &mut self.scratch,
-            );
+            let end = layer.params().iter().map(|&id| layout.range(id).end).max().unwrap_or(0);
+            assert!(end <= pending.len(), "layer {} declares parameters after a later layer's", layer.name());
+            layer.backward(layout, params, pending, &batch, input, &self.acts[i], &drest[0], dinput, &mut self.scratch);
+            if let Some(from) = first_offset(layer.params()) {
+                release(&mut pending, from, on_ready);
+            }
         }
+        release(&mut pending, 0, on_ready);
         self.phase = Phase::Idle;
         Ok(())
     }

@@ -230,3 +230,33 @@ fn safetensors_round_trip_and_load_errors() {
     let err = load_params(layout, &mut loaded, &bytes, "model.", true).unwrap_err();
     assert!(matches!(err, LoadError::Missing(ref n) if n == "model.embedding.weight"), "{err}");
 }
+
+#[test]
+fn backward_hands_out_final_gradient_pieces_that_cover_the_buffer_once() {
+    for name in ["gpt-tiny", "lstm-tiny"] {
+        let mut model = preset(name).unwrap().config(11).unwrap().build().unwrap();
+        let params = model.layout().init_params(4);
+        let (toks, targets) = ([1u32, 2, 3, 4, 5, 6], [2u32, 3, 4, 5, 6, 7]);
+        model.forward(&params, &toks, Some(&targets), 2, 3).unwrap();
+        let mut plain = vec![0.0; params.len()];
+        model.backward(&params, &mut plain, 1.0).unwrap();
+
+        model.forward(&params, &toks, Some(&targets), 2, 3).unwrap();
+        let mut grads = vec![0.0; params.len()];
+        let mut pieces: Vec<(usize, Vec<f32>)> = Vec::new();
+        model
+            .backward_with(&params, &mut grads, 1.0, &mut |offset, piece| pieces.push((offset, piece.to_vec())))
+            .unwrap();
+        // Pieces arrive from the end of the buffer to its start, adjacent, covering it once, and hold their
+        // final values when handed out (the copies taken then equal the finished gradient).
+        let mut end = params.len();
+        for (offset, piece) in &pieces {
+            assert_eq!(offset + piece.len(), end, "{name}: pieces are adjacent and in reverse order");
+            assert_eq!(piece.as_slice(), &plain[*offset..end], "{name}: piece at {offset} was not final");
+            end = *offset;
+        }
+        assert_eq!(end, 0, "{name}: the pieces cover the buffer");
+        assert!(pieces.len() > model.layers().len() / 2, "{name}: one piece per layer with parameters");
+        assert_eq!(grads, plain);
+    }
+}
