@@ -282,3 +282,56 @@ fn saving_on_a_subset_of_ranks_fails_naming_the_missing_rank() {
     assert!(!dir.join("latest").exists(), "no checkpoint is published");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Rank 1 trains `rank1_steps` steps and then either stalls (`stall`) or returns (its engine and communicator
+/// are dropped, as when a process dies); rank 0 keeps training and must fail naming rank 1.
+fn rank0_error_when_rank1_stops(stall: bool, timeout: Duration) -> (String, Duration) {
+    let (_, model, optimizer) = models().into_iter().next().unwrap();
+    let mut comms = ThreadGroup::new(2, timeout);
+    let (c0, c1) = (comms.remove(0), comms.remove(0));
+    std::thread::scope(|s| {
+        let model = &model;
+        let engine = |comm: ThreadComm| {
+            let m = model.build().unwrap();
+            let p = m.layout().init_params(7);
+            Engine::with_communicator(m, p, config(2, 1, optimizer), Box::new(comm)).unwrap()
+        };
+        let step = |e: &mut Engine, rank: usize, k: usize| {
+            let batch = global_batch(k, model.vocab_size());
+            let micro = e.batch_sizes().micro_batch_size;
+            e.train_batch(SEQ_LEN, |x, y| {
+                x.clear();
+                y.clear();
+                for (tokens, targets) in &batch[rank * micro..(rank + 1) * micro] {
+                    x.extend_from_slice(tokens);
+                    y.extend_from_slice(targets);
+                }
+            })
+        };
+        s.spawn(move || {
+            let mut e = engine(c1);
+            for k in 0..2 {
+                step(&mut e, 1, k).unwrap();
+            }
+            if stall {
+                std::thread::sleep(timeout * 3);
+            }
+        });
+        let mut e = engine(c0);
+        let started = std::time::Instant::now();
+        let err = (0..10).find_map(|k| step(&mut e, 0, k).err()).expect("rank 0 must fail");
+        (err.to_string(), started.elapsed())
+    })
+}
+
+#[test]
+fn a_dead_or_stalled_rank_is_named_within_the_timeout() {
+    let (dead, waited) = rank0_error_when_rank1_stops(false, Duration::from_secs(30));
+    assert!(dead.contains("rank 1 left the group"), "{dead}");
+    assert!(waited < Duration::from_secs(10), "a dead peer is reported at once, not after the timeout: {waited:?}");
+    // Long enough that healthy collectives never hit it on a loaded 2-core machine.
+    let timeout = Duration::from_millis(1500);
+    let (stalled, waited) = rank0_error_when_rank1_stops(true, timeout);
+    assert!(stalled.contains("waiting for rank(s) [1]"), "{stalled}");
+    assert!(waited < timeout * 3, "reported within the timeout: {waited:?}");
+}
