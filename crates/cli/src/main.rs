@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod launch;
 mod metrics;
 mod plot;
 mod progress;
@@ -20,6 +21,7 @@ commands:
   generate   sample text from a trained run
   export     write a run's weights as one safetensors file (Hugging Face / PyTorch names)
   presets    list the model presets
+  launch     run a command on N ranks through mpirun (DeepSpeed's hostfile, --include/--exclude, --num_gpus)
   estimate   predicted memory per rank for ZeRO stages 0-2
   consolidate  one fp32 safetensors file from a (sharded) checkpoint (DeepSpeed's zero_to_fp32)
 ";
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         "generate" => commands::generate(rest),
         "export" => commands::export(rest),
         "presets" => commands::presets(),
+        "launch" => launch::run(rest),
         "estimate" => commands::estimate(rest),
         "consolidate" => commands::consolidate(rest),
         "-h" | "--help" | "help" => {
