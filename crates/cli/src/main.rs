@@ -1,6 +1,7 @@
 //! `rustspeed`: prepare a corpus, train a model from a DeepSpeed config, sample from it, export it.
 
 mod args;
+mod bench;
 mod commands;
 mod launch;
 mod metrics;
@@ -24,6 +25,7 @@ commands:
   launch     run a command on N ranks through mpirun (DeepSpeed's hostfile, --include/--exclude, --num_gpus)
   estimate   predicted memory per rank for ZeRO stages 0-2
   consolidate  one fp32 safetensors file from a (sharded) checkpoint (DeepSpeed's zero_to_fp32)
+  bench      time training steps of a fixed workload (gpt|lstm|gpt2-124m), optionally against PyTorch
 ";
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         "launch" => launch::run(rest),
         "estimate" => commands::estimate(rest),
         "consolidate" => commands::consolidate(rest),
+        "bench" => bench::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -2,6 +2,7 @@
 //! itself is `rustspeed_optim`'s pure step functions, applied per parameter tensor so that weight decay follows
 //! each tensor's flag (and Lamb's trust ratio is per tensor, as DeepSpeed's).
 
+use rayon::prelude::*;
 use rustspeed_nn::ParamLayout;
 use rustspeed_optim::{
     adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
@@ -70,6 +71,9 @@ impl Rule {
     }
 }
 
+/// Elements per parallel piece of an element-wise update: large enough that scheduling costs little.
+const OPTIMIZER_CHUNK: usize = 1 << 16;
+
 pub struct Optimizer {
     rule: Rule,
     /// One flat buffer per state slot, over the parameter layout.
@@ -123,23 +127,57 @@ impl Optimizer {
     ) {
         self.applied_steps += 1;
         let step = self.applied_steps;
-        for entry in layout.entries() {
+        // Carve the owned part of every tensor (and its gradient and state) into disjoint pieces, then update the
+        // pieces in parallel. Element-wise rules split tensors into chunks; Lamb's trust ratio needs whole tensors.
+        let mut pieces = Vec::new();
+        let mut rest_p = &mut params[owned.start..owned.end];
+        let mut rest_g = &grads[..owned.len()];
+        let mut rest_slots: Vec<&mut [f32]> = self.slots.iter_mut().map(|s| &mut s[..owned.len()]).collect();
+        let mut at = owned.start;
+        let mut entries: Vec<_> = layout.entries().iter().collect();
+        entries.sort_by_key(|e| e.offset);
+        for entry in entries {
             let (start, end) = (entry.offset.max(owned.start), (entry.offset + entry.spec.numel()).min(owned.end));
             if start >= end {
                 continue;
             }
-            let local = start - owned.start..end - owned.start;
-            let (p, g) = (&mut params[start..end], &grads[local.clone()]);
-            match (self.rule.for_tensor(lr, betas, entry.spec.weight_decay), self.slots.as_mut_slice()) {
-                (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, &mut m[local.clone()], &mut v[local]),
-                (Rule::Lamb(h), [m, v]) => {
-                    lamb_step(&h, step, p, g, &mut m[local.clone()], &mut v[local]);
-                }
-                (Rule::Lion(h), [m]) => lion_step(&h, p, g, &mut m[local]),
-                (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(&mut buf[local])),
-                (Rule::Sgd(h), []) => sgd_step(&h, step == 1, p, g, None),
-                (rule, slots) => unreachable!("{rule:?} with {} state slots", slots.len()),
+            let rule = self.rule.for_tensor(lr, betas, entry.spec.weight_decay);
+            let chunk = if matches!(rule, Rule::Lamb(_)) { end - start } else { OPTIMIZER_CHUNK };
+            // Skip any gap before the tensor (there is none in a contiguous layout).
+            let skip = start - at;
+            (_, rest_p) = std::mem::take(&mut rest_p).split_at_mut(skip);
+            (_, rest_g) = rest_g.split_at(skip);
+            for s in rest_slots.iter_mut() {
+                (_, *s) = std::mem::take(s).split_at_mut(skip);
             }
+            let mut left = end - start;
+            while left > 0 {
+                let len = chunk.min(left);
+                let (p, rp) = std::mem::take(&mut rest_p).split_at_mut(len);
+                let (g, rg) = rest_g.split_at(len);
+                let slots: Vec<&mut [f32]> = rest_slots
+                    .iter_mut()
+                    .map(|s| {
+                        let (head, tail) = std::mem::take(s).split_at_mut(len);
+                        *s = tail;
+                        head
+                    })
+                    .collect();
+                pieces.push((rule, p, g, slots));
+                (rest_p, rest_g) = (rp, rg);
+                left -= len;
+            }
+            at = end;
         }
+        pieces.into_par_iter().for_each(|(rule, p, g, mut slots)| match (rule, slots.as_mut_slice()) {
+            (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, m, v),
+            (Rule::Lamb(h), [m, v]) => {
+                lamb_step(&h, step, p, g, m, v);
+            }
+            (Rule::Lion(h), [m]) => lion_step(&h, p, g, m),
+            (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(buf)),
+            (Rule::Sgd(h), []) => sgd_step(&h, step == 1, p, g, None),
+            (rule, slots) => unreachable!("{rule:?} with {} state slots", slots.len()),
+        });
     }
 }

@@ -10,7 +10,34 @@
 //! Heads run in parallel (rayon over `B * NH`), each head's products single-threaded.
 
 use crate::matmul::{gemm_raw, Dst, Threads};
+use crate::vmath::{self, simd_fn};
 use rayon::prelude::*;
+
+simd_fn! {
+    /// Causal softmax of a `T x T` score block in place: row `i` over columns `0..=i`, zeros above the diagonal.
+    fn causal_softmax(a: &mut [f32], t: usize) {
+        for (i, row) in a.chunks_exact_mut(t).enumerate() {
+            let (live, masked) = row.split_at_mut(i + 1);
+            let max = vmath::max(live);
+            let inv = 1.0 / vmath::exp_shifted_in_place(live, max);
+            live.iter_mut().for_each(|x| *x *= inv);
+            masked.fill(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// `dS = A ⊙ (dA - rowsum(dA ⊙ A))` in place of `dA`, causal part only; zeros above the diagonal.
+    fn softmax_backward(ds: &mut [f32], a: &[f32], t: usize) {
+        for (i, (ds_row, a_row)) in ds.chunks_exact_mut(t).zip(a.chunks_exact(t)).enumerate() {
+            let dot = vmath::dot(&ds_row[..=i], &a_row[..=i]);
+            for (d, &p) in ds_row[..=i].iter_mut().zip(&a_row[..=i]) {
+                *d = p * (*d - dot);
+            }
+            ds_row[i + 1..].fill(0.0);
+        }
+    }
+}
 
 /// Shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,18 +113,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: A
                 Threads::Single,
             )
         };
-        for (i, row) in a.chunks_exact_mut(t).enumerate() {
-            let (live, masked) = row.split_at_mut(i + 1);
-            let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for x in live.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            live.iter_mut().for_each(|x| *x *= inv);
-            masked.fill(0.0);
-        }
+        causal_softmax(a, t);
         // SAFETY: task (bi, h) writes only out[bi, :, h*HS..(h+1)*HS], which no other task touches; the region
         // lies inside `out` (length checked above).
         unsafe {
@@ -154,14 +170,7 @@ pub fn attention_backward(
                     Threads::Single,
                 );
             }
-            // dS = A ⊙ (dA - rowsum(dA ⊙ A)), causal part only; the masked part stays zero because A is zero there.
-            for (i, (ds_row, a_row)) in ds.chunks_exact_mut(t).zip(a.chunks_exact(t)).enumerate() {
-                let dot: f32 = ds_row[..=i].iter().zip(&a_row[..=i]).map(|(d, p)| d * p).sum();
-                for (d, &p) in ds_row[..=i].iter_mut().zip(&a_row[..=i]) {
-                    *d = p * (*d - dot);
-                }
-                ds_row[i + 1..].fill(0.0);
-            }
+            softmax_backward(ds, a, t);
             unsafe {
                 let dq = dqkv_ptr.get().add(base + h * hs);
                 let dk = dqkv_ptr.get().add(base + c + h * hs);

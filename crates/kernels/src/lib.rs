@@ -26,6 +26,8 @@ pub mod lstm;
 pub mod matmul;
 pub mod residual;
 pub mod rng;
+mod skinny;
+pub mod vmath;
 pub mod xent;
 
 #[cfg(feature = "reference")]

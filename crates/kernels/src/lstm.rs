@@ -9,6 +9,7 @@
 //! (row stride `T·4H` or `T·H`), which `gemm` reads and writes in place.
 
 use crate::matmul::{gemm, sum_rows_into, Dst, MatMut, MatRef, Threads};
+use crate::vmath::{sigmoid, simd_fn, tanh};
 
 /// Shape of one LSTM layer call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,9 +24,67 @@ pub struct LstmShape {
     pub h: usize,
 }
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+simd_fn! {
+    /// One sequence's gates at one step: activates `g = [i f g o]` (pre-activations, `4H`) in place and writes
+    /// `c = f ⊙ c_prev + i ⊙ g`, `h = o ⊙ tanh(c)` (`c_prev` is `None` at the first step: zero state).
+    fn cell_forward(g: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32], out: &mut [f32]) {
+        let hsize = c.len();
+        let (gi, rest) = g.split_at_mut(hsize);
+        let (gf, rest) = rest.split_at_mut(hsize);
+        let (gg, go) = rest.split_at_mut(hsize);
+        for j in 0..hsize {
+            let i = sigmoid(gi[j]);
+            let f = sigmoid(gf[j]);
+            let gv = tanh(gg[j]);
+            let o = sigmoid(go[j]);
+            let cp = match c_prev {
+                Some(cp) => cp[j],
+                None => 0.0,
+            };
+            let cv = f * cp + i * gv;
+            gi[j] = i;
+            gf[j] = f;
+            gg[j] = gv;
+            go[j] = o;
+            c[j] = cv;
+            out[j] = o * tanh(cv);
+        }
+    }
+}
+
+simd_fn! {
+    /// One sequence's gate gradients at one step, from the activated gates `g`, the cell `c` (and `c_prev`),
+    /// `dh = dout + dh_next`; updates `dc_next ← dc ⊙ f` for the step before.
+    #[allow(clippy::too_many_arguments)]
+    fn cell_backward(
+        dg: &mut [f32],
+        g: &[f32],
+        c: &[f32],
+        c_prev: Option<&[f32]>,
+        dout: &[f32],
+        dh_next: &[f32],
+        dc_next: &mut [f32],
+    ) {
+        let h = c.len();
+        let (dgi, rest) = dg.split_at_mut(h);
+        let (dgf, rest) = rest.split_at_mut(h);
+        let (dgg, dgo) = rest.split_at_mut(h);
+        for j in 0..h {
+            let (i, f, gv, o) = (g[j], g[h + j], g[2 * h + j], g[3 * h + j]);
+            let dh = dout[j] + dh_next[j];
+            let tc = tanh(c[j]);
+            let dc = dc_next[j] + dh * o * (1.0 - tc * tc);
+            let cp = match c_prev {
+                Some(cp) => cp[j],
+                None => 0.0,
+            };
+            dgi[j] = dc * gv * i * (1.0 - i);
+            dgf[j] = dc * cp * f * (1.0 - f);
+            dgg[j] = dc * i * (1.0 - gv * gv);
+            dgo[j] = dh * tc * o * (1.0 - o);
+            dc_next[j] = dc * f;
+        }
+    }
 }
 
 /// Forward. Writes `out[B, T, H]` (the hidden states), and saves `gates[B, T, 4H]` (activated gate values
@@ -73,23 +132,9 @@ pub fn lstm_forward(
         for bi in 0..b {
             let row = (bi * t + step) * h;
             let g = &mut gates[(bi * t + step) * g4..(bi * t + step + 1) * g4];
-            let (gi, rest) = g.split_at_mut(h);
-            let (gf, rest) = rest.split_at_mut(h);
-            let (gg, go) = rest.split_at_mut(h);
-            for j in 0..h {
-                let i = sigmoid(gi[j]);
-                let f = sigmoid(gf[j]);
-                let gv = gg[j].tanh();
-                let o = sigmoid(go[j]);
-                let c_prev = if step > 0 { cell[row - h + j] } else { 0.0 };
-                let cv = f * c_prev + i * gv;
-                gi[j] = i;
-                gf[j] = f;
-                gg[j] = gv;
-                go[j] = o;
-                cell[row + j] = cv;
-                out[row + j] = o * cv.tanh();
-            }
+            let (before, now) = cell.split_at_mut(row);
+            let c_prev = if step > 0 { Some(&before[row - h..]) } else { None };
+            cell_forward(g, c_prev, &mut now[..h], &mut out[row..row + h]);
         }
     }
 }
@@ -103,6 +148,8 @@ pub struct LstmScratch {
     pub dh_next: Vec<f32>,
     /// Gradient flowing into `c_{t-1}` from step `t`, `[B, H]`.
     pub dc_next: Vec<f32>,
+    /// The hidden states shifted one step later, `[B, T, H]` (`h_{t-1}`, zero at `t = 0`), for `dW_hh`.
+    pub h_prev: Vec<f32>,
 }
 
 impl LstmScratch {
@@ -113,6 +160,7 @@ impl LstmScratch {
         self.dh_next.resize(b * h, 0.0);
         self.dc_next.clear();
         self.dc_next.resize(b * h, 0.0);
+        self.h_prev.resize(b * t * h, 0.0);
     }
 }
 
@@ -137,24 +185,16 @@ pub fn lstm_backward(
     let LstmShape { b, t, c, h } = shape;
     let (n, g4) = (b * t, 4 * h);
     scratch.fit(shape);
-    let LstmScratch { dgates, dh_next, dc_next } = scratch;
+    let LstmScratch { dgates, dh_next, dc_next, h_prev } = scratch;
     for step in (0..t).rev() {
         for bi in 0..b {
             let row = (bi * t + step) * h;
             let g = &gates[(bi * t + step) * g4..(bi * t + step + 1) * g4];
             let dg = &mut dgates[(bi * t + step) * g4..(bi * t + step + 1) * g4];
-            for j in 0..h {
-                let (i, f, gv, o) = (g[j], g[h + j], g[2 * h + j], g[3 * h + j]);
-                let dh = dout[row + j] + dh_next[bi * h + j];
-                let tc = cell[row + j].tanh();
-                let dc = dc_next[bi * h + j] + dh * o * (1.0 - tc * tc);
-                let c_prev = if step > 0 { cell[row - h + j] } else { 0.0 };
-                dg[j] = dc * gv * i * (1.0 - i);
-                dg[h + j] = dc * c_prev * f * (1.0 - f);
-                dg[2 * h + j] = dc * i * (1.0 - gv * gv);
-                dg[3 * h + j] = dh * tc * o * (1.0 - o);
-                dc_next[bi * h + j] = dc * f;
-            }
+            let c_prev = if step > 0 { Some(&cell[row - h..row]) } else { None };
+            let dh_next = &dh_next[bi * h..(bi + 1) * h];
+            let dc_next = &mut dc_next[bi * h..(bi + 1) * h];
+            cell_backward(dg, g, &cell[row..row + h], c_prev, &dout[row..row + h], dh_next, dc_next);
         }
         if step > 0 {
             // dh_{t-1} = dgates_t W_hh
@@ -179,19 +219,20 @@ pub fn lstm_backward(
         Dst::Accumulate,
         Threads::Pool,
     );
-    // dW_hh += Σ_b dgates[b, 1..T]ᵀ h[b, 0..T-1]: per sequence, time step t pairs with the previous hidden state.
-    if t > 1 {
-        for bi in 0..b {
-            gemm(
-                MatMut::row_major(dw_hh, g4, h),
-                MatRef::row_major(&dgates[(bi * t + 1) * g4..(bi + 1) * t * g4], t - 1, g4).t(),
-                MatRef::row_major(&out[bi * t * h..(bi * t + t - 1) * h], t - 1, h),
-                1.0,
-                Dst::Accumulate,
-                Threads::Pool,
-            );
-        }
+    // dW_hh += Σ_b Σ_{t≥1} dgates[b, t]ᵀ h[b, t-1]: one product over all rows, with h_prev[b, t] = h[b, t-1] and
+    // h_prev[b, 0] = 0 (the zero initial state contributes nothing).
+    for (prev, seq) in h_prev.chunks_exact_mut(t * h).zip(out[..n * h].chunks_exact(t * h)) {
+        prev[..h].fill(0.0);
+        prev[h..].copy_from_slice(&seq[..(t - 1) * h]);
     }
+    gemm(
+        MatMut::row_major(dw_hh, g4, h),
+        dgates_m.t(),
+        MatRef::row_major(h_prev, n, h),
+        1.0,
+        Dst::Accumulate,
+        Threads::Pool,
+    );
     sum_rows_into(db_ih, &dgates[..n * g4], n, g4);
     sum_rows_into(db_hh, &dgates[..n * g4], n, g4);
 }

@@ -169,6 +169,11 @@ pub(crate) unsafe fn gemm_raw(
     mode: Dst,
     threads: Threads,
 ) {
+    let lhs_view = (lhs, lhs_rs, lhs_cs);
+    let rhs_view = (rhs, rhs_rs, rhs_cs);
+    if crate::skinny::try_skinny(m, n, k, dst, (dst_rs, dst_cs), lhs_view, rhs_view, scale, mode, threads) {
+        return;
+    }
     let read_dst = mode == Dst::Accumulate;
     gemm::gemm(
         m,

@@ -4,8 +4,20 @@
 //! the ignore index are not counted (PyTorch's `ignore_index`). The forward turns logits into probabilities in
 //! place, which is all the backward needs: `dlogits = (probs - onehot(target)) · dloss / count`.
 
+use crate::vmath::{self, simd_fn};
 use crate::ROWS_PER_TASK;
 use rayon::prelude::*;
+
+simd_fn! {
+    /// Softmax of one row in place; returns `ln Σ exp(x - max)` and `max`.
+    fn softmax_row(row: &mut [f32]) -> (f32, f32) {
+        let max = vmath::max(row);
+        let sum = vmath::exp_shifted_in_place(row, max);
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+        (sum.ln(), max)
+    }
+}
 
 /// Result of [`softmax_xent_forward`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,17 +45,10 @@ pub fn softmax_xent_forward(
         .for_each(|((rows, losses), targets)| {
             for ((row, loss), &target) in rows.chunks_exact_mut(v).zip(losses).zip(targets) {
                 let counted = Some(target) != ignore_index;
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let shifted_target = if counted { row[target as usize] - max } else { 0.0 };
-                let mut sum = 0.0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
+                let logit_target = if counted { row[target as usize] } else { 0.0 };
+                let (log_sum, max) = softmax_row(row);
                 // -log p[target] = log Σ exp(logit - max) - (logit[target] - max)
-                *loss = if counted { sum.ln() - shifted_target } else { 0.0 };
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
+                *loss = if counted { log_sum - (logit_target - max) } else { 0.0 };
             }
         });
     let count = match ignore_index {

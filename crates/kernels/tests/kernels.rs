@@ -369,8 +369,12 @@ fn lstm_case(rng: &mut Rng, b: usize, t: usize, c: usize, h: usize) -> Case {
             lstm_forward(&mut out, &mut gates, &mut cell, x, w_ih, w_hh, b_ih, b_hh, shape);
             if let (Some(dout), [dx, dw_ih, dw_hh, db_ih, db_hh]) = (dout, grads) {
                 // Stale scratch contents must not matter.
-                let mut scratch =
-                    LstmScratch { dgates: vec![nan; b * t * g4], dh_next: vec![nan; b * h], dc_next: vec![nan; b * h] };
+                let mut scratch = LstmScratch {
+                    dgates: vec![nan; b * t * g4],
+                    dh_next: vec![nan; b * h],
+                    dc_next: vec![nan; b * h],
+                    h_prev: vec![nan; b * t * h],
+                };
                 lstm_backward(
                     dx,
                     dw_ih,
