@@ -11,6 +11,7 @@ use crate::optimizer::Optimizer;
 use crate::reduce::reduce_piece;
 use crate::setup::Setup;
 use crate::zero::{ZeroPlan, ZeroStage};
+use rayon::prelude::*;
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
 use rustspeed_nn::Model;
@@ -109,6 +110,20 @@ pub struct Engine {
     pub(crate) config: DeepSpeedConfig,
     phase: EnginePhase,
     window: Window,
+}
+
+/// Elements per task of the parallel passes over the flat buffers below.
+const FLAT_CHUNK: usize = 1 << 16;
+
+/// `Σ x²` in f64, in parallel over fixed chunks whose partial sums are added in order, so the result does not
+/// depend on the thread count.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let partial: Vec<f64> = x.par_chunks(FLAT_CHUNK).map(|c| c.iter().map(|&g| g as f64 * g as f64).sum()).collect();
+    partial.iter().sum()
+}
+
+fn zero_fill(x: &mut [f32]) {
+    x.par_chunks_mut(FLAT_CHUNK).for_each(|c| c.fill(0.0));
 }
 
 /// How gradients are reduced over ranks (`zero_optimization.overlap_comm`, `reduce_bucket_size`).
@@ -321,7 +336,7 @@ impl Engine {
         //    this rank's partition at stages 1 and 2.
         let grads = if zero.sharded() { &mut self.grad_partition[..] } else { &mut self.grads[..zero.numel] };
         // 2. Global gradient norm: each rank's share of ‖g‖², summed over ranks when sharded.
-        let mut sq = [grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>() as f32];
+        let mut sq = [sum_of_squares(grads) as f32];
         if zero.sharded() {
             comm.all_reduce(&mut sq, ReduceOp::Sum)?;
         }
@@ -351,8 +366,8 @@ impl Engine {
         }
         // 6. The schedule advances with the optimizer's applied-step count (read at step 4).
         // 7. Zero gradients, agree on the window's loss, count, report.
-        self.grads.fill(0.0);
-        self.grad_partition.fill(0.0);
+        zero_fill(&mut self.grads);
+        zero_fill(&mut self.grad_partition);
         let mut window = std::mem::take(&mut self.window);
         let mut loss = [window.loss_sum as f32];
         comm.all_reduce(&mut loss, ReduceOp::Avg)?;
