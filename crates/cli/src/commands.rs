@@ -176,7 +176,8 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
     println!("{} ({params} parameters), {world} rank(s), micro-batch {b} x {t} tokens, fp32; MiB per rank:", p.name);
     println!("stage  parameters  gradients    staging  optimizer  activations      total");
     for (n, stage) in [ZeroStage::Stage0, ZeroStage::Stage1, ZeroStage::Stage2].into_iter().enumerate() {
-        let m = predict(&config, params, &Workload { stage, world, optimizer_slots: slots, micro_batch: b, seq_len: t });
+        let m =
+            predict(&config, params, &Workload { stage, world, optimizer_slots: slots, micro_batch: b, seq_len: t });
         println!(
             "{n:>5}  {} {} {} {}  {}  {}",
             mib(m.parameters),

@@ -165,7 +165,11 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     let model_config = preset(&s.preset).and_then(|p| p.config(data.vocab_size())).map_err(|e| e.to_string())?;
     let t = seq_len_for(&model_config, s.seq_len)?;
     let spec = ModelSpec { preset: s.preset.clone(), config: model_config };
-    if !s.resume {
+    // Under a multi-process launcher only global rank 0 creates the run directory (the others write their
+    // checkpoint shards into it, after the barrier that opens each checkpoint).
+    let process_comm = process_communicator(&s)?;
+    let lead_process = process_comm.as_ref().is_none_or(|c| c.rank() == 0);
+    if !s.resume && lead_process {
         prepare_run_dir(&s, &config, &data, &spec, t)?;
     }
     let run = Run { s, config, data, spec, t };
@@ -180,6 +184,15 @@ pub fn run(argv: &[String]) -> Result<(), String> {
             .build()
             .map_err(|e| format!("cannot start rank {rank}'s threads: {e}"))
     };
+    if let Some(comm) = process_comm {
+        // One process per rank (started by `rustspeed launch` / mpirun): this process is one rank.
+        let local = std::env::var("LOCAL_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+        let threads = run.s.threads_per_rank.unwrap_or((cores / local).max(1));
+        let rank = comm.rank();
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| format!("rank {rank}: {e}"))?;
+        return pool.install(|| train_rank(&run, comm));
+    }
     if world == 1 {
         return pool(0)?.install(|| train_rank(&run, Box::new(SingleRank)));
     }
@@ -204,6 +217,28 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     match errors.iter().find(|e| !e.contains("communication failed")).or(errors.first()) {
         Some(e) => Err(e.clone()),
         None => Ok(()),
+    }
+}
+
+/// The communicator of a process started as one rank of a multi-process job (`RUSTSPEED_BACKEND=mpi`, set by
+/// `rustspeed launch`), or `None` for a single process (whose ranks, if several, are threads).
+fn process_communicator(s: &Settings) -> Result<Option<Box<dyn Communicator>>, String> {
+    match std::env::var("RUSTSPEED_BACKEND").ok().as_deref() {
+        None | Some("") | Some("threads") => Ok(None),
+        Some("mpi") if s.world_size > 1 => {
+            Err("--world-size starts ranks as threads; under `rustspeed launch` (mpirun) each process is one rank, so leave it out".into())
+        }
+        #[cfg(feature = "mpi")]
+        Some("mpi") => {
+            let comm = rustspeed_comm::mpi::MpiComm::from_env().map_err(|e| format!("MPI: {e}"))?;
+            let comm = comm.with_timeout(std::time::Duration::from_secs(s.comm_timeout_s));
+            Ok(Some(Box::new(comm)))
+        }
+        #[cfg(not(feature = "mpi"))]
+        Some("mpi") => Err(
+            "RUSTSPEED_BACKEND=mpi, but this rustspeed was built without MPI; build with `cargo build --release -p rustspeed --features mpi` (system packages: scripts/install-mpi.sh)".into(),
+        ),
+        Some(other) => Err(format!("RUSTSPEED_BACKEND={other}: expected threads or mpi")),
     }
 }
 

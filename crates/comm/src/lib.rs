@@ -7,6 +7,8 @@
 //! Every rank must call the same collectives in the same order (as with MPI or NCCL). Reductions add the ranks'
 //! contributions in rank order, so every rank gets bit-identical results.
 
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod threads;
 
 use std::fmt;
@@ -65,11 +67,18 @@ pub enum CommError {
 impl fmt::Display for CommError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CommError::Timeout { op, rank, missing, waited } => write!(
-                f,
-                "rank {rank}: {op} timed out after {:.1}s waiting for rank(s) {missing:?} (dead, stalled, or calling a different collective)",
-                waited.as_secs_f64()
-            ),
+            CommError::Timeout { op, rank, missing, waited } => {
+                let whom = match missing.is_empty() {
+                    // MPI completes a collective or not; it cannot tell which peer is late.
+                    true => "a peer (the backend cannot name it)".to_string(),
+                    false => format!("rank(s) {missing:?}"),
+                };
+                write!(
+                    f,
+                    "rank {rank}: {op} timed out after {:.1}s waiting for {whom} (dead, stalled, or calling a different collective)",
+                    waited.as_secs_f64()
+                )
+            }
             CommError::Broken { op, rank, cause } => write!(f, "rank {rank}: {op} on a broken group: {cause}"),
             CommError::Size { op, rank, detail } => write!(f, "rank {rank}: {op}: {detail}"),
         }
