@@ -3,10 +3,15 @@
 //!
 //! - [`SingleRank`]: world size 1, every collective is the identity.
 //! - [`threads::ThreadGroup`]: ranks are threads of one process, collectives go through shared memory.
+//! - `mpi::MpiComm` (feature `mpi`): one process per rank through the system's MPI.
+//!
+//! [`background::Background`] runs collectives asynchronously on a communication thread and hands out
+//! [`background::Handle`]s to wait on.
 //!
 //! Every rank must call the same collectives in the same order (as with MPI or NCCL). Reductions add the ranks'
 //! contributions in rank order, so every rank gets bit-identical results.
 
+pub mod background;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod threads;

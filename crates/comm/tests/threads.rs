@@ -151,3 +151,35 @@ fn wrong_counts_are_size_errors() {
     });
     assert!(results.iter().all(|r| matches!(r, Err(CommError::Size { op: Op::ReduceScatter, .. }))));
 }
+
+#[test]
+fn background_collectives_run_in_order_while_the_caller_computes() {
+    use rustspeed_comm::background::Background;
+    let world = 3;
+    let results = run(ThreadGroup::new(world, HEALTHY_TIMEOUT), |rank, comm| {
+        let mut a = vec![rank as f32; 5];
+        let mut b = vec![10.0 * rank as f32; 2];
+        let mut computed = 0.0;
+        let gathered = std::thread::scope(|s| {
+            let background = Background::start(s, comm);
+            let first = background.submit(|c| c.all_reduce(&mut a, ReduceOp::Sum));
+            let second = background.submit(|c| c.all_reduce(&mut b, ReduceOp::Max));
+            let third = background.submit(move |c| {
+                let mut out = vec![0.0; world];
+                c.all_gather(&[rank as f32], &vec![1; world], &mut out).map(|_| out)
+            });
+            // Work on the caller's thread meanwhile.
+            computed = (0..1000).map(|i| i as f32).sum();
+            first.wait().unwrap();
+            second.wait().unwrap();
+            third.wait().unwrap()
+        });
+        (a, b, gathered, computed)
+    });
+    for (a, b, gathered, computed) in results {
+        assert_eq!(a, vec![3.0; 5], "0 + 1 + 2");
+        assert_eq!(b, vec![20.0; 2]);
+        assert_eq!(gathered, vec![0.0, 1.0, 2.0]);
+        assert_eq!(computed, 499500.0);
+    }
+}

@@ -8,10 +8,11 @@
 use crate::error::EngineError;
 use crate::memory::MemoryReport;
 use crate::optimizer::Optimizer;
-use crate::reduce::reduce_piece;
+use crate::reduce::{accumulate, reduce_piece};
 use crate::setup::Setup;
 use crate::zero::{ZeroPlan, ZeroStage};
 use rayon::prelude::*;
+use rustspeed_comm::background::Background;
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
 use rustspeed_nn::Model;
@@ -97,8 +98,6 @@ pub struct Engine {
     pub(crate) grads: Vec<f32>,
     /// Reduced gradients of the owned partition (stages 1, 2); empty at stage 0.
     grad_partition: Vec<f32>,
-    /// Stage 2's per-micro-step reduce-scatter result, added into `grad_partition`.
-    reduce_buffer: Vec<f32>,
     pub(crate) zero: ZeroPlan,
     pub(crate) comm: Box<dyn Communicator>,
     reduction: Reduction,
@@ -169,7 +168,6 @@ impl Engine {
             grads: vec![0.0; params.len()],
             params,
             grad_partition: vec![0.0; partition_len],
-            reduce_buffer: Vec::new(),
             reduction,
             zero,
             comm,
@@ -285,31 +283,28 @@ impl Engine {
         // micro-step (stage 2), layer by layer on a communication thread with `overlap_comm`.
         let reduce = self.zero.stage == ZeroStage::Stage2 || self.is_gradient_accumulation_boundary();
         let p = self.zero.numel;
-        let Engine { model, params, grads, grad_partition, reduce_buffer, zero, comm, reduction, .. } = self;
-        let (params, grads, comm, zero) = (&params[..p], &mut grads[..p], &**comm, *zero);
+        let Engine { model, params, grads, grad_partition, zero, comm, reduction, .. } = self;
+        let (params, grads, comm, zero, bucket) = (&params[..p], &mut grads[..p], &**comm, *zero, reduction.bucket);
         match (reduce, reduction.overlap) {
             (false, _) => model.backward(params, grads, 1.0 / gas)?,
             (true, false) => {
                 model.backward(params, grads, 1.0 / gas)?;
-                reduce_piece(comm, &zero, reduction.bucket, 0, grads, grad_partition, reduce_buffer)?;
+                accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, grads)?);
             }
             (true, true) => std::thread::scope(|scope| -> Result<(), EngineError> {
-                let (tx, rx) = std::sync::mpsc::channel::<(usize, &mut [f32])>();
-                let bucket = reduction.bucket;
-                let worker = scope.spawn(move || -> Result<(), rustspeed_comm::CommError> {
-                    for (offset, piece) in rx {
-                        reduce_piece(comm, &zero, bucket, offset, piece, grad_partition, reduce_buffer)?;
-                    }
-                    Ok(())
-                });
+                // Each finished piece is reduced on the communication thread while the backward goes on.
+                let background = Background::start(scope, comm);
+                let mut pending = Vec::new();
                 let backward = model.backward_with(params, grads, 1.0 / gas, &mut |offset, piece| {
-                    // A send fails only when the worker stopped on an error, which its join reports.
-                    let _ = tx.send((offset, piece));
+                    pending.push(background.submit(move |c| reduce_piece(c, &zero, bucket, offset, piece)));
                 });
-                drop(tx);
-                let reduced = worker.join().expect("the gradient reduction thread does not panic");
+                // Wait for every submitted reduction even after an error, so that none is left running.
+                let reduced: Vec<_> = pending.into_iter().map(|h| h.wait()).collect();
                 backward?;
-                reduced.map_err(EngineError::from)
+                for shares in reduced {
+                    accumulate(grad_partition, shares?);
+                }
+                Ok(())
             })?,
         }
         if reduce && zero.stage == ZeroStage::Stage2 {

@@ -6,18 +6,20 @@
 use crate::zero::ZeroPlan;
 use rustspeed_comm::{CommError, Communicator, ReduceOp};
 
-/// Reduces `piece`, which starts at element `offset` of the gradient buffer. Sharded stages add this rank's
-/// share into `partition` (the reduced gradients of its partition); `scratch` holds the reduce-scatter result.
+/// This rank's reduced share of one bucket: where it goes in the partition, and its values.
+pub(crate) type Share = (usize, Vec<f32>);
+
+/// Reduces `piece`, which starts at element `offset` of the gradient buffer. Stage 0 reduces it in place and
+/// returns nothing; sharded stages return this rank's shares, to be added into its partition ([`accumulate`]).
 pub(crate) fn reduce_piece(
     comm: &dyn Communicator,
     zero: &ZeroPlan,
     bucket: usize,
     offset: usize,
     piece: &mut [f32],
-    partition: &mut [f32],
-    scratch: &mut Vec<f32>,
-) -> Result<(), CommError> {
+) -> Result<Vec<Share>, CommError> {
     let bucket = bucket.max(1);
+    let mut shares = Vec::new();
     for (k, chunk) in piece.chunks_mut(bucket).enumerate() {
         if !zero.sharded() {
             comm.all_reduce(chunk, ReduceOp::Avg)?;
@@ -28,13 +30,18 @@ pub(crate) fn reduce_piece(
         // The chunk splits into consecutive pieces by owner (partitions are contiguous and in rank order).
         let counts: Vec<usize> =
             (0..zero.world).map(|r| end.min((r + 1) * s).saturating_sub(start.max(r * s))).collect();
-        let mine = counts[zero.rank];
-        scratch.resize(mine, 0.0);
-        comm.reduce_scatter(chunk, &counts, scratch, ReduceOp::Avg)?;
-        if mine > 0 {
-            let local = start.max(zero.rank * s) - zero.rank * s;
-            partition[local..local + mine].iter_mut().zip(scratch.iter()).for_each(|(acc, g)| *acc += g);
+        let mut mine = vec![0.0; counts[zero.rank]];
+        comm.reduce_scatter(chunk, &counts, &mut mine, ReduceOp::Avg)?;
+        if !mine.is_empty() {
+            shares.push((start.max(zero.rank * s) - zero.rank * s, mine));
         }
     }
-    Ok(())
+    Ok(shares)
+}
+
+/// Adds reduced shares into the partition's gradients.
+pub(crate) fn accumulate(partition: &mut [f32], shares: Vec<Share>) {
+    for (at, values) in shares {
+        partition[at..at + values.len()].iter_mut().zip(&values).for_each(|(acc, g)| *acc += g);
+    }
 }
