@@ -8,7 +8,7 @@
 use crate::error::EngineError;
 use crate::memory::MemoryReport;
 use crate::optimizer::Optimizer;
-use crate::reduce::{accumulate, reduce_piece};
+use crate::reduce::{accumulate, reduce_piece, release_zeroed};
 use crate::setup::Setup;
 use crate::zero::{ZeroPlan, ZeroStage};
 use rayon::prelude::*;
@@ -290,13 +290,23 @@ impl Engine {
             (true, false) => {
                 model.backward(params, grads, 1.0 / gas)?;
                 accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, grads)?);
+                if zero.stage == ZeroStage::Stage2 {
+                    release_zeroed(grads);
+                }
             }
             (true, true) => std::thread::scope(|scope| -> Result<(), EngineError> {
                 // Each finished piece is reduced on the communication thread while the backward goes on.
                 let background = Background::start(scope, comm);
                 let mut pending = Vec::new();
                 let backward = model.backward_with(params, grads, 1.0 / gas, &mut |offset, piece| {
-                    pending.push(background.submit(move |c| reduce_piece(c, &zero, bucket, offset, piece)));
+                    pending.push(background.submit(move |c| {
+                        let shares = reduce_piece(c, &zero, bucket, offset, piece)?;
+                        // Stage 2 keeps no gradients outside the partition: the reduced piece's memory goes.
+                        if zero.stage == ZeroStage::Stage2 {
+                            release_zeroed(piece);
+                        }
+                        Ok(shares)
+                    }));
                 });
                 // Wait for every submitted reduction even after an error, so that none is left running.
                 let reduced: Vec<_> = pending.into_iter().map(|h| h.wait()).collect();
@@ -306,9 +316,6 @@ impl Engine {
                 }
                 Ok(())
             })?,
-        }
-        if reduce && zero.stage == ZeroStage::Stage2 {
-            self.grads.fill(0.0);
         }
         self.window.timings.backward += start.elapsed();
         self.window.loss_sum += self.window.last_loss as f64 / gas as f64;

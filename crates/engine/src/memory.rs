@@ -19,10 +19,11 @@ pub struct MemoryReport {
     /// Gradients kept across micro-steps for the optimizer: the full buffer at stage 0; at stage 1 the full
     /// local buffer plus the reduced partition; at stage 2 only the partition.
     pub gradients: usize,
-    /// Stage 2: the buffer the backward writes one micro-step's gradients into before they are reduce-scattered
-    /// (full size, not kept across micro-steps). At stages 0 and 1 the backward writes into the gradient buffer
-    /// itself, counted above. (The reduce-scatter's result buffer is bounded by `reduce_bucket_size` and not
-    /// counted, like DeepSpeed's bucket buffers.)
+    /// Stage 2: the address space of the buffer the backward writes one micro-step's gradients into before they
+    /// are reduce-scattered. Its pages are returned to the operating system as soon as each piece is reduced
+    /// (`madvise`), so with `overlap_comm` only the pieces being computed or reduced are resident; without it the
+    /// whole buffer is resident until the backward's reduction. At stages 0 and 1 the backward writes into the
+    /// gradient buffer itself, counted above.
     pub gradient_staging: usize,
     /// fp32 master weights separate from the parameters (none in fp32 training).
     pub master_weights: usize,
