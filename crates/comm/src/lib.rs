@@ -29,6 +29,15 @@ pub enum ReduceOp {
 }
 
 impl ReduceOp {
+    /// Finishes a reduction computed as a sum: `Avg` divides by the world size (multiplying by `1/W`, as every
+    /// backend does, so that results agree bit for bit).
+    pub(crate) fn finish(self, buf: &mut [f32], world: usize) {
+        if self == ReduceOp::Avg {
+            let inv = 1.0 / world as f32;
+            buf.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+
     fn combine(self, acc: f32, x: f32) -> f32 {
         match self {
             ReduceOp::Sum | ReduceOp::Avg => acc + x,

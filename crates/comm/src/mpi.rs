@@ -349,10 +349,7 @@ impl MpiComm {
     }
 
     fn scale_for_avg(&self, op: ReduceOp, out: &mut [f32]) {
-        if op == ReduceOp::Avg {
-            let inv = 1.0 / self.world as f32;
-            out.iter_mut().for_each(|x| *x *= inv);
-        }
+        op.finish(out, self.world);
     }
 }
 

@@ -179,10 +179,7 @@ impl Communicator for ThreadComm {
         for (i, out) in buf.iter_mut().enumerate() {
             *out = all[1..].iter().fold(all[0][i], |acc, x| op.combine(acc, x[i]));
         }
-        if op == ReduceOp::Avg {
-            let inv = 1.0 / self.shared.world as f32;
-            buf.iter_mut().for_each(|x| *x *= inv);
-        }
+        op.finish(buf, self.shared.world);
         Ok(())
     }
 
@@ -205,10 +202,7 @@ impl Communicator for ThreadComm {
         for (i, out) in output.iter_mut().enumerate() {
             *out = all[1..].iter().fold(all[0][offset + i], |acc, x| op.combine(acc, x[offset + i]));
         }
-        if op == ReduceOp::Avg {
-            let inv = 1.0 / self.shared.world as f32;
-            output.iter_mut().for_each(|x| *x *= inv);
-        }
+        op.finish(output, self.shared.world);
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 
 use crate::matmul::{gemm_raw, Dst, Threads};
 use crate::vmath::{self, simd_fn};
+use crate::SendPtr;
 use rayon::prelude::*;
 
 simd_fn! {
@@ -65,20 +66,6 @@ impl AttentionShape {
 
     fn check(&self) {
         assert!(self.nh > 0 && self.c % self.nh == 0, "attention: {} heads do not divide width {}", self.nh, self.c);
-    }
-}
-
-/// A raw pointer that may cross into rayon tasks; each task touches a disjoint part (argued at each use).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to hand disjoint regions of one buffer to parallel tasks, see the call sites.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Taking `self` makes closures capture the whole wrapper (which is `Sync`) rather than its raw field.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

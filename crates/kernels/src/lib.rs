@@ -37,3 +37,18 @@ pub mod reference;
 
 /// Rows per rayon task for row-wise element kernels: large enough that scheduling costs little next to the work.
 pub(crate) const ROWS_PER_TASK: usize = 16;
+
+/// A raw pointer that may cross into rayon tasks, for kernels whose tasks write disjoint, strided parts of one
+/// buffer (each use argues the disjointness).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only used to hand disjoint regions of one buffer, or read-only operands, to parallel tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Taking `self` makes closures capture the whole wrapper (which is `Sync`) rather than its raw field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

@@ -5,6 +5,7 @@
 
 use crate::matmul::{Dst, Threads};
 use crate::vmath::{dot, simd_fn};
+use crate::SendPtr;
 use rayon::prelude::*;
 
 /// At most this many rows (or columns) make a product skinny.
@@ -13,20 +14,6 @@ const SKINNY: usize = 8;
 const SKINNY_COLS: usize = 128;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 16;
-
-/// A pointer that may cross into rayon tasks; tasks write disjoint columns of `dst` (argued at the use).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to hand disjoint column blocks of `dst`, or read-only operands, to parallel tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Taking `self` makes closures capture the whole wrapper (which is `Sync`) rather than its raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// A strided matrix: element `(i, j)` at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
