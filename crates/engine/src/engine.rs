@@ -368,7 +368,11 @@ impl Engine {
         }
         // 6. The schedule advances with the optimizer's applied-step count (read at step 4).
         // 7. Zero gradients, agree on the window's loss, count, report.
-        zero_fill(&mut self.grads);
+        if zero.stage != ZeroStage::Stage2 {
+            // (Stage 2's staging buffer was released, reading as zeros, when it was reduced; touching it here
+            // would only bring its pages back.)
+            zero_fill(&mut self.grads);
+        }
         zero_fill(&mut self.grad_partition);
         let mut window = std::mem::take(&mut self.window);
         let mut loss = [window.loss_sum as f32];
