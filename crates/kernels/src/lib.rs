@@ -19,6 +19,7 @@
 //! Buffers are row-major: `[B, T, C]` means index `(b * T + t) * C + c`.
 
 pub mod attention;
+pub mod cast;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
