@@ -173,10 +173,15 @@ pub fn run(argv: &[String]) -> Result<(), String> {
         prepare_run_dir(&s, &config, &data, &spec, t)?;
     }
     let run = Run { s, config, data, spec, t };
-    // 2. Ranks: threads of this process, each with its own rayon pool so that they do not fight over cores.
+    // 2. Ranks: threads of this process, or this process alone under a launcher; each rank gets its own rayon
+    //    pool, the host's cores shared among the ranks on it, so that they do not fight over cores.
     let world = run.s.world_size;
+    let ranks_here = match &process_comm {
+        Some(_) => std::env::var("LOCAL_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1),
+        None => world,
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = run.s.threads_per_rank.unwrap_or((cores / world).max(1));
+    let threads = run.s.threads_per_rank.unwrap_or((cores / ranks_here).max(1));
     let pool = |rank: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -185,13 +190,7 @@ pub fn run(argv: &[String]) -> Result<(), String> {
             .map_err(|e| format!("cannot start rank {rank}'s threads: {e}"))
     };
     if let Some(comm) = process_comm {
-        // One process per rank (started by `rustspeed launch` / mpirun): this process is one rank.
-        let local = std::env::var("LOCAL_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
-        let threads = run.s.threads_per_rank.unwrap_or((cores / local).max(1));
-        let rank = comm.rank();
-        let pool =
-            rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| format!("rank {rank}: {e}"))?;
-        return pool.install(|| train_rank(&run, comm));
+        return pool(comm.rank())?.install(|| train_rank(&run, comm));
     }
     if world == 1 {
         return pool(0)?.install(|| train_rank(&run, Box::new(SingleRank)));
