@@ -28,7 +28,24 @@ commands:
   bench      time training steps of a fixed workload (gpt|lstm|gpt2-124m), optionally against PyTorch
 ";
 
+/// Keeps freed memory in the process instead of returning it to the kernel after every large allocation:
+/// glibc serves big blocks (the gemm crate's packing buffers, per call) with mmap and unmaps them on free, and
+/// each unmap costs page faults and cross-core TLB shootdowns on the next step. A training step reuses the same
+/// sizes, so the memory is better kept.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = argv.split_first() else {
         eprint!("{USAGE}");
