@@ -229,6 +229,12 @@ fn two_ranks_train_like_one() {
     assert!(two.join("checkpoints/global_step4/optimizer_rank001.safetensors").exists());
     let resumed = rustspeed(&[&train_args(s(&zero1), s(&data), s(&two), "6")[..], &["--resume"]].concat());
     fails(&resumed, &["written by 2 rank(s)"]);
+    // Resuming on the same two ranks continues exactly like an uninterrupted two-rank run.
+    let two_ranks = ["--world-size", "2"];
+    ok(&rustspeed(&[&train_args(s(&zero1), s(&data), s(&two), "6")[..], &two_ranks, &["--resume"]].concat()));
+    let straight = sb.path("straight-two");
+    ok(&rustspeed(&[&train_args(s(&zero1), s(&data), s(&straight), "6")[..], &two_ranks].concat()));
+    assert_eq!(metrics_without_timing(&two), metrics_without_timing(&straight), "two-rank resume differs");
     let merged = sb.path("merged.safetensors");
     ok(&rustspeed(&["consolidate", s(&two), "--out", s(&merged)]));
     let single = sb.path("single.safetensors");
