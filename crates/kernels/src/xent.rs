@@ -91,3 +91,31 @@ pub fn softmax_xent_backward(
             }
         });
 }
+
+/// [`softmax_xent_backward`] in place: turns `probs_to_dlogits[N, V]` (the forward's probabilities, no longer
+/// needed) into `dloss / count · (probs - onehot(target))`, and ignored rows into zeros. Saves the output head a
+/// second `[N, V]` buffer and the pass that zeroes it.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_xent_backward_in_place(
+    probs_to_dlogits: &mut [f32],
+    targets: &[u32],
+    ignore_index: Option<u32>,
+    dloss: f32,
+    count: usize,
+    n: usize,
+    v: usize,
+) {
+    let scale = if count == 0 { 0.0 } else { dloss / count as f32 };
+    probs_to_dlogits[..n * v].par_chunks_mut(ROWS_PER_TASK * v).zip(targets[..n].par_chunks(ROWS_PER_TASK)).for_each(
+        |(rows, targets)| {
+            for (row, &target) in rows.chunks_exact_mut(v).zip(targets) {
+                if Some(target) == ignore_index {
+                    row.fill(0.0);
+                    continue;
+                }
+                row.iter_mut().for_each(|p| *p *= scale);
+                row[target as usize] -= scale;
+            }
+        },
+    );
+}

@@ -4,11 +4,12 @@
 
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
-use rustspeed_kernels::xent::{softmax_xent_backward, softmax_xent_forward, XentLoss};
+use rustspeed_kernels::xent::{softmax_xent_backward_in_place, softmax_xent_forward, XentLoss};
 
 /// What the head's `[N, V]` buffer holds after the latest forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadOutput {
+    /// Nothing usable: no forward yet, or the backward turned the probabilities into the logits' gradient.
     Empty,
     /// Logits (a forward without targets).
     Logits,
@@ -27,7 +28,6 @@ pub struct LmHead {
     /// `[N, V]`: logits, then probabilities.
     out: Vec<f32>,
     losses: Vec<f32>,
-    dlogits: Vec<f32>,
     state: HeadOutput,
 }
 
@@ -56,7 +56,6 @@ impl LmHead {
             ignore_index: None,
             out: Vec::new(),
             losses: Vec::new(),
-            dlogits: Vec::new(),
             state: HeadOutput::Empty,
         }
     }
@@ -123,29 +122,18 @@ impl LmHead {
             "head backward needs the probabilities of a forward with targets"
         );
         let (n, v) = (targets.len(), self.vocab_size);
-        self.dlogits.clear();
-        self.dlogits.resize(n * v, 0.0);
-        softmax_xent_backward(&mut self.dlogits, &self.out, targets, self.ignore_index, dloss, loss.count, n, v);
+        // The probabilities become the logits' gradient in place; the buffer holds neither afterwards.
+        softmax_xent_backward_in_place(&mut self.out, targets, self.ignore_index, dloss, loss.count, n, v);
+        self.state = HeadOutput::Empty;
         let weight = layout.view(params, self.weight);
         match self.bias {
             Some(b) => {
                 let [dw, db] = layout.views_mut(grads, [self.weight, b]);
-                linear_backward(
-                    Some(dx),
-                    dw,
-                    Some(db),
-                    &self.dlogits,
-                    x,
-                    weight,
-                    WeightLayout::OutIn,
-                    n,
-                    self.width,
-                    v,
-                );
+                linear_backward(Some(dx), dw, Some(db), &self.out, x, weight, WeightLayout::OutIn, n, self.width, v);
             }
             None => {
                 let dw = layout.view_mut(grads, self.weight);
-                linear_backward(Some(dx), dw, None, &self.dlogits, x, weight, WeightLayout::OutIn, n, self.width, v);
+                linear_backward(Some(dx), dw, None, &self.out, x, weight, WeightLayout::OutIn, n, self.width, v);
             }
         }
     }
