@@ -83,31 +83,45 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: A
         let q = qkv[base + h * hs..].as_ptr();
         let k = qkv[base + c + h * hs..].as_ptr();
         let v = qkv[base + 2 * c + h * hs..].as_ptr();
+        let o = out_ptr.get();
         // SAFETY: `a` is this task's own T x T block; q, k, v are T x HS strided reads inside `qkv` (length
-        // checked above).
+        // checked above); task (bi, h) writes only out[bi, :, h*HS..(h+1)*HS], which no other task touches.
+        // Row block [i0, i1) needs keys and values 0..i1 only (causal), which roughly halves the work.
         unsafe {
-            gemm_raw(
-                t,
-                t,
-                hs,
-                a.as_mut_ptr(),
-                t,
-                1,
-                (q, 3 * c, 1),
-                (k, 1, 3 * c),
-                scale,
-                Dst::Overwrite,
-                Threads::Single,
-            )
-        };
-        causal_softmax(a, t);
-        // SAFETY: task (bi, h) writes only out[bi, :, h*HS..(h+1)*HS], which no other task touches; the region
-        // lies inside `out` (length checked above).
-        unsafe {
-            let o = out_ptr.get().add(bi * t * c + h * hs);
-            gemm_raw(t, hs, t, o, c, 1, (a.as_ptr(), t, 1), (v, 3 * c, 1), 1.0, Dst::Overwrite, Threads::Single)
-        };
+            for (i0, i1) in causal_blocks(t) {
+                let (rows, rq) = (i1 - i0, q.add(i0 * 3 * c));
+                let dst = a.as_mut_ptr().add(i0 * t);
+                gemm_raw(
+                    rows,
+                    i1,
+                    hs,
+                    dst,
+                    t,
+                    1,
+                    (rq, 3 * c, 1),
+                    (k, 1, 3 * c),
+                    scale,
+                    Dst::Overwrite,
+                    Threads::Single,
+                );
+            }
+            causal_softmax(a, t);
+            for (i0, i1) in causal_blocks(t) {
+                let (rows, dst) = (i1 - i0, o.add(bi * t * c + h * hs + i0 * c));
+                let lhs = (a.as_ptr().add(i0 * t), t, 1);
+                gemm_raw(rows, hs, i1, dst, c, 1, lhs, (v, 3 * c, 1), 1.0, Dst::Overwrite, Threads::Single);
+            }
+        }
     });
+}
+
+/// Rows per block of the causal products: large enough for efficient products, small enough that the part
+/// above the diagonal they compute needlessly stays small.
+const CAUSAL_BLOCK: usize = 32;
+
+/// `[i0, i1)` row blocks covering `0..t`.
+fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(CAUSAL_BLOCK).map(move |i0| (i0, (i0 + CAUSAL_BLOCK).min(t)))
 }
 
 /// Backward: adds into `dqkv[B, T, 3C]`. `scratch` (length `B * NH * T * T`) is overwritten.
@@ -135,59 +149,88 @@ pub fn attention_backward(
             let k = qkv[base + c + h * hs..].as_ptr();
             let v = qkv[base + 2 * c + h * hs..].as_ptr();
             let dy = dout[bi * t * c + h * hs..].as_ptr();
+            let (dq, dk, dv) = {
+                let d = dqkv_ptr.get();
+                (
+                    d.wrapping_add(base + h * hs),
+                    d.wrapping_add(base + c + h * hs),
+                    d.wrapping_add(base + 2 * c + h * hs),
+                )
+            };
             // SAFETY (all products below): `ds` is this task's own T x T scratch; reads stay inside qkv/dout/att
             // (lengths checked above); writes go to dqkv[bi, :, {q,k,v} columns of head h], which belong to this
-            // task alone.
+            // task alone. Only the causal (lower) part of A and dS is non-zero, so row blocks read columns
+            // 0..i1 and column blocks rows j0..T.
             unsafe {
-                let dv = dqkv_ptr.get().add(base + 2 * c + h * hs);
-                // dV += Aᵀ dout
-                gemm_raw(t, hs, t, dv, 3 * c, 1, (a.as_ptr(), 1, t), (dy, c, 1), 1.0, Dst::Accumulate, Threads::Single);
-                // dA = dout Vᵀ
-                gemm_raw(
-                    t,
-                    t,
-                    hs,
-                    ds.as_mut_ptr(),
-                    t,
-                    1,
-                    (dy, c, 1),
-                    (v, 1, 3 * c),
-                    1.0,
-                    Dst::Overwrite,
-                    Threads::Single,
-                );
-            }
-            softmax_backward(ds, a, t);
-            unsafe {
-                let dq = dqkv_ptr.get().add(base + h * hs);
-                let dk = dqkv_ptr.get().add(base + c + h * hs);
-                // dQ += scale · dS K ; dK += scale · dSᵀ Q
-                gemm_raw(
-                    t,
-                    hs,
-                    t,
-                    dq,
-                    3 * c,
-                    1,
-                    (ds.as_ptr(), t, 1),
-                    (k, 3 * c, 1),
-                    scale,
-                    Dst::Accumulate,
-                    Threads::Single,
-                );
-                gemm_raw(
-                    t,
-                    hs,
-                    t,
-                    dk,
-                    3 * c,
-                    1,
-                    (ds.as_ptr(), 1, t),
-                    (q, 3 * c, 1),
-                    scale,
-                    Dst::Accumulate,
-                    Threads::Single,
-                );
+                for (j0, j1) in causal_blocks(t) {
+                    // dV[j0..j1] += A[j0..T, j0..j1]ᵀ dout[j0..T]
+                    let (lhs, rhs) = ((a.as_ptr().add(j0 * t + j0), 1, t), (dy.add(j0 * c), c, 1));
+                    gemm_raw(
+                        j1 - j0,
+                        hs,
+                        t - j0,
+                        dv.add(j0 * 3 * c),
+                        3 * c,
+                        1,
+                        lhs,
+                        rhs,
+                        1.0,
+                        Dst::Accumulate,
+                        Threads::Single,
+                    );
+                }
+                for (i0, i1) in causal_blocks(t) {
+                    // dA[i0..i1, 0..i1] = dout[i0..i1] Vᵀ
+                    let dst = ds.as_mut_ptr().add(i0 * t);
+                    gemm_raw(
+                        i1 - i0,
+                        i1,
+                        hs,
+                        dst,
+                        t,
+                        1,
+                        (dy.add(i0 * c), c, 1),
+                        (v, 1, 3 * c),
+                        1.0,
+                        Dst::Overwrite,
+                        Threads::Single,
+                    );
+                }
+                softmax_backward(ds, a, t);
+                for (i0, i1) in causal_blocks(t) {
+                    // dQ[i0..i1] += scale · dS[i0..i1, 0..i1] K[0..i1]
+                    let lhs = (ds.as_ptr().add(i0 * t), t, 1);
+                    gemm_raw(
+                        i1 - i0,
+                        hs,
+                        i1,
+                        dq.add(i0 * 3 * c),
+                        3 * c,
+                        1,
+                        lhs,
+                        (k, 3 * c, 1),
+                        scale,
+                        Dst::Accumulate,
+                        Threads::Single,
+                    );
+                }
+                for (j0, j1) in causal_blocks(t) {
+                    // dK[j0..j1] += scale · dS[j0..T, j0..j1]ᵀ Q[j0..T]
+                    let (lhs, rhs) = ((ds.as_ptr().add(j0 * t + j0), 1, t), (q.add(j0 * 3 * c), 3 * c, 1));
+                    gemm_raw(
+                        j1 - j0,
+                        hs,
+                        t - j0,
+                        dk.add(j0 * 3 * c),
+                        3 * c,
+                        1,
+                        lhs,
+                        rhs,
+                        scale,
+                        Dst::Accumulate,
+                        Threads::Single,
+                    );
+                }
             }
         },
     );

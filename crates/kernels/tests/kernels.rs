@@ -510,7 +510,9 @@ fn gemm_strided_views() {
     }
 }
 
-const ATTENTION_SHAPES: [(usize, usize, usize, usize); 4] = [(1, 1, 4, 2), (2, 3, 4, 2), (2, 7, 12, 3), (2, 33, 48, 4)];
+// T = 33 and 70 span one and two boundaries of the causal products' 32-row blocks.
+const ATTENTION_SHAPES: [(usize, usize, usize, usize); 5] =
+    [(1, 1, 4, 2), (2, 3, 4, 2), (2, 7, 12, 3), (2, 33, 48, 4), (1, 70, 16, 2)];
 
 #[test]
 fn attention() {
