@@ -36,22 +36,6 @@ pub struct Args {
     values: BTreeMap<&'static str, String>,
 }
 
-/// Levenshtein distance, for "did you mean" hints.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
 /// Usage text of a command's options.
 pub fn usage(command: &str, opts: &[Opt]) -> String {
     let mut s = format!("options of `rustspeed {command}`:\n");
@@ -82,9 +66,8 @@ impl Args {
                 None => (body, None),
             };
             let Some(o) = opts.iter().find(|o| o.name == name) else {
-                let closest =
-                    opts.iter().min_by_key(|o| distance(o.name, name)).filter(|o| distance(o.name, name) <= 2);
-                let hint = closest.map_or(String::new(), |o| format!(" (did you mean --{}?)", o.name));
+                let closest = rustspeed_config::closest(name, opts.iter().map(|o| o.name));
+                let hint = closest.map_or(String::new(), |o| format!(" (did you mean --{o}?)"));
                 return Err(ArgError(format!(
                     "unknown option --{name} for `rustspeed {command}`{hint}\n{}",
                     usage(command, opts)

@@ -119,6 +119,7 @@ pub use batch::BatchSizes;
 pub use error::ConfigError;
 pub use optimizer::{AdamConfig, AdamKind, LambConfig, LionConfig, OptimizerConfig, SgdConfig, SUPPORTED_OPTIMIZERS};
 pub use precision::{Bf16Config, Fp16Config};
+pub use reader::closest;
 pub use scheduler::{
     LrRangeTestConfig, OneCycleConfig, SchedulerConfig, WarmupCosineLrConfig, WarmupDecayLrConfig, WarmupLrConfig,
     WarmupType, MIN_WARMUP_NUM_STEPS, SUPPORTED_SCHEDULERS,

@@ -128,7 +128,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `unknown`, if it is within a third of `unknown`'s length (a typo, not another word).
-pub(crate) fn closest<'c>(unknown: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub fn closest<'c>(unknown: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
     let limit = unknown.chars().count() / 3;
     candidates
         .into_iter()

@@ -49,7 +49,7 @@ fn check_tag(tag: &str) -> Result<(), EngineError> {
 }
 
 /// Starts checkpoint `tag` under `root`: an empty partial directory (a stale one from a crash is removed).
-/// Files go in with [`write_file`]; [`commit`] makes the tag visible.
+/// Files go in with [`write_file`] (from any rank); [`commit`] makes the tag visible.
 pub fn begin(root: &Path, tag: &str) -> Result<PathBuf, EngineError> {
     check_tag(tag)?;
     fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
@@ -98,16 +98,6 @@ pub fn commit(root: &Path, tag: &str, files: &[String], mut manifest: Value) -> 
     write_synced(&latest_tmp, tag.as_bytes())?;
     fs::rename(&latest_tmp, root.join(LATEST)).map_err(|e| io_err(&latest_tmp, e))?;
     Ok(dst)
-}
-
-/// Writes `files` and `manifest` as checkpoint `tag` under `root` in one go (a single writer).
-pub fn save(root: &Path, tag: &str, files: &[(&str, Vec<u8>)], manifest: Value) -> Result<PathBuf, EngineError> {
-    let tmp = begin(root, tag)?;
-    for (name, bytes) in files {
-        write_file(&tmp, name, bytes)?;
-    }
-    let names: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
-    commit(root, tag, &names, manifest)
 }
 
 /// The tag `latest` names, or an error saying there is no checkpoint to resume from.

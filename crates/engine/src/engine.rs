@@ -98,6 +98,8 @@ pub struct Engine {
     pub(crate) grads: Vec<f32>,
     /// Reduced gradients of the owned partition (stages 1, 2); empty at stage 0.
     grad_partition: Vec<f32>,
+    /// This rank's updated partition, sent to the all-gather (stages 1, 2), reused across steps.
+    gather_buffer: Vec<f32>,
     pub(crate) zero: ZeroPlan,
     pub(crate) comm: Box<dyn Communicator>,
     reduction: Reduction,
@@ -168,6 +170,7 @@ impl Engine {
             grads: vec![0.0; params.len()],
             params,
             grad_partition: vec![0.0; partition_len],
+            gather_buffer: vec![0.0; partition_len],
             reduction,
             zero,
             comm,
@@ -363,8 +366,8 @@ impl Engine {
         self.optimizer.apply(self.model.layout(), &mut self.params, grads, zero.owned(), lr as f32, betas);
         // 5. Sharded stages: every rank gathers the others' updated partitions.
         if zero.sharded() {
-            let mine = self.params[zero.owned()].to_vec();
-            comm.all_gather(&mine, &zero.counts(), &mut self.params)?;
+            self.gather_buffer.copy_from_slice(&self.params[zero.owned()]);
+            comm.all_gather(&self.gather_buffer, &zero.counts(), &mut self.params)?;
         }
         // 6. The schedule advances with the optimizer's applied-step count (read at step 4).
         // 7. Zero gradients, agree on the window's loss, count, report.

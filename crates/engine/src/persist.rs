@@ -193,9 +193,13 @@ impl Engine {
         bad: &dyn Fn(String) -> EngineError,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let layout = self.model.layout();
+        let names = self.optimizer.rule().slot_names();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes = files.get(OPTIMIZER_FILE).ok_or_else(|| bad(format!("{OPTIMIZER_FILE} is missing")))?;
         let mut slots = Vec::new();
-        for slot in self.optimizer.rule().slot_names() {
-            let bytes = files.get(OPTIMIZER_FILE).ok_or_else(|| bad(format!("{OPTIMIZER_FILE} is missing")))?;
+        for slot in names {
             let mut buf = vec![0.0; layout.numel()];
             load_params(layout, &mut buf, bytes, &format!("{slot}."), false)
                 .map_err(|e| bad(format!("{OPTIMIZER_FILE}: {e}")))?;

@@ -8,7 +8,7 @@
 //! product `[B, H] x [H, 4H]` runs per step. Per-step slices of the batch-first buffers are strided matrices
 //! (row stride `T·4H` or `T·H`), which `gemm` reads and writes in place.
 
-use crate::matmul::{gemm, sum_rows_into, Dst, MatMut, MatRef, Threads};
+use crate::matmul::{gemm, Dst, MatMut, MatRef, Threads};
 use crate::vmath::{sigmoid, simd_fn, tanh};
 
 /// Shape of one LSTM layer call.
@@ -233,6 +233,11 @@ pub fn lstm_backward(
         Dst::Accumulate,
         Threads::Pool,
     );
-    sum_rows_into(db_ih, &dgates[..n * g4], n, g4);
-    sum_rows_into(db_hh, &dgates[..n * g4], n, g4);
+    // Both biases enter the gates the same way, so they get the same gradient: one pass adds it to both.
+    for row in dgates[..n * g4].chunks_exact(g4) {
+        for ((bi, bh), &g) in db_ih[..g4].iter_mut().zip(db_hh[..g4].iter_mut()).zip(row) {
+            *bi += g;
+            *bh += g;
+        }
+    }
 }
