@@ -143,6 +143,7 @@ const ESTIMATE_OPTS: &[Opt] = &[
     opt("micro-batch", "B", "sequences per micro-batch, for activations (default 8)"),
     opt("seq-len", "T", "tokens per sequence (default: the GPT context, 64 for LSTMs)"),
     opt("optimizer", "NAME", "adam | lamb | lion | sgd | sgd-momentum (default adam)"),
+    opt("precision", "TYPE", "fp32 | fp16 | bf16: storage of parameters, gradients, activations (default fp32)"),
 ];
 
 fn mib(bytes: usize) -> String {
@@ -153,6 +154,7 @@ fn mib(bytes: usize) -> String {
 pub fn estimate(argv: &[String]) -> Result<(), String> {
     use rustspeed_engine::memory::{estimate as predict, Workload};
     use rustspeed_engine::zero::ZeroStage;
+    use rustspeed_engine::StorageType;
     let Some(a) = parse("estimate", ESTIMATE_OPTS, argv)? else { return Ok(()) };
     let e = |e: crate::args::ArgError| e.to_string();
     let p = rustspeed_nn::preset(a.required("model").map_err(e)?).map_err(|e| e.to_string())?;
@@ -164,6 +166,12 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
         "sgd" => 0,
         other => return Err(format!("--optimizer {other}: expected adam, lamb, lion, sgd or sgd-momentum")),
     };
+    let storage = match a.get("precision").unwrap_or("fp32") {
+        "fp32" => StorageType::Fp32,
+        "fp16" => StorageType::Fp16,
+        "bf16" => StorageType::Bf16,
+        other => return Err(format!("--precision {other}: expected fp32, fp16 or bf16")),
+    };
     let default_t = match &config {
         rustspeed_nn::ModelConfig::Gpt(c) => c.block_size,
         rustspeed_nn::ModelConfig::Lstm(_) => 64,
@@ -173,16 +181,24 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
     }
     let params = config.build().map_err(|e| e.to_string())?.num_params();
     let (b, t) = (a.parsed("micro-batch", 8).map_err(e)?, a.parsed("seq-len", default_t).map_err(e)?);
-    println!("{} ({params} parameters), {world} rank(s), micro-batch {b} x {t} tokens, fp32; MiB per rank:", p.name);
-    println!("stage  parameters  gradients    staging  optimizer  activations      total");
+    println!(
+        "{} ({params} parameters), {world} rank(s), micro-batch {b} x {t} tokens, {}; MiB per rank:",
+        p.name,
+        storage.name()
+    );
+    println!("stage  parameters  gradients    staging     master  optimizer  activations      total");
     for (n, stage) in [ZeroStage::Stage0, ZeroStage::Stage1, ZeroStage::Stage2].into_iter().enumerate() {
-        let m =
-            predict(&config, params, &Workload { stage, world, optimizer_slots: slots, micro_batch: b, seq_len: t });
+        let m = predict(
+            &config,
+            params,
+            &Workload { stage, world, storage, optimizer_slots: slots, micro_batch: b, seq_len: t },
+        );
         println!(
-            "{n:>5}  {} {} {} {}  {}  {}",
+            "{n:>5}  {} {} {} {} {}  {}  {}",
             mib(m.parameters),
             mib(m.gradients),
             mib(m.gradient_staging),
+            mib(m.master_weights),
             mib(m.optimizer_state),
             mib(m.activations),
             mib(m.total())

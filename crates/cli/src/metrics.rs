@@ -1,10 +1,12 @@
-//! `metrics.csv`: one row per optimizer step, `val_loss` filled where validation ran.
+//! `metrics.csv`: one row per optimizer step, `val_loss` filled where validation ran; `loss_scale` is the fp16
+//! loss scale the step's gradients carried (1 without loss scaling), `skipped` 1 for a step skipped on an fp16
+//! overflow, and `overflow_layer` the layer whose gradients held inf/NaN first in the backward.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const HEADER: &str = "step,loss,lr,grad_norm,tokens_per_s,val_loss";
+pub const HEADER: &str = "step,loss,lr,grad_norm,tokens_per_s,val_loss,loss_scale,skipped,overflow_layer";
 
 /// One row of `metrics.csv`.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,17 +17,30 @@ pub struct Row {
     pub grad_norm: f32,
     pub tokens_per_s: f64,
     pub val_loss: Option<f32>,
+    pub loss_scale: f64,
+    pub skipped: bool,
+    pub overflow_layer: Option<String>,
 }
 
 impl Row {
     fn to_line(&self) -> String {
         let val = self.val_loss.map_or(String::new(), |v| format!("{v:.6}"));
-        format!("{},{:.6},{:.6e},{:.6},{:.1},{val}", self.step, self.loss, self.lr, self.grad_norm, self.tokens_per_s)
+        format!(
+            "{},{:.6},{:.6e},{:.6},{:.1},{val},{},{},{}",
+            self.step,
+            self.loss,
+            self.lr,
+            self.grad_norm,
+            self.tokens_per_s,
+            self.loss_scale,
+            self.skipped as u8,
+            self.overflow_layer.as_deref().unwrap_or("")
+        )
     }
 
     fn parse(line: &str) -> Option<Row> {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 6 {
+        if f.len() != 9 {
             return None;
         }
         Some(Row {
@@ -35,6 +50,9 @@ impl Row {
             grad_norm: f[3].parse().ok()?,
             tokens_per_s: f[4].parse().ok()?,
             val_loss: if f[5].is_empty() { None } else { Some(f[5].parse().ok()?) },
+            loss_scale: f[6].parse().ok()?,
+            skipped: f[7] == "1",
+            overflow_layer: (!f[8].is_empty()).then(|| f[8].to_string()),
         })
     }
 }

@@ -5,7 +5,7 @@
 //! RUN_DIR/run.json        what was trained: preset, data directory, sequence length, seed
 //! RUN_DIR/ds_config.json  the DeepSpeed config as parsed (defaults filled in)
 //! RUN_DIR/tokenizer/      the data's tokenizer, so that `generate` needs only the run
-//! RUN_DIR/metrics.csv     step,loss,lr,grad_norm,tokens_per_s,val_loss
+//! RUN_DIR/metrics.csv     step,loss,lr,grad_norm,tokens_per_s,val_loss,loss_scale,skipped,overflow_layer
 //! RUN_DIR/loss.png        the loss curves, written at the end
 //! RUN_DIR/checkpoints/    `latest` and one directory per saved step
 //! ```
@@ -20,7 +20,8 @@ use rustspeed_comm::{Communicator, SingleRank};
 use rustspeed_config::DeepSpeedConfig;
 use rustspeed_data::{Dataset, Loader, LoaderState};
 use rustspeed_engine::model_spec::ModelSpec;
-use rustspeed_engine::Engine;
+use rustspeed_engine::{Engine, StorageType};
+use rustspeed_kernels::cast::{bf16, f16, Element};
 use rustspeed_nn::{preset, ModelConfig};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,14 @@ fn seq_len_for(config: &ModelConfig, asked: Option<usize>) -> Result<usize, Stri
 }
 
 /// Mean loss over the first `batches` micro-batches of the validation split (the same ones every time).
-fn validate(engine: &mut Engine, data: &Dataset, b: usize, t: usize, batches: usize, seed: u64) -> Result<f32, String> {
+fn validate<E: Element>(
+    engine: &mut Engine<E>,
+    data: &Dataset,
+    b: usize,
+    t: usize,
+    batches: usize,
+    seed: u64,
+) -> Result<f32, String> {
     let mut loader = Loader::new(&data.val, b, t, seed, 0, 1).map_err(|e| format!("validation: {e}"))?;
     let batches = batches.min(loader.windows_per_epoch() / b).max(1);
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..batches)
@@ -241,11 +249,20 @@ fn process_communicator(s: &Settings) -> Result<Option<Box<dyn Communicator>>, S
     }
 }
 
-/// One rank's training loop. Rank 0 also validates, writes metrics and reports progress.
+/// One rank's training, with the model stored in the config's precision.
 fn train_rank(run: &Run, comm: Box<dyn Communicator>) -> Result<(), String> {
+    match StorageType::of(&run.config) {
+        StorageType::Fp32 => train_rank_as::<f32>(run, comm),
+        StorageType::Fp16 => train_rank_as::<f16>(run, comm),
+        StorageType::Bf16 => train_rank_as::<bf16>(run, comm),
+    }
+}
+
+/// One rank's training loop. Rank 0 also validates, writes metrics and reports progress.
+fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(), String> {
     let Run { s, config, data, spec, t } = run;
     let (rank, world, t) = (comm.rank(), comm.world_size(), *t);
-    let model = spec.config.build().map_err(|e| e.to_string())?;
+    let model = spec.config.build_as::<E>().map_err(|e| e.to_string())?;
     let params = model.layout().init_params(s.seed);
     let mut engine = Engine::with_communicator(model, params, config.clone(), comm).map_err(|e| e.to_string())?;
     let b = engine.batch_sizes().micro_batch_size;
@@ -267,9 +284,10 @@ fn train_rank(run: &Run, comm: Box<dyn Communicator>) -> Result<(), String> {
     if lead {
         let bs = engine.batch_sizes();
         eprintln!(
-            "training {} ({} parameters) on {} tokens: {} steps of {} sequences x {t} tokens ({world} rank(s), micro-batch {b}, accumulation {}, ZeRO stage {})",
+            "training {} ({} parameters, {}) on {} tokens: {} steps of {} sequences x {t} tokens ({world} rank(s), micro-batch {b}, accumulation {}, ZeRO stage {})",
             s.preset,
             engine.model().num_params(),
+            E::NAME,
             data.train.len(),
             s.steps - first,
             bs.train_batch_size,
@@ -294,9 +312,27 @@ fn train_rank(run: &Run, comm: Box<dyn Communicator>) -> Result<(), String> {
             false => None,
         };
         last_val = val_loss.or(last_val);
-        let row = Row { step, loss: report.loss, lr: report.lr, grad_norm: report.grad_norm, tokens_per_s, val_loss };
+        let row = Row {
+            step,
+            loss: report.loss,
+            lr: report.lr,
+            grad_norm: report.grad_norm,
+            tokens_per_s,
+            val_loss,
+            loss_scale: report.loss_scale,
+            skipped: report.skipped,
+            overflow_layer: report.overflow_layer.clone(),
+        };
         metrics.append(&row)?;
-        let note = val_loss.map_or(String::new(), |v| format!("  val_loss {v:.4}"));
+        let mut note = val_loss.map_or(String::new(), |v| format!("  val_loss {v:.4}"));
+        if report.skipped {
+            let layer = report.overflow_layer.as_deref().unwrap_or("?");
+            let scale = engine.precision().loss_scale();
+            note += &format!(
+                "  skipped: fp16 overflow (first in {layer}) at loss scale {}, now {scale}",
+                report.loss_scale
+            );
+        }
         progress.update(step, report.loss, report.lr, tokens_per_s, &note);
     }
     let Some(metrics) = metrics else { return Ok(()) };

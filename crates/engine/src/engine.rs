@@ -2,21 +2,27 @@
 //!
 //! Counters follow DeepSpeed (§3.2 of the semantics reference): `micro_steps` +1 on every `step()`,
 //! `global_steps` and `global_samples` on every accumulation boundary (applied or skipped), `skipped_steps` on
-//! skipped ones; the loss is divided by `gradient_accumulation_steps` in `backward`; the LR schedule advances only
-//! on applied steps.
+//! skipped ones; the loss is divided by `gradient_accumulation_steps` (and multiplied by the fp16 loss scale) in
+//! `backward`; the LR schedule advances only on applied steps.
+//!
+//! `Engine<E>` stores the model copy (parameters, activations, gradients) as `E`: f32, or fp16/bf16 over fp32
+//! master weights ([`crate::precision`]). The caller picks `E` from the config's [`crate::StorageType`].
 
 use crate::error::EngineError;
 use crate::memory::MemoryReport;
 use crate::optimizer::Optimizer;
-use crate::reduce::{accumulate, reduce_piece, release_zeroed};
+use crate::precision::{check_storage, MasterWeights, Precision};
+use crate::reduce::{accumulate, gather_params, reduce_piece, release_zeroed};
 use crate::setup::Setup;
 use crate::zero::{ZeroPlan, ZeroStage};
 use rayon::prelude::*;
 use rustspeed_comm::background::Background;
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
+use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, first_non_finite, Element};
 use rustspeed_nn::Model;
 use rustspeed_optim::LrSchedule;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// Where the engine is in the forward → backward → step cycle.
@@ -56,12 +62,16 @@ pub struct StepReport {
     pub step: u64,
     /// Mean loss over the global batch (all micro-batches of the window, on every rank).
     pub loss: f32,
-    /// Global L2 norm of the gradients before clipping.
+    /// Global L2 norm of the (unscaled) gradients before clipping; inf or NaN on an fp16 overflow.
     pub grad_norm: f32,
     /// Learning rate used by this step.
     pub lr: f64,
-    /// Whether the step was skipped (never in fp32).
+    /// Whether the step was skipped (fp16 overflow; never in fp32 or bf16).
     pub skipped: bool,
+    /// The loss scale this step's gradients carried (1 without fp16 loss scaling).
+    pub loss_scale: f64,
+    /// On an fp16 overflow, the layer whose gradients held inf/NaN that the backward reached first.
+    pub overflow_layer: Option<String>,
     /// Tokens processed in the window.
     pub tokens: u64,
     /// Wall time of the window: forward, backward, optimizer.
@@ -90,16 +100,22 @@ struct Window {
     last_loss: f32,
 }
 
-pub struct Engine {
-    pub(crate) model: Model,
-    /// Parameters, padded to the ZeRO plan's `W · S` (the model reads the first `P`).
-    pub(crate) params: Vec<f32>,
+pub struct Engine<E: Element = f32> {
+    pub(crate) model: Model<E>,
+    /// The model copy of the parameters, padded to the ZeRO plan's `W · S` (the model reads the first `P`).
+    pub(crate) params: Vec<E>,
+    /// fp32 master weights of the owned range (16-bit storage only).
+    pub(crate) master: MasterWeights,
     /// This micro-step's (stage 2) or window's (stages 0, 1) local gradients, padded like `params`.
-    pub(crate) grads: Vec<f32>,
-    /// Reduced gradients of the owned partition (stages 1, 2); empty at stage 0.
+    pub(crate) grads: Vec<E>,
+    /// Reduced fp32 gradients of the owned partition (stages 1, 2); empty at stage 0.
     grad_partition: Vec<f32>,
-    /// This rank's updated partition, sent to the all-gather (stages 1, 2), reused across steps.
+    /// The all-gather's buffer (stages 1, 2), reused across steps.
     gather_buffer: Vec<f32>,
+    pub(crate) precision: Precision,
+    /// Each layer's parameter ranges, in the order the backward reaches them (head first), to name the layer
+    /// whose gradients went non-finite.
+    grad_owners: Vec<(String, Vec<Range<usize>>)>,
     pub(crate) zero: ZeroPlan,
     pub(crate) comm: Box<dyn Communicator>,
     reduction: Reduction,
@@ -118,13 +134,24 @@ const FLAT_CHUNK: usize = 1 << 16;
 
 /// `Σ x²` in f64, in parallel over fixed chunks whose partial sums are added in order, so the result does not
 /// depend on the thread count.
-fn sum_of_squares(x: &[f32]) -> f64 {
-    let partial: Vec<f64> = x.par_chunks(FLAT_CHUNK).map(|c| c.iter().map(|&g| g as f64 * g as f64).sum()).collect();
+fn sum_of_squares<G: Element>(x: &[G]) -> f64 {
+    let partial: Vec<f64> =
+        x.par_chunks(FLAT_CHUNK).map(|c| c.iter().map(|&g| g.to_f32() as f64 * g.to_f32() as f64).sum()).collect();
     partial.iter().sum()
 }
 
-fn zero_fill(x: &mut [f32]) {
-    x.par_chunks_mut(FLAT_CHUNK).for_each(|c| c.fill(0.0));
+fn zero_fill<G: Element>(x: &mut [G]) {
+    x.par_chunks_mut(FLAT_CHUNK).for_each(|c| c.fill(G::default()));
+}
+
+/// 1.0 for each owner whose parameters' gradients (over the owned range `owned`, `grads[0]` being parameter
+/// `owned.start`) hold an inf or NaN.
+fn non_finite_flags<G: Element>(grads: &[G], owned: &Range<usize>, owners: &[(String, Vec<Range<usize>>)]) -> Vec<f32> {
+    let hit = |r: &Range<usize>| {
+        let (lo, hi) = (r.start.max(owned.start), r.end.min(owned.end));
+        lo < hi && first_non_finite(&grads[lo - owned.start..hi - owned.start]).is_some()
+    };
+    owners.iter().map(|(_, ranges)| if ranges.iter().any(hit) { 1.0 } else { 0.0 }).collect()
 }
 
 /// How gradients are reduced over ranks (`zero_optimization.overlap_comm`, `reduce_bucket_size`).
@@ -137,40 +164,50 @@ struct Reduction {
 /// DeepSpeed's epsilon in the clipping coefficient `clip / (‖g‖ + 1e-6)`.
 const CLIP_EPS: f64 = 1e-6;
 
-impl Engine {
-    /// Builds a single-rank engine for `model` with parameters `params` (its layout's size) from a DeepSpeed
-    /// config; every choice (optimizer, schedule, precision, ZeRO stage) is made by [`Setup::choose`].
-    pub fn new(model: Model, params: Vec<f32>, config: DeepSpeedConfig) -> Result<Engine, EngineError> {
+impl<E: Element> Engine<E> {
+    /// Builds a single-rank engine for `model` with parameters `params` (fp32, its layout's size) from a
+    /// DeepSpeed config; every choice (optimizer, schedule, precision, ZeRO stage) is made by [`Setup::choose`].
+    pub fn new(model: Model<E>, params: Vec<f32>, config: DeepSpeedConfig) -> Result<Engine<E>, EngineError> {
         Self::with_communicator(model, params, config, Box::new(SingleRank))
     }
 
     /// Builds this rank's engine of a data-parallel group. Rank 0's parameters are broadcast to all ranks (as
-    /// DeepSpeed does at initialization), so every rank starts from the same model.
+    /// DeepSpeed does at initialization), so every rank starts from the same model. In 16-bit storage the model
+    /// copy is rounded from `params` and the fp32 master weights are taken from that copy (DeepSpeed casts the
+    /// module to 16 bits before its optimizer copies the weights to fp32).
     pub fn with_communicator(
-        model: Model,
+        model: Model<E>,
         mut params: Vec<f32>,
         config: DeepSpeedConfig,
         comm: Box<dyn Communicator>,
-    ) -> Result<Engine, EngineError> {
+    ) -> Result<Engine<E>, EngineError> {
         let numel = model.num_params();
         if params.len() != numel {
             return Err(EngineError::Config(format!("{} parameters given, the model has {numel}", params.len())));
         }
-        let Setup { optimizer, schedule, batch, zero } =
+        let Setup { optimizer, schedule, batch, zero, precision } =
             Setup::choose(&config, model.layout(), comm.rank(), comm.world_size())?;
+        check_storage::<E>(&precision)?;
         params.resize(zero.padded(), 0.0);
         comm.broadcast(&mut params, 0)?;
+        let mut copy = vec![E::default(); params.len()];
+        cast_from_f32(&mut copy, &params);
+        drop(params);
         let partition_len = if zero.sharded() { zero.partition } else { 0 };
         let reduction = Reduction {
             overlap: config.zero_optimization.overlap_comm(),
             bucket: config.zero_optimization.reduce_bucket_size as usize,
         };
+        let grad_owners = grad_owners(&model);
         Ok(Engine {
+            master: MasterWeights::new(&copy[zero.owned()]),
+            grads: vec![E::default(); copy.len()],
+            params: copy,
             model,
-            grads: vec![0.0; params.len()],
-            params,
             grad_partition: vec![0.0; partition_len],
-            gather_buffer: vec![0.0; partition_len],
+            gather_buffer: Vec::new(),
+            precision,
+            grad_owners,
             reduction,
             zero,
             comm,
@@ -185,32 +222,43 @@ impl Engine {
         })
     }
 
-    pub fn model(&self) -> &Model {
+    pub fn model(&self) -> &Model<E> {
         &self.model
     }
 
-    /// The model's parameters (`P` of them; the padding is not part of the model).
-    pub fn params(&self) -> &[f32] {
+    /// The model copy of the parameters (`P` of them; the padding is not part of the model).
+    pub fn params(&self) -> &[E] {
         &self.params[..self.zero.numel]
+    }
+
+    /// The model copy's parameters as fp32 (exact), e.g. for sampling or saving.
+    pub fn params_f32(&self) -> Vec<f32> {
+        let mut wide = vec![0.0; self.zero.numel];
+        cast_to_f32(&mut wide, self.params());
+        wide
     }
 
     pub fn zero_plan(&self) -> ZeroPlan {
         self.zero
     }
 
-    /// Bytes this rank holds for parameters, gradients and optimizer state, read off its buffers.
+    pub fn precision(&self) -> &Precision {
+        &self.precision
+    }
+
+    /// Bytes this rank holds for parameters, gradients, master weights and optimizer state, read off its buffers.
     pub fn memory(&self) -> MemoryReport {
-        let f = std::mem::size_of::<f32>();
+        let (e, f) = (std::mem::size_of::<E>(), std::mem::size_of::<f32>());
         let (gradients, staging) = match self.zero.stage {
-            ZeroStage::Stage0 => (self.grads.len(), 0),
-            ZeroStage::Stage1 => (self.grads.len() + self.grad_partition.len(), 0),
-            ZeroStage::Stage2 => (self.grad_partition.len(), self.grads.len()),
+            ZeroStage::Stage0 => (self.grads.len() * e, 0),
+            ZeroStage::Stage1 => (self.grads.len() * e + self.grad_partition.len() * f, 0),
+            ZeroStage::Stage2 => (self.grad_partition.len() * f, self.grads.len() * e),
         };
         MemoryReport {
-            parameters: self.params.len() * f,
-            gradients: gradients * f,
-            gradient_staging: staging * f,
-            master_weights: 0,
+            parameters: self.params.len() * e,
+            gradients,
+            gradient_staging: staging,
+            master_weights: self.master.separate().len() * f,
             optimizer_state: self.optimizer.slots().map(|(_, s)| s.len()).sum::<usize>() * f,
             activations: 0,
         }
@@ -257,7 +305,9 @@ impl Engine {
         }
     }
 
-    /// Forward of one micro-batch `tokens[B, T]` → mean loss against `targets[B, T]`.
+    /// Forward of one micro-batch `tokens[B, T]` → mean loss against `targets[B, T]`. A non-finite loss is an
+    /// error naming the first layer whose output went non-finite, except in fp16, where the overflow check of
+    /// `step` skips the step instead (as DeepSpeed).
     pub fn forward(&mut self, tokens: &[u32], targets: &[u32], t: usize) -> Result<f32, EngineError> {
         self.expect_phase("forward", EnginePhase::Ready, "step() (or construction)")?;
         let b = tokens.len() / t.max(1);
@@ -267,8 +317,12 @@ impl Engine {
             .forward(&self.params[..self.zero.numel], tokens, Some(targets), b, t)?
             .expect("targets give a loss");
         self.window.timings.forward += start.elapsed();
-        if !loss.mean.is_finite() {
-            return Err(EngineError::NonFinite { step: self.counters.global_steps + 1, what: "the loss".into() });
+        if !loss.mean.is_finite() && !matches!(self.precision, Precision::Fp16(_)) {
+            let layer = self.model.first_non_finite_output().unwrap_or("the loss");
+            return Err(EngineError::NonFinite {
+                step: self.counters.global_steps + 1,
+                what: format!("the loss (in {}; the first non-finite output is {layer}'s)", E::NAME),
+            });
         }
         self.window.tokens += tokens.len() as u64;
         self.window.last_loss = loss.mean;
@@ -276,11 +330,12 @@ impl Engine {
         Ok(loss.mean)
     }
 
-    /// Accumulates `∂(loss / GAS)/∂params` of the latest forward; at ZeRO stage 2 also reduce-scatters them into
-    /// this rank's gradient partition (averaged over ranks).
+    /// Accumulates `∂(scale · loss / GAS)/∂params` of the latest forward (`scale`: the fp16 loss scale, else 1);
+    /// at ZeRO stage 2 also reduce-scatters them into this rank's gradient partition (averaged over ranks).
     pub fn backward(&mut self) -> Result<(), EngineError> {
         self.expect_phase("backward", EnginePhase::Forwarded, "forward()")?;
         let gas = self.batch.gradient_accumulation_steps as f32;
+        let dloss = (self.precision.loss_scale() / gas as f64) as f32;
         let start = Instant::now();
         // Gradients are reduced over ranks in this backward when the window ends (stages 0 and 1) or on every
         // micro-step (stage 2), layer by layer on a communication thread with `overlap_comm`.
@@ -289,9 +344,9 @@ impl Engine {
         let Engine { model, params, grads, grad_partition, zero, comm, reduction, .. } = self;
         let (params, grads, comm, zero, bucket) = (&params[..p], &mut grads[..p], &**comm, *zero, reduction.bucket);
         match (reduce, reduction.overlap) {
-            (false, _) => model.backward(params, grads, 1.0 / gas)?,
+            (false, _) => model.backward(params, grads, dloss)?,
             (true, false) => {
-                model.backward(params, grads, 1.0 / gas)?;
+                model.backward(params, grads, dloss)?;
                 accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, grads)?);
                 if zero.stage == ZeroStage::Stage2 {
                     release_zeroed(grads);
@@ -301,7 +356,7 @@ impl Engine {
                 // Each finished piece is reduced on the communication thread while the backward goes on.
                 let background = Background::start(scope, comm);
                 let mut pending = Vec::new();
-                let backward = model.backward_with(params, grads, 1.0 / gas, &mut |offset, piece| {
+                let backward = model.backward_with(params, grads, dloss, &mut |offset, piece| {
                     pending.push(background.submit(move |c| {
                         let shares = reduce_piece(c, &zero, bucket, offset, piece)?;
                         // Stage 2 keeps no gradients outside the partition: the reduced piece's memory goes.
@@ -336,41 +391,45 @@ impl Engine {
             return Ok(None);
         }
         let start = Instant::now();
-        let (zero, comm) = (self.zero, &self.comm);
-        // 1. The window's gradients were reduced over ranks (averaged) by backward(): in place at stage 0, into
-        //    this rank's partition at stages 1 and 2.
-        let grads = if zero.sharded() { &mut self.grad_partition[..] } else { &mut self.grads[..zero.numel] };
-        // 2. Global gradient norm: each rank's share of ‖g‖², summed over ranks when sharded.
-        let mut sq = [sum_of_squares(grads) as f32];
-        if zero.sharded() {
-            comm.all_reduce(&mut sq, ReduceOp::Sum)?;
-        }
-        let grad_norm = (sq[0] as f64).sqrt();
-        if !grad_norm.is_finite() {
-            return Err(EngineError::NonFinite {
-                step: self.counters.global_steps + 1,
-                what: "the gradient norm".into(),
-            });
-        }
-        // 3. Clip by the global norm (DeepSpeed / torch `clip_grad_norm_`: scale by clip/(‖g‖+ε) when below 1).
-        if self.gradient_clipping > 0.0 {
-            let coef = self.gradient_clipping / (grad_norm + CLIP_EPS);
-            if coef < 1.0 {
-                grads.iter_mut().for_each(|g| *g *= coef as f32);
+        let zero = self.zero;
+        let step = self.counters.global_steps + 1;
+        // 1. The window's gradients, multiplied by the loss scale, were reduced over ranks (averaged) by
+        //    backward(): in place at stage 0, into this rank's fp32 partition at stages 1 and 2.
+        let scale = self.precision.loss_scale();
+        // 2. Global norm of the scaled gradients (each rank's share of ‖g‖², summed over ranks when sharded). A
+        //    non-finite norm is an overflow: some gradient is inf or NaN. Find the layer (an agreed flag per layer).
+        let scaled_norm = self.global_norm()?;
+        let overflow_layer = match scaled_norm.is_finite() {
+            true => None,
+            false => Some(self.non_finite_layer()?),
+        };
+        // 3. fp16: the loss scaler takes the overflow flag and says whether to skip the step (an overflow at the
+        //    minimum scale is an error saying what to try). fp32 and bf16 never skip: a non-finite gradient stops.
+        let skipped = match (&mut self.precision, &overflow_layer) {
+            (Precision::Fp16(scaler), _) => {
+                scaler.update(overflow_layer.is_some()).map_err(|e| EngineError::Precision(e.to_string()))?.skipped()
             }
+            (Precision::Fp32 | Precision::Bf16, None) => false,
+            (Precision::Fp32 | Precision::Bf16, Some(layer)) => {
+                return Err(EngineError::NonFinite { step, what: format!("the gradient norm (first in {layer})") });
+            }
+        };
+        // 4. Unscale and clip in one multiply (semantics §2.6): the optimizer sees g · clip_coef / scale, where
+        //    clip_coef = clip / (‖g‖/scale + ε) when that is below 1 (torch `clip_grad_norm_`).
+        let grad_norm = scaled_norm / scale;
+        let mut grad_scale = 1.0 / scale;
+        if self.gradient_clipping > 0.0 {
+            grad_scale *= (self.gradient_clipping / (grad_norm + CLIP_EPS)).min(1.0);
         }
-        // 4. Optimizer step on the owned parameters with this step's learning rate (and OneCycle's momentum).
+        // 5. Unless skipped: optimizer step on the fp32 master weights of the owned range with this step's
+        //    learning rate (and OneCycle's momentum), then the model copy is rounded from them; sharded stages
+        //    all-gather every rank's updated partition. The schedule follows the optimizer's applied-step count.
         let t = self.optimizer.applied_steps() as i64 - 1;
         let lr = self.schedule.lr(t, self.optimizer.base_lr());
-        let betas = self.schedule.momentum(t);
-        self.optimizer.apply(self.model.layout(), &mut self.params, grads, zero.owned(), lr as f32, betas);
-        // 5. Sharded stages: every rank gathers the others' updated partitions.
-        if zero.sharded() {
-            self.gather_buffer.copy_from_slice(&self.params[zero.owned()]);
-            comm.all_gather(&self.gather_buffer, &zero.counts(), &mut self.params)?;
+        if !skipped {
+            self.apply_optimizer(grad_scale as f32, lr as f32, self.schedule.momentum(t))?;
         }
-        // 6. The schedule advances with the optimizer's applied-step count (read at step 4).
-        // 7. Zero gradients, agree on the window's loss, count, report.
+        // 6. Zero gradients, agree on the window's loss, count (a skipped step still counts), report.
         if zero.stage != ZeroStage::Stage2 {
             // (Stage 2's staging buffer was released, reading as zeros, when it was reduced; touching it here
             // would only bring its pages back.)
@@ -379,20 +438,81 @@ impl Engine {
         zero_fill(&mut self.grad_partition);
         let mut window = std::mem::take(&mut self.window);
         let mut loss = [window.loss_sum as f32];
-        comm.all_reduce(&mut loss, ReduceOp::Avg)?;
+        self.comm.all_reduce(&mut loss, ReduceOp::Avg)?;
         self.counters.micro_steps += 1;
         self.counters.global_steps += 1;
         self.counters.global_samples += self.batch.train_batch_size as u64;
+        self.counters.skipped_steps += skipped as u64;
         window.timings.optimizer = start.elapsed();
         Ok(Some(StepReport {
             step: self.counters.global_steps,
             loss: loss[0],
             grad_norm: grad_norm as f32,
             lr,
-            skipped: false,
+            skipped,
+            loss_scale: scale,
+            overflow_layer,
             tokens: window.tokens * zero.world as u64,
             timings: window.timings,
         }))
+    }
+
+    /// ‖g‖ of the reduced, still scaled gradients over all ranks.
+    fn global_norm(&self) -> Result<f64, EngineError> {
+        let zero = self.zero;
+        let mut sq = match zero.sharded() {
+            true => [sum_of_squares(&self.grad_partition) as f32],
+            false => [sum_of_squares(&self.grads[..zero.numel]) as f32],
+        };
+        if zero.sharded() {
+            self.comm.all_reduce(&mut sq, ReduceOp::Sum)?;
+        }
+        Ok((sq[0] as f64).sqrt())
+    }
+
+    /// The layer whose gradients hold an inf or NaN that the backward reached first, agreed over ranks (each
+    /// rank checks its own partition, as DeepSpeed's overflow check).
+    fn non_finite_layer(&self) -> Result<String, EngineError> {
+        let (zero, owned) = (self.zero, self.zero.owned());
+        let mut flags = match zero.sharded() {
+            true => non_finite_flags(&self.grad_partition, &owned, &self.grad_owners),
+            false => non_finite_flags(&self.grads[..zero.numel], &owned, &self.grad_owners),
+        };
+        if zero.sharded() {
+            self.comm.all_reduce(&mut flags, ReduceOp::Max)?;
+        }
+        let first = flags.iter().position(|&f| f > 0.0);
+        Ok(first.map_or_else(|| "an unknown layer".to_string(), |i| self.grad_owners[i].0.clone()))
+    }
+
+    /// Test hook: overwrites the reduced gradient of parameter `index` of this accumulation boundary (call it
+    /// after the boundary's `backward`, before `step`), e.g. with inf, as an fp16 overflow would leave it. On a
+    /// sharded rank that does not own `index` it does nothing. Not for training code.
+    #[doc(hidden)]
+    pub fn inject_gradient(&mut self, index: usize, value: f32) -> Result<(), EngineError> {
+        self.expect_phase("inject_gradient", EnginePhase::Backwarded, "backward()")?;
+        let owned = self.zero.owned();
+        match self.zero.sharded() {
+            true if owned.contains(&index) => self.grad_partition[index - owned.start] = value,
+            true => {}
+            false => self.grads[index] = E::from_f32(value),
+        }
+        Ok(())
+    }
+
+    /// Phase 5 of [`Engine::step`].
+    fn apply_optimizer(&mut self, grad_scale: f32, lr: f32, betas: Option<(f64, f64)>) -> Result<(), EngineError> {
+        let zero = self.zero;
+        let Engine { model, params, grads, grad_partition, master, optimizer, .. } = self;
+        let layout = model.layout();
+        master.update(&mut params[zero.owned()], |weights| match zero.sharded() {
+            true => optimizer.apply(layout, weights, grad_partition, grad_scale, zero.owned(), lr, betas),
+            false => optimizer.apply(layout, weights, &grads[..zero.numel], grad_scale, zero.owned(), lr, betas),
+        });
+        if zero.sharded() {
+            gather_params(&*self.comm, &zero, &mut self.params, &mut self.gather_buffer)?;
+        }
+        Ok(())
     }
 
     /// One whole optimizer step: `GAS` micro-batches drawn from `next_micro_batch` (which fills tokens and
@@ -435,4 +555,16 @@ impl Engine {
         }
         Ok(if count > 0 { (sum / count as f64) as f32 } else { f32::NAN })
     }
+}
+
+/// Each layer's parameter ranges in the order the backward reaches them: the head's own parameters, then the
+/// layers from last to first.
+fn grad_owners<E: Element>(model: &Model<E>) -> Vec<(String, Vec<Range<usize>>)> {
+    let layout = model.layout();
+    let ranges = |ids: &[rustspeed_nn::ParamId]| ids.iter().map(|&id| layout.range(id)).collect::<Vec<_>>();
+    let head = ("head".to_string(), ranges(model.head().params()));
+    std::iter::once(head)
+        .chain(model.layers().iter().rev().map(|l| (l.name().to_string(), ranges(l.params()))))
+        .filter(|(_, r)| !r.is_empty())
+        .collect()
 }

@@ -15,6 +15,8 @@ pub enum EngineError {
         expected: &'static str,
         state: &'static str,
     },
+    /// Mixed precision cannot go on, e.g. fp16 overflows at the minimum loss scale.
+    Precision(String),
     /// The loss went NaN or infinite.
     NonFinite {
         step: u64,
@@ -39,6 +41,7 @@ impl fmt::Display for EngineError {
             EngineError::Phase { called, expected, state } => {
                 write!(f, "engine.{called}() called {state}; it must follow {expected}")
             }
+            EngineError::Precision(m) => write!(f, "{m}"),
             EngineError::NonFinite { step, what } => write!(f, "step {step}: {what} is not finite"),
             EngineError::NoCheckpoint(m) => write!(f, "{m}"),
             EngineError::Checkpoint(m) => write!(f, "{m}"),

@@ -14,9 +14,11 @@ pub mod memory;
 pub mod model_spec;
 pub mod optimizer;
 pub mod persist;
+pub mod precision;
 mod reduce;
 pub mod setup;
 pub mod zero;
 
 pub use engine::{Counters, Engine, EnginePhase, StepReport, StepTimings};
 pub use error::EngineError;
+pub use precision::{Precision, StorageType};

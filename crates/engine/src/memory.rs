@@ -3,9 +3,12 @@
 //!
 //! ZeRO (Rajbhandari et al. 2020, §5) counts, for Ψ parameters over N_d ranks with mixed-precision Adam:
 //! 2Ψ (fp16 parameters) + 2Ψ (fp16 gradients) + KΨ (fp32 master + momentum + variance, K = 12), and shards the
-//! K term at stage 1, also the gradients at stage 2. In rustspeed's fp32 mode the parameters *are* the master
-//! weights: 4Ψ parameters + 4Ψ gradients + (4 · slots)Ψ optimizer state, sharded the same way.
+//! K term at stage 1, also the gradients at stage 2. rustspeed's fp16/bf16 mode holds exactly that at stage 0
+//! (2 + 2 + 4 + 8 bytes per parameter with Adam); its reduced gradient partition at stages 1 and 2 is fp32 (4Ψ/N
+//! instead of 2Ψ/N). In fp32 the parameters *are* the master weights: 4Ψ parameters + 4Ψ gradients +
+//! (4 · slots)Ψ optimizer state, sharded the same way.
 
+use crate::precision::StorageType;
 use crate::zero::ZeroStage;
 use rustspeed_nn::ModelConfig;
 
@@ -49,6 +52,8 @@ impl MemoryReport {
 pub struct Workload {
     pub stage: ZeroStage,
     pub world: usize,
+    /// Storage type of the model copy (parameters, gradients, activations).
+    pub storage: StorageType,
     /// Optimizer state slots per parameter (Adam 2, Lion 1, SGD with momentum 1).
     pub optimizer_slots: usize,
     /// Micro-batch `B` and sequence length `T`, for activations.
@@ -61,18 +66,28 @@ pub struct Workload {
 pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryReport {
     let part = params.div_ceil(w.world);
     let padded = part * w.world;
-    let (parameters, gradients, staging, optimizer) = match w.stage {
-        ZeroStage::Stage0 => (params, params, 0, params * w.optimizer_slots),
-        ZeroStage::Stage1 => (padded, padded + part, 0, part * w.optimizer_slots),
-        ZeroStage::Stage2 => (padded, part, padded, part * w.optimizer_slots),
+    let e = match w.storage {
+        StorageType::Fp32 => F32,
+        StorageType::Fp16 | StorageType::Bf16 => 2,
+    };
+    // (model-copy elements, fp32 gradient-partition elements, staging elements, owned elements)
+    let (parameters, grad_partition, staging, owned) = match w.stage {
+        ZeroStage::Stage0 => (params, 0, 0, params),
+        ZeroStage::Stage1 => (padded, part, 0, part),
+        ZeroStage::Stage2 => (padded, part, padded, part),
+    };
+    let local_gradients = match w.stage {
+        ZeroStage::Stage0 | ZeroStage::Stage1 => parameters,
+        ZeroStage::Stage2 => 0,
     };
     MemoryReport {
-        parameters: parameters * F32,
-        gradients: gradients * F32,
-        gradient_staging: staging * F32,
-        master_weights: 0,
-        optimizer_state: optimizer * F32,
-        activations: activation_floats(model, w.micro_batch, w.seq_len) * F32,
+        parameters: parameters * e,
+        gradients: local_gradients * e + grad_partition * F32,
+        gradient_staging: staging * e,
+        master_weights: if e == F32 { 0 } else { owned * F32 },
+        optimizer_state: owned * w.optimizer_slots * F32,
+        // The saved statistics (LayerNorm mean/rstd) are fp32 in every precision; counted at the storage size.
+        activations: activation_floats(model, w.micro_batch, w.seq_len) * e,
     }
 }
 

@@ -3,6 +3,7 @@
 //! each tensor's flag (and Lamb's trust ratio is per tensor, as DeepSpeed's).
 
 use rayon::prelude::*;
+use rustspeed_kernels::cast::Element;
 use rustspeed_nn::ParamLayout;
 use rustspeed_optim::{
     adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
@@ -113,14 +114,19 @@ impl Optimizer {
     }
 
     /// One step over the parameters in `owned` (the whole layout, or this rank's ZeRO partition) with learning
-    /// rate `lr` (and OneCycle's `betas`). `grads` and the state buffers cover `owned` only: index 0 is
-    /// parameter `owned.start`. Tensors cut by the partition boundary are stepped piecewise, which is exact for
-    /// the element-wise rules (Lamb's per-tensor trust ratio is not, so the engine refuses Lamb with ZeRO).
-    pub fn apply(
+    /// rate `lr` (and OneCycle's `betas`). `params` (fp32 master weights), `grads` and the state buffers cover
+    /// `owned` only: index 0 is parameter `owned.start`. The optimizer sees `grad_scale · grads` in fp32
+    /// (unscaling and clipping in one multiply, semantics §2.6; 16-bit gradients are widened piece by piece, so no
+    /// fp32 copy of all gradients exists). Tensors cut by the partition boundary are stepped piecewise, which is
+    /// exact for the element-wise rules (Lamb's per-tensor trust ratio is not, so the engine refuses Lamb with
+    /// ZeRO).
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply<G: Element>(
         &mut self,
         layout: &ParamLayout,
         params: &mut [f32],
-        grads: &[f32],
+        grads: &[G],
+        grad_scale: f32,
         owned: Range<usize>,
         lr: f32,
         betas: Option<(f64, f64)>,
@@ -130,7 +136,7 @@ impl Optimizer {
         // Carve the owned part of every tensor (and its gradient and state) into disjoint pieces, then update the
         // pieces in parallel. Element-wise rules split tensors into chunks; Lamb's trust ratio needs whole tensors.
         let mut pieces = Vec::new();
-        let mut rest_p = &mut params[owned.start..owned.end];
+        let mut rest_p = &mut params[..owned.len()];
         let mut rest_g = &grads[..owned.len()];
         let mut rest_slots: Vec<&mut [f32]> = self.slots.iter_mut().map(|s| &mut s[..owned.len()]).collect();
         let mut at = owned.start;
@@ -169,15 +175,30 @@ impl Optimizer {
             }
             at = end;
         }
-        pieces.into_par_iter().for_each(|(rule, p, g, mut slots)| match (rule, slots.as_mut_slice()) {
-            (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, m, v),
-            (Rule::Lamb(h), [m, v]) => {
-                lamb_step(&h, step, p, g, m, v);
-            }
-            (Rule::Lion(h), [m]) => lion_step(&h, p, g, m),
-            (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(buf)),
-            (Rule::Sgd(h), []) => sgd_step(&h, step == 1, p, g, None),
-            (rule, slots) => unreachable!("{rule:?} with {} state slots", slots.len()),
+        pieces.into_par_iter().for_each(|(rule, p, g, mut slots)| {
+            let wide: Vec<f32>;
+            let g: &[f32] = match G::as_f32(g) {
+                Some(g) if grad_scale == 1.0 => g,
+                _ => {
+                    wide = g.iter().map(|&x| x.to_f32() * grad_scale).collect();
+                    &wide
+                }
+            };
+            step_piece(rule, step, p, g, &mut slots)
         });
+    }
+}
+
+/// One rule's update of one piece of parameters, gradients and state slots.
+fn step_piece(rule: Rule, step: u64, p: &mut [f32], g: &[f32], slots: &mut [&mut [f32]]) {
+    match (rule, slots) {
+        (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, m, v),
+        (Rule::Lamb(h), [m, v]) => {
+            lamb_step(&h, step, p, g, m, v);
+        }
+        (Rule::Lion(h), [m]) => lion_step(&h, p, g, m),
+        (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(buf)),
+        (Rule::Sgd(h), []) => sgd_step(&h, step == 1, p, g, None),
+        (rule, slots) => unreachable!("{rule:?} with {} state slots", slots.len()),
     }
 }

@@ -5,26 +5,36 @@
 
 use crate::zero::ZeroPlan;
 use rustspeed_comm::{CommError, Communicator, ReduceOp};
+use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, store, Contents, Element};
 
 /// This rank's reduced share of one bucket: where it goes in the partition, and its values.
 pub(crate) type Share = (usize, Vec<f32>);
 
 /// Reduces `piece`, which starts at element `offset` of the gradient buffer. Stage 0 reduces it in place and
 /// returns nothing; sharded stages return this rank's shares, to be added into its partition ([`accumulate`]).
-pub(crate) fn reduce_piece(
+/// 16-bit gradients travel as fp32 (exact) and are averaged in fp32; stage 0 rounds the average back into place.
+pub(crate) fn reduce_piece<E: Element>(
     comm: &dyn Communicator,
     zero: &ZeroPlan,
     bucket: usize,
     offset: usize,
-    piece: &mut [f32],
+    piece: &mut [E],
 ) -> Result<Vec<Share>, CommError> {
     let bucket = bucket.max(1);
     let mut shares = Vec::new();
     for (k, chunk) in piece.chunks_mut(bucket).enumerate() {
         if !zero.sharded() {
-            comm.all_reduce(chunk, ReduceOp::Avg)?;
+            store(chunk, Contents::Accumulate, |chunk| comm.all_reduce(chunk, ReduceOp::Avg))?;
             continue;
         }
+        let wide;
+        let chunk: &[f32] = match E::as_f32(chunk) {
+            Some(chunk) => chunk,
+            None => {
+                wide = widen(chunk);
+                &wide
+            }
+        };
         let (start, end) = (offset + k * bucket, offset + k * bucket + chunk.len());
         let s = zero.partition;
         // The chunk splits into consecutive pieces by owner (partitions are contiguous and in rank order).
@@ -51,7 +61,7 @@ pub(crate) fn accumulate(partition: &mut [f32], shares: Vec<Share>) {
 /// zero pages, faulted in only when written again); the partial pages at either end are zeroed in place.
 /// Stage 2 calls this on each piece of the staging buffer once it is reduced, so that only the gradients still
 /// being computed or reduced are resident. Elsewhere, or if `madvise` fails, a plain zero fill.
-pub(crate) fn release_zeroed(buf: &mut [f32]) {
+pub(crate) fn release_zeroed<E: Element>(buf: &mut [E]) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: sysconf has no preconditions.
@@ -60,19 +70,58 @@ pub(crate) fn release_zeroed(buf: &mut [f32]) {
         let end = start + std::mem::size_of_val(buf);
         let (first, last) = (start.next_multiple_of(page), end / page * page);
         if last > first {
-            let f = std::mem::size_of::<f32>();
+            let f = std::mem::size_of::<E>();
             // SAFETY: [first, last) lies inside `buf`, which this function borrows exclusively; the pages are
             // private anonymous memory of the allocation, so after MADV_DONTNEED they read as zeros, which is
-            // a valid f32 bit pattern (0.0).
+            // a valid bit pattern (0.0) of f32, fp16 and bf16 alike.
             let rc = unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED) };
             if rc == 0 {
-                buf[..(first - start) / f].fill(0.0);
-                buf[(last - start) / f..].fill(0.0);
+                buf[..(first - start) / f].fill(E::default());
+                buf[(last - start) / f..].fill(E::default());
                 return;
             }
         }
     }
-    buf.fill(0.0);
+    buf.fill(E::default());
+}
+
+fn widen<E: Element>(x: &[E]) -> Vec<f32> {
+    let mut wide = vec![0.0; x.len()];
+    cast_to_f32(&mut wide, x);
+    wide
+}
+
+/// Elements of each rank's partition per all-gather of 16-bit parameters (which travel as fp32): bounds the
+/// temporary fp32 buffer to `world · GATHER_CHUNK` elements.
+const GATHER_CHUNK: usize = 1 << 20;
+
+/// Every rank's updated partition of the model copy into `params` (padded, `W · S`), from this rank's
+/// `partition` (`S` elements). fp32 gathers in one call into `params`; 16-bit values travel as fp32 (exact both
+/// ways) in chunks. `gather_buffer` is reused across steps.
+pub(crate) fn gather_params<E: Element>(
+    comm: &dyn Communicator,
+    zero: &ZeroPlan,
+    params: &mut [E],
+    gather_buffer: &mut Vec<f32>,
+) -> Result<(), CommError> {
+    let s = zero.partition;
+    if let Some(params) = E::as_f32_mut(params) {
+        gather_buffer.clear();
+        gather_buffer.extend_from_slice(&params[zero.owned()]);
+        return comm.all_gather(gather_buffer, &zero.counts(), params);
+    }
+    let mut at = 0;
+    while at < s {
+        let len = GATHER_CHUNK.min(s - at);
+        let mine = widen(&params[zero.rank * s + at..zero.rank * s + at + len]);
+        gather_buffer.resize(zero.world * len, 0.0);
+        comm.all_gather(&mine, &vec![len; zero.world], gather_buffer)?;
+        for (r, values) in gather_buffer.chunks(len).enumerate() {
+            cast_from_f32(&mut params[r * s + at..r * s + at + len], values);
+        }
+        at += len;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

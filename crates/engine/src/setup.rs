@@ -3,6 +3,7 @@
 
 use crate::error::EngineError;
 use crate::optimizer::{Optimizer, Rule};
+use crate::precision::Precision;
 use crate::zero::{ZeroPlan, ZeroStage};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig, OptimizerConfig, SchedulerConfig};
 use rustspeed_nn::ParamLayout;
@@ -14,26 +15,20 @@ pub struct Setup {
     pub schedule: LrSchedule,
     pub batch: BatchSizes,
     pub zero: ZeroPlan,
+    pub precision: Precision,
 }
 
 /// The block a config without an optimizer is told to add.
 const OPTIMIZER_EXAMPLE: &str = r#""optimizer": {"type": "AdamW", "params": {"lr": 0.001, "weight_decay": 0.1}}"#;
 
 impl Setup {
-    /// Chooses everything for `rank` of `world` fp32 ranks; configurations this build cannot run are errors.
+    /// Chooses everything for `rank` of `world` ranks; configurations this build cannot run are errors.
     pub fn choose(
         config: &DeepSpeedConfig,
         layout: &ParamLayout,
         rank: usize,
         world: usize,
     ) -> Result<Setup, EngineError> {
-        // Precision: fp32 only, until the mixed-precision work lands.
-        if config.fp16.enabled || config.bf16.enabled {
-            let which = if config.fp16.enabled { "fp16" } else { "bf16" };
-            return Err(EngineError::Unsupported(format!(
-                "\"{which}\": {{\"enabled\": true}} — mixed precision is not implemented yet; remove the block or set enabled to false to train in fp32"
-            )));
-        }
         let stage = match config.zero_optimization.stage {
             0 => ZeroStage::Stage0,
             1 => ZeroStage::Stage1,
@@ -57,8 +52,14 @@ impl Setup {
             check_zero_optimizer(&rule, config)?;
         }
         let schedule = config.scheduler.as_ref().map_or(Ok(LrSchedule::Constant), schedule_of)?;
+        if config.fp16.enabled && config.fp16.fp16_master_weights_and_grads {
+            return Err(EngineError::Unsupported(
+                "fp16.fp16_master_weights_and_grads (fp16 master weights); rustspeed keeps fp32 master weights — remove the key".into(),
+            ));
+        }
         let zero = ZeroPlan::new(stage, layout.numel(), rank, world);
-        Ok(Setup { optimizer: Optimizer::new(rule, zero.owned().len()), schedule, batch, zero })
+        let precision = Precision::of(config, zero.sharded());
+        Ok(Setup { optimizer: Optimizer::new(rule, zero.owned().len()), schedule, batch, zero, precision })
     }
 }
 

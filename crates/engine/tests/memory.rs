@@ -1,21 +1,27 @@
 //! The engine's per-rank byte accounting against the ZeRO paper's model ([`estimate`]), and the sharding it
 //! promises: at world size 4, stage 1 holds a quarter of stage 0's optimizer state, stage 2 also a quarter of
-//! its gradients (within padding).
+//! its gradients (within padding); in fp32, fp16 and bf16.
 
 use rustspeed_comm::threads::ThreadGroup;
 use rustspeed_config::DeepSpeedConfig;
 use rustspeed_engine::memory::{estimate, MemoryReport, Workload};
 use rustspeed_engine::zero::ZeroStage;
-use rustspeed_engine::Engine;
+use rustspeed_engine::{Engine, StorageType};
+use rustspeed_kernels::cast::{bf16, f16, Element};
 use rustspeed_nn::{preset, ModelConfig};
 use std::time::Duration;
 
 const WORLD: usize = 4;
 
-/// Every rank's accounting for `model` at `stage` over `WORLD` ranks with Adam.
-fn accounting(model: &ModelConfig, stage: u8) -> Vec<MemoryReport> {
+/// Every rank's accounting for `model` at `stage` over `WORLD` ranks with Adam, stored as `E`.
+fn accounting<E: Element>(model: &ModelConfig, stage: u8) -> Vec<MemoryReport> {
+    let precision = match E::NAME {
+        "fp16" => r#", "fp16": {"enabled": true}"#,
+        "bf16" => r#", "bf16": {"enabled": true}"#,
+        _ => "",
+    };
     let json = format!(
-        r#"{{"train_batch_size": 4, "zero_optimization": {{"stage": {stage}}}, "optimizer": {{"type": "Adam"}}}}"#
+        r#"{{"train_batch_size": 4, "zero_optimization": {{"stage": {stage}}}, "optimizer": {{"type": "Adam"}}{precision}}}"#
     );
     let comms = ThreadGroup::new(WORLD, Duration::from_secs(60));
     std::thread::scope(|s| {
@@ -24,7 +30,7 @@ fn accounting(model: &ModelConfig, stage: u8) -> Vec<MemoryReport> {
             .map(|comm| {
                 let json = &json;
                 s.spawn(move || {
-                    let m = model.build().unwrap();
+                    let m = model.build_as::<E>().unwrap();
                     let p = m.layout().init_params(0);
                     let e =
                         Engine::with_communicator(m, p, DeepSpeedConfig::from_json_str(json).unwrap(), Box::new(comm))
@@ -43,16 +49,23 @@ fn stage(n: u8) -> ZeroStage {
 
 #[test]
 fn engine_accounting_matches_the_zero_estimate_and_shards_by_four() {
+    check_accounting::<f32>(StorageType::Fp32);
+    check_accounting::<f16>(StorageType::Fp16);
+    check_accounting::<bf16>(StorageType::Bf16);
+}
+
+fn check_accounting<E: Element>(storage: StorageType) {
     for name in ["gpt-tiny", "lstm-tiny"] {
         let model = preset(name).unwrap().config(65).unwrap();
         let params = model.build().unwrap().num_params();
         let per_stage: Vec<MemoryReport> = (0..3u8)
             .map(|n| {
-                let ranks = accounting(&model, n);
-                let w = Workload { stage: stage(n), world: WORLD, optimizer_slots: 2, micro_batch: 1, seq_len: 8 };
+                let ranks = accounting::<E>(&model, n);
+                let w =
+                    Workload { stage: stage(n), world: WORLD, storage, optimizer_slots: 2, micro_batch: 1, seq_len: 8 };
                 let predicted = MemoryReport { activations: 0, ..estimate(&model, params, &w) };
                 for (rank, got) in ranks.iter().enumerate() {
-                    assert_eq!(got, &predicted, "{name} stage {n} rank {rank}");
+                    assert_eq!(got, &predicted, "{name} {} stage {n} rank {rank}", E::NAME);
                 }
                 ranks[0]
             })
@@ -62,7 +75,9 @@ fn engine_accounting_matches_the_zero_estimate_and_shards_by_four() {
         let quarter = |full: usize, part: usize| (4 * part).abs_diff(full) <= 4 * padding;
         assert!(quarter(per_stage[0].optimizer_state, per_stage[1].optimizer_state), "{name}: {per_stage:?}");
         assert!(quarter(per_stage[0].optimizer_state, per_stage[2].optimizer_state), "{name}: {per_stage:?}");
-        assert!(quarter(per_stage[0].gradients, per_stage[2].gradients), "{name}: {per_stage:?}");
+        // Stage 2 keeps the reduced gradient partition in fp32: Ψ/4 fp32 values against stage 0's Ψ values of E.
+        let e = std::mem::size_of::<E>();
+        assert!(quarter(per_stage[0].gradients * 4 / e, per_stage[2].gradients), "{name}: {per_stage:?}");
         assert_eq!(per_stage[0].optimizer_state, params * 2 * 4, "{name}: Adam keeps 8 bytes per parameter");
     }
 }
@@ -72,7 +87,14 @@ fn the_estimate_follows_the_zero_paper_for_gpt2_small() {
     // Ψ = 124,439,808; fp32 Adam: 4Ψ parameters + 4Ψ gradients + 8Ψ state = 16Ψ at stage 0.
     let model = preset("gpt2-124m").unwrap().config(50257).unwrap();
     let psi = 124_439_808usize;
-    let w = |stage| Workload { stage, world: 8, optimizer_slots: 2, micro_batch: 4, seq_len: 256 };
+    let w = |stage| Workload {
+        stage,
+        world: 8,
+        storage: StorageType::Fp32,
+        optimizer_slots: 2,
+        micro_batch: 4,
+        seq_len: 256,
+    };
     let s0 = estimate(&model, psi, &w(ZeroStage::Stage0));
     assert_eq!(s0.parameters + s0.gradients + s0.optimizer_state, 16 * psi);
     let s2 = estimate(&model, psi, &w(ZeroStage::Stage2));

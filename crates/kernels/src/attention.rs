@@ -9,6 +9,8 @@
 //!
 //! Heads run in parallel (rayon over `B * NH`), each head's products single-threaded.
 
+use crate::cast::{load, store, Contents, Element};
+
 use crate::matmul::{gemm_raw, Dst, Threads};
 use crate::vmath::{self, simd_fn};
 use crate::SendPtr;
@@ -69,8 +71,8 @@ impl AttentionShape {
     }
 }
 
-/// Forward: writes `out[B, T, C]` (overwrites) and the probabilities `att[B, NH, T, T]` (zero above the diagonal).
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: AttentionShape) {
+/// The fp32 kernel of [`attention_forward`].
+fn attention_forward_f32(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: AttentionShape) {
     shape.check();
     let AttentionShape { b: _, t, c, nh } = shape;
     let hs = shape.head_size();
@@ -124,8 +126,8 @@ fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t).step_by(CAUSAL_BLOCK).map(move |i0| (i0, (i0 + CAUSAL_BLOCK).min(t)))
 }
 
-/// Backward: adds into `dqkv[B, T, 3C]`. `scratch` (length `B * NH * T * T`) is overwritten.
-pub fn attention_backward(
+/// The fp32 kernel of [`attention_backward`].
+fn attention_backward_f32(
     dqkv: &mut [f32],
     scratch: &mut [f32],
     dout: &[f32],
@@ -234,4 +236,27 @@ pub fn attention_backward(
             }
         },
     );
+}
+
+/// Forward: writes `out[B, T, C]` (overwrites) and the probabilities `att[B, NH, T, T]` (zero above the diagonal).
+pub fn attention_forward<E: Element>(out: &mut [E], att: &mut [E], qkv: &[E], shape: AttentionShape) {
+    let qkv = load(qkv);
+    store(out, Contents::Overwrite, |out| {
+        store(att, Contents::Overwrite, |att| attention_forward_f32(out, att, &qkv, shape))
+    })
+}
+
+/// Backward: adds into `dqkv[B, T, 3C]`. `scratch` (length `B * NH * T * T`, fp32) is overwritten.
+///
+/// Backward: adds into `dqkv[B, T, 3C]`. `scratch` (length `B * NH * T * T`) is overwritten.
+pub fn attention_backward<E: Element>(
+    dqkv: &mut [E],
+    scratch: &mut [f32],
+    dout: &[E],
+    qkv: &[E],
+    att: &[E],
+    shape: AttentionShape,
+) {
+    let (dout, qkv, att) = (load(dout), load(qkv), load(att));
+    store(dqkv, Contents::Accumulate, |dqkv| attention_backward_f32(dqkv, scratch, &dout, &qkv, &att, shape))
 }

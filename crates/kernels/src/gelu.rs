@@ -1,6 +1,8 @@
 //! GELU, tanh approximation (GPT-2's `gelu_new`, PyTorch `gelu(approximate="tanh")`):
 //! `gelu(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
 
+use crate::cast::{load, store, Contents, Element};
+
 use crate::vmath::{simd_fn, tanh};
 use rayon::prelude::*;
 
@@ -40,15 +42,25 @@ simd_fn! {
     }
 }
 
-/// `out = gelu(inp)` (overwrites).
-pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+/// The fp32 kernel of [`gelu_forward`].
+fn gelu_forward_f32(out: &mut [f32], inp: &[f32]) {
     out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, i)| gelu_chunk(o, i));
 }
 
-/// `dinp += gelu'(inp) * dout`.
-pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+/// The fp32 kernel of [`gelu_backward`].
+fn gelu_backward_f32(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
     dinp.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
         .zip(dout.par_chunks(CHUNK))
         .for_each(|((d, i), g)| gelu_grad_chunk(d, i, g));
+}
+
+/// `out = gelu(inp)` (overwrites).
+pub fn gelu_forward<E: Element>(out: &mut [E], inp: &[E]) {
+    store(out, Contents::Overwrite, |out| gelu_forward_f32(out, &load(inp)))
+}
+
+/// `dinp += gelu'(inp) * dout`.
+pub fn gelu_backward<E: Element>(dinp: &mut [E], inp: &[E], dout: &[E]) {
+    store(dinp, Contents::Accumulate, |dinp| gelu_backward_f32(dinp, &load(inp), &load(dout)))
 }

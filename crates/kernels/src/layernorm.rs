@@ -1,6 +1,8 @@
 //! LayerNorm over the last dimension: `y = (x - mean) * rstd * weight + bias`, `rstd = 1/sqrt(var + eps)`,
 //! with the biased variance, as PyTorch's `nn.LayerNorm`.
 
+use crate::cast::{load, store, Contents, Element};
+
 use crate::ROWS_PER_TASK;
 use rayon::prelude::*;
 
@@ -9,10 +11,9 @@ pub const LAYERNORM_EPS: f32 = 1e-5;
 /// Columns of `dweight`/`dbias` per rayon task in the backward reduction.
 const COLS_PER_TASK: usize = 64;
 
-/// Normalizes each of the `N` rows of `inp[N, C]`; writes `out[N, C]` and saves `mean[N]`, `rstd[N]` for the
-/// backward.
+/// The fp32 kernel of [`layernorm_forward`].
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_forward(
+fn layernorm_forward_f32(
     out: &mut [f32],
     mean: &mut [f32],
     rstd: &mut [f32],
@@ -41,12 +42,9 @@ pub fn layernorm_forward(
         });
 }
 
-/// Backward of [`layernorm_forward`]; adds into `dinp`, `dweight`, `dbias`.
-///
-/// With `x̂ = (x - mean) rstd` and `g = dout ⊙ weight`:
-/// `dx = rstd (g - mean(g) - x̂ mean(g ⊙ x̂))`, `dweight = Σ_rows dout ⊙ x̂`, `dbias = Σ_rows dout`.
+/// The fp32 kernel of [`layernorm_backward`].
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward(
+fn layernorm_backward_f32(
     dinp: &mut [f32],
     dweight: &mut [f32],
     dbias: &mut [f32],
@@ -97,4 +95,51 @@ pub fn layernorm_backward(
             }
         },
     );
+}
+
+/// Normalizes each of the `N` rows of `inp[N, C]`; writes `out[N, C]` and saves `mean[N]`, `rstd[N]` (fp32 in
+/// every precision) for the backward.
+///
+/// Normalizes each of the `N` rows of `inp[N, C]`; writes `out[N, C]` and saves `mean[N]`, `rstd[N]` for the
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward<E: Element>(
+    out: &mut [E],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[E],
+    weight: &[E],
+    bias: &[E],
+    n: usize,
+    c: usize,
+) {
+    store(out, Contents::Overwrite, |out| {
+        layernorm_forward_f32(out, mean, rstd, &load(inp), &load(weight), &load(bias), n, c)
+    })
+}
+
+/// Backward of [`layernorm_forward`]; adds into `dinp`, `dweight`, `dbias`.
+///
+/// With `x̂ = (x - mean) rstd` and `g = dout ⊙ weight`:
+/// `dx = rstd (g - mean(g) - x̂ mean(g ⊙ x̂))`, `dweight = Σ_rows dout ⊙ x̂`, `dbias = Σ_rows dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward<E: Element>(
+    dinp: &mut [E],
+    dweight: &mut [E],
+    dbias: &mut [E],
+    dout: &[E],
+    inp: &[E],
+    weight: &[E],
+    mean: &[f32],
+    rstd: &[f32],
+    n: usize,
+    c: usize,
+) {
+    let (dout, inp, weight) = (load(dout), load(inp), load(weight));
+    store(dinp, Contents::Accumulate, |dinp| {
+        store(dweight, Contents::Accumulate, |dweight| {
+            store(dbias, Contents::Accumulate, |dbias| {
+                layernorm_backward_f32(dinp, dweight, dbias, &dout, &inp, &weight, mean, rstd, n, c)
+            })
+        })
+    })
 }

@@ -8,6 +8,8 @@
 //! product `[B, H] x [H, 4H]` runs per step. Per-step slices of the batch-first buffers are strided matrices
 //! (row stride `T·4H` or `T·H`), which `gemm` reads and writes in place.
 
+use crate::cast::{load, store, Contents, Element};
+
 use crate::matmul::{gemm, Dst, MatMut, MatRef, Threads};
 use crate::vmath::{sigmoid, simd_fn, tanh};
 
@@ -87,10 +89,9 @@ simd_fn! {
     }
 }
 
-/// Forward. Writes `out[B, T, H]` (the hidden states), and saves `gates[B, T, 4H]` (activated gate values
-/// `i, f, g, o`) and `cell[B, T, H]` for the backward.
+/// The fp32 kernel of [`lstm_forward`].
 #[allow(clippy::too_many_arguments)]
-pub fn lstm_forward(
+fn lstm_forward_f32(
     out: &mut [f32],
     gates: &mut [f32],
     cell: &mut [f32],
@@ -164,9 +165,9 @@ impl LstmScratch {
     }
 }
 
-/// Backward (backpropagation through time). Adds into `dx`, `dw_ih`, `dw_hh`, `db_ih`, `db_hh`.
+/// The fp32 kernel of [`lstm_backward`].
 #[allow(clippy::too_many_arguments)]
-pub fn lstm_backward(
+fn lstm_backward_f32(
     dx: &mut [f32],
     dw_ih: &mut [f32],
     dw_hh: &mut [f32],
@@ -240,4 +241,65 @@ pub fn lstm_backward(
             *bh += g;
         }
     }
+}
+
+/// Forward. Writes `out[B, T, H]` (the hidden states), and saves `gates[B, T, 4H]` (activated gate values
+/// `i, f, g, o`) and `cell[B, T, H]` for the backward. The recurrence runs in fp32 in every precision; what is
+/// stored (the hidden states, gates and cells) is rounded to the storage type.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_forward<E: Element>(
+    out: &mut [E],
+    gates: &mut [E],
+    cell: &mut [E],
+    x: &[E],
+    w_ih: &[E],
+    w_hh: &[E],
+    b_ih: &[E],
+    b_hh: &[E],
+    shape: LstmShape,
+) {
+    let (x, w_ih, w_hh, b_ih, b_hh) = (load(x), load(w_ih), load(w_hh), load(b_ih), load(b_hh));
+    store(out, Contents::Overwrite, |out| {
+        store(gates, Contents::Overwrite, |gates| {
+            store(cell, Contents::Overwrite, |cell| {
+                lstm_forward_f32(out, gates, cell, &x, &w_ih, &w_hh, &b_ih, &b_hh, shape)
+            })
+        })
+    })
+}
+
+/// Backward (backpropagation through time). Adds into `dx`, `dw_ih`, `dw_hh`, `db_ih`, `db_hh`.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_backward<E: Element>(
+    dx: &mut [E],
+    dw_ih: &mut [E],
+    dw_hh: &mut [E],
+    db_ih: &mut [E],
+    db_hh: &mut [E],
+    scratch: &mut LstmScratch,
+    dout: &[E],
+    x: &[E],
+    w_ih: &[E],
+    w_hh: &[E],
+    out: &[E],
+    gates: &[E],
+    cell: &[E],
+    shape: LstmShape,
+) {
+    let (dout, x, w_ih, w_hh) = (load(dout), load(x), load(w_ih), load(w_hh));
+    let (out, gates, cell) = (load(out), load(gates), load(cell));
+    store(dx, Contents::Accumulate, |dx| {
+        store(dw_ih, Contents::Accumulate, |dw_ih| {
+            store(dw_hh, Contents::Accumulate, |dw_hh| {
+                store(db_ih, Contents::Accumulate, |db_ih| {
+                    store(db_hh, Contents::Accumulate, |db_hh| {
+                        lstm_backward_f32(
+                            dx, dw_ih, dw_hh, db_ih, db_hh, scratch, &dout, &x, &w_ih, &w_hh, &out, &gates, &cell,
+                            shape,
+                        )
+                    })
+                })
+            })
+        })
+    })
 }

@@ -4,6 +4,8 @@
 //! fused QKV buffer, one time step of a batch-first LSTM buffer) cost no copies. The views below check their
 //! extents against the slice once, so the single `unsafe` call into `gemm` only ever sees in-bounds memory.
 
+use crate::cast::{load, store, store_opt, Contents, Element};
+
 use gemm::Parallelism;
 
 /// How many threads a matrix product may use.
@@ -215,9 +217,9 @@ fn weight_as_in_out(weight: &[f32], layout: WeightLayout, c: usize, oc: usize) -
     }
 }
 
-/// `out[N, OC] = inp[N, C] · W + bias` (overwrites `out`).
+/// The fp32 kernel of [`linear_forward`].
 #[allow(clippy::too_many_arguments)]
-pub fn linear_forward(
+fn linear_forward_f32(
     out: &mut [f32],
     inp: &[f32],
     weight: &[f32],
@@ -247,10 +249,9 @@ pub fn linear_forward(
     );
 }
 
-/// Backward of [`linear_forward`]; adds into `dinp`, `dweight` and `dbias` (the kernels' convention: every
-/// backward accumulates, so gradient accumulation and residual branches need no extra pass).
+/// The fp32 kernel of [`linear_backward`].
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward(
+fn linear_backward_f32(
     dinp: Option<&mut [f32]>,
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
@@ -298,4 +299,47 @@ pub fn sum_rows_into(acc: &mut [f32], m: &[f32], n: usize, cols: usize) {
             *a += x;
         }
     }
+}
+
+/// `out[N, OC] = inp[N, C] · W + bias` (overwrites `out`).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward<E: Element>(
+    out: &mut [E],
+    inp: &[E],
+    weight: &[E],
+    bias: Option<&[E]>,
+    layout: WeightLayout,
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
+    let bias = bias.map(load);
+    store(out, Contents::Overwrite, |out| {
+        linear_forward_f32(out, &load(inp), &load(weight), bias.as_deref(), layout, n, c, oc)
+    })
+}
+
+/// Backward of [`linear_forward`]; adds into `dinp`, `dweight` and `dbias` (the kernels' convention: every
+/// backward accumulates, so gradient accumulation and residual branches need no extra pass).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<E: Element>(
+    dinp: Option<&mut [E]>,
+    dweight: &mut [E],
+    dbias: Option<&mut [E]>,
+    dout: &[E],
+    inp: &[E],
+    weight: &[E],
+    layout: WeightLayout,
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
+    let (dout, inp, weight) = (load(dout), load(inp), load(weight));
+    store_opt(dinp, Contents::Accumulate, |dinp| {
+        store(dweight, Contents::Accumulate, |dweight| {
+            store_opt(dbias, Contents::Accumulate, |dbias| {
+                linear_backward_f32(dinp, dweight, dbias, &dout, &inp, &weight, layout, n, c, oc)
+            })
+        })
+    })
 }

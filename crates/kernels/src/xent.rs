@@ -4,6 +4,8 @@
 //! the ignore index are not counted (PyTorch's `ignore_index`). The forward turns logits into probabilities in
 //! place, which is all the backward needs: `dlogits = (probs - onehot(target)) · dloss / count`.
 
+use crate::cast::{load, store, Contents, Element};
+
 use crate::vmath::{self, simd_fn};
 use crate::ROWS_PER_TASK;
 use rayon::prelude::*;
@@ -28,9 +30,8 @@ pub struct XentLoss {
     pub count: usize,
 }
 
-/// Replaces `logits[N, V]` by `softmax(logits)` row-wise and writes per-row losses into `losses[N]` (0 for
-/// ignored rows). Panics if a counted target is `>= V`; callers validate targets first.
-pub fn softmax_xent_forward(
+/// The fp32 kernel of [`softmax_xent_forward`].
+fn softmax_xent_forward_f32(
     logits_to_probs: &mut [f32],
     losses: &mut [f32],
     targets: &[u32],
@@ -59,9 +60,9 @@ pub fn softmax_xent_forward(
     XentLoss { mean: if count > 0 { total / count as f32 } else { 0.0 }, count }
 }
 
-/// Adds `dloss / count · (probs - onehot(target))` into `dlogits[N, V]` for counted rows.
+/// The fp32 kernel of [`softmax_xent_backward`].
 #[allow(clippy::too_many_arguments)]
-pub fn softmax_xent_backward(
+fn softmax_xent_backward_f32(
     dlogits: &mut [f32],
     probs: &[f32],
     targets: &[u32],
@@ -92,11 +93,9 @@ pub fn softmax_xent_backward(
         });
 }
 
-/// [`softmax_xent_backward`] in place: turns `probs_to_dlogits[N, V]` (the forward's probabilities, no longer
-/// needed) into `dloss / count · (probs - onehot(target))`, and ignored rows into zeros. Saves the output head a
-/// second `[N, V]` buffer and the pass that zeroes it.
+/// The fp32 kernel of [`softmax_xent_backward_in_place`].
 #[allow(clippy::too_many_arguments)]
-pub fn softmax_xent_backward_in_place(
+fn softmax_xent_backward_in_place_f32(
     probs_to_dlogits: &mut [f32],
     targets: &[u32],
     ignore_index: Option<u32>,
@@ -118,4 +117,53 @@ pub fn softmax_xent_backward_in_place(
             }
         },
     );
+}
+
+/// Replaces `logits[N, V]` by `softmax(logits)` row-wise and writes per-row losses into `losses[N]` (0 for
+/// ignored rows; fp32 in every precision). Panics if a counted target is `>= V`; callers validate targets first.
+pub fn softmax_xent_forward<E: Element>(
+    logits_to_probs: &mut [E],
+    losses: &mut [f32],
+    targets: &[u32],
+    ignore_index: Option<u32>,
+    n: usize,
+    v: usize,
+) -> XentLoss {
+    store(logits_to_probs, Contents::Accumulate, |l| softmax_xent_forward_f32(l, losses, targets, ignore_index, n, v))
+}
+
+/// Adds `dloss / count · (probs - onehot(target))` into `dlogits[N, V]` for counted rows.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_xent_backward<E: Element>(
+    dlogits: &mut [E],
+    probs: &[E],
+    targets: &[u32],
+    ignore_index: Option<u32>,
+    dloss: f32,
+    count: usize,
+    n: usize,
+    v: usize,
+) {
+    let probs = load(probs);
+    store(dlogits, Contents::Accumulate, |d| {
+        softmax_xent_backward_f32(d, &probs, targets, ignore_index, dloss, count, n, v)
+    })
+}
+
+/// [`softmax_xent_backward`] in place: turns `probs_to_dlogits[N, V]` (the forward's probabilities, no longer
+/// needed) into `dloss / count · (probs - onehot(target))`, and ignored rows into zeros. Saves the output head a
+/// second `[N, V]` buffer and the pass that zeroes it.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_xent_backward_in_place<E: Element>(
+    probs_to_dlogits: &mut [E],
+    targets: &[u32],
+    ignore_index: Option<u32>,
+    dloss: f32,
+    count: usize,
+    n: usize,
+    v: usize,
+) {
+    store(probs_to_dlogits, Contents::Accumulate, |p| {
+        softmax_xent_backward_in_place_f32(p, targets, ignore_index, dloss, count, n, v)
+    })
 }

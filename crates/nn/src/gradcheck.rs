@@ -101,7 +101,17 @@ pub fn check_layer(
     layer.forward(layout, params, batch, input, &mut output);
     let mut grads = vec![0.0; params.len()];
     let mut dinput = vec![0.0; input.len()];
-    layer.backward(layout, params, &mut grads, batch, input, &output, &w, &mut dinput, &mut Vec::new());
+    layer.backward(
+        layout,
+        params,
+        &mut grads,
+        batch,
+        input,
+        &output,
+        &w,
+        &mut dinput,
+        &mut crate::layer::Scratch::default(),
+    );
 
     let mut p = params.to_vec();
     for &id in layer.params().to_vec().iter() {

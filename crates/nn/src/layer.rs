@@ -1,7 +1,8 @@
 //! The layer abstraction: a model is an ordered list of layers, each reading the previous layer's output
-//! (`[B, T, width]`, fp32) and the batch's token ids, over parameters that live in the model's flat buffer.
+//! (`[B, T, width]`, stored as the model's element type `E`: fp32, fp16 or bf16) and the batch's token ids, over parameters that live in the model's flat buffer.
 
 use crate::param::{ParamId, ParamLayout};
+use rustspeed_kernels::cast::Element;
 
 /// The token ids of one micro-batch, `B` sequences of `T` tokens, row-major `[B, T]`.
 #[derive(Clone, Copy, Debug)]
@@ -27,8 +28,9 @@ impl Batch<'_> {
 ///
 /// Contract: `forward` overwrites `output` (`[B, T, output_width]`); `backward` *adds* into `dinput` and into its
 /// parameters' gradients, so gradient accumulation and shared (tied) parameters need no extra passes. `backward`
-/// uses the activations of the latest `forward`.
-pub trait Layer: Send {
+/// uses the activations of the latest `forward`. Parameters, activations and gradients are stored as `E`; the
+/// kernels compute in fp32.
+pub trait Layer<E: Element = f32>: Send {
     /// A short name for reports, e.g. `h.3` or `lstm.l2`.
     fn name(&self) -> &str;
 
@@ -40,7 +42,7 @@ pub trait Layer: Send {
     fn output_width(&self) -> usize;
 
     /// Computes `output` from `input` (the previous layer's output; empty for the first layer) and the batch.
-    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, input: &[f32], output: &mut [f32]);
+    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, input: &[E], output: &mut [E]);
 
     /// Adds the gradients of `dot(output, dout)` into `dinput` and into the layer's slots of `grads`. `input` and
     /// `output` are those of the latest `forward`. `scratch` is a buffer shared by all layers for temporaries; a
@@ -49,26 +51,35 @@ pub trait Layer: Send {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[f32],
-        grads: &mut [f32],
+        params: &[E],
+        grads: &mut [E],
         batch: &Batch,
-        input: &[f32],
-        output: &[f32],
-        dout: &[f32],
-        dinput: &mut [f32],
-        scratch: &mut Vec<f32>,
+        input: &[E],
+        output: &[E],
+        dout: &[E],
+        dinput: &mut [E],
+        scratch: &mut Scratch<E>,
     );
 }
 
+/// Temporaries of the layers' backward passes, one set shared by all layers (a layer may resize them): `stored`
+/// for intermediate gradients, stored as the model's element type like every gradient; `wide` for fp32 kernel
+/// workspaces (e.g. attention's `dA`).
+#[derive(Default)]
+pub struct Scratch<E> {
+    pub stored: Vec<E>,
+    pub wide: Vec<f32>,
+}
+
 /// Sets `buf` to `len` zeros, reusing its allocation.
-pub(crate) fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn zeroed<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     buf.clear();
-    buf.resize(len, 0.0);
+    buf.resize(len, T::default());
     buf
 }
 
 /// Resizes `buf` to `len` without caring about its contents (the caller overwrites them).
-pub(crate) fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len, 0.0);
+pub(crate) fn sized<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    buf.resize(len, T::default());
     &mut buf[..len]
 }

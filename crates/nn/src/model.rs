@@ -4,9 +4,10 @@
 //! caller (the engine) owns, so that it alone decides where they live (sharded, 16-bit, on another rank).
 
 use crate::error::ModelError;
-use crate::layer::{zeroed, Batch, Layer};
+use crate::layer::{zeroed, Batch, Layer, Scratch};
 use crate::layers::{HeadOutput, LmHead};
 use crate::param::ParamLayout;
+use rustspeed_kernels::cast::{first_non_finite, Element};
 use rustspeed_kernels::xent::XentLoss;
 
 /// Where the model is in its forward/backward cycle.
@@ -30,17 +31,19 @@ impl Phase {
     }
 }
 
-pub struct Model {
+/// A model whose parameters, activations and gradients are stored as `E` (fp32, fp16 or bf16); its kernels
+/// compute in fp32 whatever `E` is.
+pub struct Model<E: Element = f32> {
     layout: ParamLayout,
-    layers: Vec<Box<dyn Layer>>,
-    head: LmHead,
+    layers: Vec<Box<dyn Layer<E>>>,
+    head: LmHead<E>,
     vocab_size: usize,
     /// Longest sequence the model accepts (`None`: any length).
     max_seq_len: Option<usize>,
     /// `acts[i]`: output of layer `i`; `dacts[i]`: its gradient.
-    acts: Vec<Vec<f32>>,
-    dacts: Vec<Vec<f32>>,
-    scratch: Vec<f32>,
+    acts: Vec<Vec<E>>,
+    dacts: Vec<Vec<E>>,
+    scratch: Scratch<E>,
     tokens: Vec<u32>,
     targets: Vec<u32>,
     shape: (usize, usize),
@@ -48,12 +51,12 @@ pub struct Model {
     phase: Phase,
 }
 
-impl Model {
+impl<E: Element> Model<E> {
     /// Assembles a model from layers declared in `layout`. `max_seq_len` bounds `T` (GPT's context).
     pub fn new(
         layout: ParamLayout,
-        layers: Vec<Box<dyn Layer>>,
-        head: LmHead,
+        layers: Vec<Box<dyn Layer<E>>>,
+        head: LmHead<E>,
         vocab_size: usize,
         max_seq_len: Option<usize>,
     ) -> Self {
@@ -67,7 +70,7 @@ impl Model {
             max_seq_len,
             acts: vec![Vec::new(); n],
             dacts: vec![Vec::new(); n],
-            scratch: Vec::new(),
+            scratch: Scratch::default(),
             tokens: Vec::new(),
             targets: Vec::new(),
             shape: (0, 0),
@@ -80,15 +83,15 @@ impl Model {
         &self.layout
     }
 
-    pub fn layers(&self) -> &[Box<dyn Layer>] {
+    pub fn layers(&self) -> &[Box<dyn Layer<E>>] {
         &self.layers
     }
 
-    pub fn head(&self) -> &LmHead {
+    pub fn head(&self) -> &LmHead<E> {
         &self.head
     }
 
-    pub fn head_mut(&mut self) -> &mut LmHead {
+    pub fn head_mut(&mut self) -> &mut LmHead<E> {
         &mut self.head
     }
 
@@ -128,7 +131,7 @@ impl Model {
         }
     }
 
-    fn check_buffer(&self, what: &'static str, buf: &[f32]) -> Result<(), ModelError> {
+    fn check_buffer(&self, what: &'static str, buf: &[E]) -> Result<(), ModelError> {
         match buf.len() == self.layout.numel() {
             true => Ok(()),
             false => Err(ModelError::BufferSize { what, len: buf.len(), expected: self.layout.numel() }),
@@ -139,7 +142,7 @@ impl Model {
     /// backward; without, leaves the logits in [`Model::logits`].
     pub fn forward(
         &mut self,
-        params: &[f32],
+        params: &[E],
         tokens: &[u32],
         targets: Option<&[u32]>,
         b: usize,
@@ -163,7 +166,7 @@ impl Model {
             let (before, rest) = self.acts.split_at_mut(i);
             let input = before.last().map_or(&[][..], |v| v.as_slice());
             let out_len = batch.rows() * self.layers[i].output_width();
-            rest[0].resize(out_len, 0.0);
+            rest[0].resize(out_len, E::default());
             self.layers[i].forward(&self.layout, params, &batch, input, &mut rest[0]);
         }
         let x = self.acts.last().map_or(&[][..], |v| v.as_slice());
@@ -174,7 +177,7 @@ impl Model {
 
     /// Adds `dloss · ∂loss/∂params` into `grads` for the latest forward with targets (`dloss` is 1 for the plain
     /// gradient; the engine passes `1/GAS` or the loss scale).
-    pub fn backward(&mut self, params: &[f32], grads: &mut [f32], dloss: f32) -> Result<(), ModelError> {
+    pub fn backward(&mut self, params: &[E], grads: &mut [E], dloss: f32) -> Result<(), ModelError> {
         self.backward_with(params, grads, dloss, &mut |_, _| {})
     }
 
@@ -185,10 +188,10 @@ impl Model {
     /// on another thread while the backward of the layers before it runs (DeepSpeed's `overlap_comm`).
     pub fn backward_with<'g>(
         &mut self,
-        params: &[f32],
-        grads: &'g mut [f32],
+        params: &[E],
+        grads: &'g mut [E],
         dloss: f32,
-        on_ready: &mut dyn FnMut(usize, &'g mut [f32]),
+        on_ready: &mut dyn FnMut(usize, &'g mut [E]),
     ) -> Result<(), ModelError> {
         self.check_buffer("parameter", params)?;
         self.check_buffer("gradient", grads)?;
@@ -205,16 +208,16 @@ impl Model {
         let last = self.layers.len() - 1;
         // `pending` is the part of `grads` still being written: always a prefix, since later layers' (and the
         // head's own) parameters come later in the layout.
-        let mut pending: &'g mut [f32] = grads;
+        let mut pending: &'g mut [E] = grads;
         let layout = &self.layout;
-        let release = |pending: &mut &'g mut [f32], from: usize, on_ready: &mut dyn FnMut(usize, &'g mut [f32])| {
+        let release = |pending: &mut &'g mut [E], from: usize, on_ready: &mut dyn FnMut(usize, &'g mut [E])| {
             if from < pending.len() {
                 let (rest, ready) = std::mem::take(pending).split_at_mut(from);
                 *pending = rest;
                 on_ready(from, ready);
             }
         };
-        let head_grads: &mut [f32] = pending;
+        let head_grads: &mut [E] = pending;
         self.head.backward(
             layout,
             params,
@@ -247,7 +250,17 @@ impl Model {
     }
 
     /// Logits `[B, T, V]` of the latest forward without targets.
-    pub fn logits(&self) -> Option<&[f32]> {
+    pub fn logits(&self) -> Option<&[E]> {
         (self.head.state() == HeadOutput::Logits).then(|| self.head.output())
+    }
+
+    /// The first layer (in forward order) whose output of the latest forward holds an inf or NaN, if any: where a
+    /// non-finite loss came from. `"head"` when every layer's output is finite but the logits are not.
+    pub fn first_non_finite_output(&self) -> Option<&str> {
+        let layer = self.layers.iter().zip(&self.acts).find(|(_, act)| first_non_finite(act).is_some());
+        match layer {
+            Some((layer, _)) => Some(layer.name()),
+            None => first_non_finite(self.head.output()).map(|_| "head"),
+        }
     }
 }

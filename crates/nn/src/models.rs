@@ -9,6 +9,7 @@ use crate::layer::Layer;
 use crate::layers::{Embedding, GptBlock, LayerNorm, LmHead, Lstm};
 use crate::model::Model;
 use crate::param::ParamLayout;
+use rustspeed_kernels::cast::Element;
 
 /// GPT-2 hyperparameters (Hugging Face `GPT2Config` names).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,8 +84,13 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Builds the model: declares its parameters (in state-dict order) and its layers.
+    /// Builds the fp32 model: declares its parameters (in state-dict order) and its layers.
     pub fn build(&self) -> Result<Model, ModelError> {
+        self.build_as::<f32>()
+    }
+
+    /// Builds the model with parameters, activations and gradients stored as `E` (fp32, fp16 or bf16).
+    pub fn build_as<E: Element>(&self) -> Result<Model<E>, ModelError> {
         self.validate()?;
         let mut layout = ParamLayout::default();
         let model = match self {
@@ -93,7 +99,7 @@ impl ModelConfig {
                 let embedding =
                     Embedding::new(&mut layout, "transformer.wte.weight", pos, c.vocab_size, c.n_embd, GPT_INIT_STD);
                 let head = LmHead::tied(embedding.token_param(), c.n_embd, c.vocab_size);
-                let mut layers: Vec<Box<dyn Layer>> = vec![Box::new(embedding)];
+                let mut layers: Vec<Box<dyn Layer<E>>> = vec![Box::new(embedding)];
                 for i in 0..c.n_layer {
                     layers.push(Box::new(GptBlock::new(&mut layout, i, c.n_layer, c.n_embd, c.n_head)));
                 }
@@ -109,7 +115,7 @@ impl ModelConfig {
                     c.embedding_dim,
                     EMBEDDING_INIT_STD,
                 );
-                let mut layers: Vec<Box<dyn Layer>> = vec![Box::new(embedding)];
+                let mut layers: Vec<Box<dyn Layer<E>>> = vec![Box::new(embedding)];
                 for i in 0..c.num_layers {
                     let input = if i == 0 { c.embedding_dim } else { c.hidden_size };
                     layers.push(Box::new(Lstm::new(&mut layout, "lstm", i, input, c.hidden_size)));

@@ -103,18 +103,18 @@ impl ParamLayout {
         self.entries[id.0].range()
     }
 
-    pub fn view<'a>(&self, buf: &'a [f32], id: ParamId) -> &'a [f32] {
+    pub fn view<'a, T>(&self, buf: &'a [T], id: ParamId) -> &'a [T] {
         &buf[self.range(id)]
     }
 
-    pub fn view_mut<'a>(&self, buf: &'a mut [f32], id: ParamId) -> &'a mut [f32] {
+    pub fn view_mut<'a, T>(&self, buf: &'a mut [T], id: ParamId) -> &'a mut [T] {
         &mut buf[self.range(id)]
     }
 
     /// Disjoint mutable views of several parameters at once; `ids` must be distinct and in layout order (a
     /// layer passes the ids it declared, in declaration order).
-    pub fn views_mut<'a, const K: usize>(&self, buf: &'a mut [f32], ids: [ParamId; K]) -> [&'a mut [f32]; K] {
-        let mut rest: &'a mut [f32] = buf;
+    pub fn views_mut<'a, T, const K: usize>(&self, buf: &'a mut [T], ids: [ParamId; K]) -> [&'a mut [T]; K] {
+        let mut rest: &'a mut [T] = buf;
         let mut pos = 0;
         std::array::from_fn(|k| {
             let range = self.range(ids[k]);

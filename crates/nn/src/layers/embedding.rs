@@ -1,7 +1,8 @@
 //! Token embedding, optionally plus a learned position embedding (GPT-2's `wte` + `wpe`).
 
-use crate::layer::{Batch, Layer};
+use crate::layer::{Batch, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
 
 pub struct Embedding {
@@ -36,7 +37,7 @@ impl Embedding {
     }
 }
 
-impl Layer for Embedding {
+impl<E: Element> Layer<E> for Embedding {
     fn name(&self) -> &str {
         &self.name
     }
@@ -49,7 +50,7 @@ impl Layer for Embedding {
         self.width
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, _input: &[f32], output: &mut [f32]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, _input: &[E], output: &mut [E]) {
         token_forward(output, batch.tokens, layout.view(params, self.token), self.width);
         if let Some(pos) = self.position {
             position_forward(output, layout.view(params, pos), batch.b, batch.t, self.width);
@@ -59,14 +60,14 @@ impl Layer for Embedding {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        _params: &[f32],
-        grads: &mut [f32],
+        _params: &[E],
+        grads: &mut [E],
         batch: &Batch,
-        _input: &[f32],
-        _output: &[f32],
-        dout: &[f32],
-        _dinput: &mut [f32],
-        _scratch: &mut Vec<f32>,
+        _input: &[E],
+        _output: &[E],
+        dout: &[E],
+        _dinput: &mut [E],
+        _scratch: &mut Scratch<E>,
     ) {
         token_backward(layout.view_mut(grads, self.token), dout, batch.tokens, self.width);
         if let Some(pos) = self.position {

@@ -2,9 +2,10 @@
 //! `r = x + c_proj(attn(c_attn(ln_1(x))))`, `out = r + mlp.c_proj(gelu(mlp.c_fc(ln_2(r))))`.
 //! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
 
-use crate::layer::{sized, zeroed, Batch, Layer};
+use crate::layer::{sized, zeroed, Batch, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
+use rustspeed_kernels::cast::{add_into, Element};
 use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
@@ -26,33 +27,34 @@ struct BlockParams {
     fc_proj_b: ParamId,
 }
 
-/// Activations the backward needs, kept across the step and reused across steps.
+/// Activations the backward needs, kept across the step and reused across steps: stored as `E`, except the
+/// LayerNorm statistics (fp32 in every precision).
 #[derive(Default)]
-struct Saved {
-    ln1: Vec<f32>,
+struct Saved<E> {
+    ln1: Vec<E>,
     ln1_mean: Vec<f32>,
     ln1_rstd: Vec<f32>,
-    qkv: Vec<f32>,
-    att: Vec<f32>,
-    att_out: Vec<f32>,
-    resid: Vec<f32>,
-    ln2: Vec<f32>,
+    qkv: Vec<E>,
+    att: Vec<E>,
+    att_out: Vec<E>,
+    resid: Vec<E>,
+    ln2: Vec<E>,
     ln2_mean: Vec<f32>,
     ln2_rstd: Vec<f32>,
-    fc: Vec<f32>,
-    fc_gelu: Vec<f32>,
+    fc: Vec<E>,
+    fc_gelu: Vec<E>,
 }
 
-pub struct GptBlock {
+pub struct GptBlock<E: Element = f32> {
     name: String,
     ids: Vec<ParamId>,
     p: BlockParams,
     c: usize,
     nh: usize,
-    saved: Saved,
+    saved: Saved<E>,
 }
 
-impl GptBlock {
+impl<E: Element> GptBlock<E> {
     /// Block `index` of `n_layer`, width `C`, `NH` heads. Init as GPT-2: weights `N(0, 0.02)`, the two residual
     /// projections `N(0, 0.02/√(2L))`, biases 0, LayerNorm gains 1.
     pub fn new(layout: &mut ParamLayout, index: usize, n_layer: usize, c: usize, nh: usize) -> Self {
@@ -81,7 +83,7 @@ impl GptBlock {
     }
 }
 
-impl Layer for GptBlock {
+impl<E: Element> Layer<E> for GptBlock<E> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -94,7 +96,7 @@ impl Layer for GptBlock {
         self.c
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, x: &[f32], out: &mut [f32]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, x: &[E], out: &mut [E]) {
         let (n, c) = (batch.rows(), self.c);
         let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
         let (p, s) = (self.p, &mut self.saved);
@@ -107,7 +109,7 @@ impl Layer for GptBlock {
         attention_forward(att_out, sized(&mut s.att, shape.att_len()), qkv, shape);
         let resid = sized(&mut s.resid, n * c);
         linear_forward(resid, att_out, v(p.attn_proj_w), Some(v(p.attn_proj_b)), WeightLayout::InOut, n, c, c);
-        resid.iter_mut().zip(x).for_each(|(r, &x)| *r += x);
+        add_into(resid, &x[..n * c]);
         let ln2 = sized(&mut s.ln2, n * c);
         layernorm_forward(
             ln2,
@@ -124,20 +126,20 @@ impl Layer for GptBlock {
         let fc_gelu = sized(&mut s.fc_gelu, n * 4 * c);
         gelu_forward(fc_gelu, fc);
         linear_forward(out, fc_gelu, v(p.fc_proj_w), Some(v(p.fc_proj_b)), WeightLayout::InOut, n, 4 * c, c);
-        out[..n * c].iter_mut().zip(resid.iter()).for_each(|(o, &r)| *o += r);
+        add_into(&mut out[..n * c], resid);
     }
 
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[f32],
-        grads: &mut [f32],
+        params: &[E],
+        grads: &mut [E],
         batch: &Batch,
-        x: &[f32],
-        _output: &[f32],
-        dout: &[f32],
-        dx: &mut [f32],
-        scratch: &mut Vec<f32>,
+        x: &[E],
+        _output: &[E],
+        dout: &[E],
+        dx: &mut [E],
+        scratch: &mut Scratch<E>,
     ) {
         let (n, c) = (batch.rows(), self.c);
         let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
@@ -162,16 +164,18 @@ impl Layer for GptBlock {
                 ],
             );
         // Temporaries: d(fc_gelu) and d(fc) [N, 4C], d(ln2) and d(resid) [N, C], d(att_out) [N, C], d(qkv) [N, 3C],
-        // d(ln1) [N, C], attention's dA scratch. Gradient temporaries start at zero since kernels accumulate.
-        let sizes = [4 * n * c, 4 * n * c, n * c, n * c, n * c, 3 * n * c, n * c, shape.att_len()];
-        let buf = zeroed(scratch, sizes.iter().sum());
+        // d(ln1) [N, C] (stored as E); attention's dA scratch (fp32). Gradient temporaries start at zero since
+        // kernels accumulate.
+        let sizes = [4 * n * c, 4 * n * c, n * c, n * c, n * c, 3 * n * c, n * c];
+        let buf = zeroed(&mut scratch.stored, sizes.iter().sum());
         let (dfc_gelu, buf) = buf.split_at_mut(sizes[0]);
         let (dfc, buf) = buf.split_at_mut(sizes[1]);
         let (dln2, buf) = buf.split_at_mut(sizes[2]);
         let (dresid, buf) = buf.split_at_mut(sizes[3]);
         let (datt_out, buf) = buf.split_at_mut(sizes[4]);
         let (dqkv, buf) = buf.split_at_mut(sizes[5]);
-        let (dln1, att_scratch) = buf.split_at_mut(sizes[6]);
+        let dln1 = buf;
+        let att_scratch = sized(&mut scratch.wide, shape.att_len());
 
         // MLP branch: out = resid + c_proj(gelu(c_fc(ln_2(resid)))).
         linear_backward(
@@ -218,6 +222,6 @@ impl Layer for GptBlock {
         );
         layernorm_backward(dx, dln1_w, dln1_b, dln1, x, v(p.ln1_w), &s.ln1_mean, &s.ln1_rstd, n, c);
         // The residual path.
-        dx[..n * c].iter_mut().zip(dresid.iter()).for_each(|(d, &g)| *d += g);
+        add_into(&mut dx[..n * c], dresid);
     }
 }

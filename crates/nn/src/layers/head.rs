@@ -3,6 +3,7 @@
 //! tied to the token embedding (GPT-2).
 
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
 use rustspeed_kernels::xent::{softmax_xent_backward_in_place, softmax_xent_forward, XentLoss};
 
@@ -17,7 +18,7 @@ pub enum HeadOutput {
     Probs,
 }
 
-pub struct LmHead {
+pub struct LmHead<E: Element = f32> {
     weight: ParamId,
     bias: Option<ParamId>,
     /// Parameters declared by the head (none when the weight is tied).
@@ -25,13 +26,13 @@ pub struct LmHead {
     width: usize,
     vocab_size: usize,
     ignore_index: Option<u32>,
-    /// `[N, V]`: logits, then probabilities.
-    out: Vec<f32>,
+    /// `[N, V]`: logits, then probabilities, then the logits' gradient (stored as `E`).
+    out: Vec<E>,
     losses: Vec<f32>,
     state: HeadOutput,
 }
 
-impl LmHead {
+impl<E: Element> LmHead<E> {
     /// A head with its own weight `{prefix}.weight` `[V, C]` and bias `{prefix}.bias` `[V]`, nn.Linear's init
     /// `U(-1/√C, 1/√C)` (the seed's `nn.Linear(hidden, vocab)`).
     pub fn linear(layout: &mut ParamLayout, prefix: &str, width: usize, vocab_size: usize) -> Self {
@@ -78,7 +79,7 @@ impl LmHead {
     }
 
     /// The `[N, V]` buffer: logits or probabilities, see [`LmHead::state`].
-    pub fn output(&self) -> &[f32] {
+    pub fn output(&self) -> &[E] {
         &self.out
     }
 
@@ -86,13 +87,13 @@ impl LmHead {
     pub fn forward(
         &mut self,
         layout: &ParamLayout,
-        params: &[f32],
-        x: &[f32],
+        params: &[E],
+        x: &[E],
         n: usize,
         targets: Option<&[u32]>,
     ) -> Option<XentLoss> {
         let v = self.vocab_size;
-        self.out.resize(n * v, 0.0);
+        self.out.resize(n * v, E::default());
         let bias = self.bias.map(|b| layout.view(params, b));
         linear_forward(&mut self.out, x, layout.view(params, self.weight), bias, WeightLayout::OutIn, n, self.width, v);
         self.state = HeadOutput::Logits;
@@ -108,13 +109,13 @@ impl LmHead {
     pub fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[f32],
-        grads: &mut [f32],
-        x: &[f32],
+        params: &[E],
+        grads: &mut [E],
+        x: &[E],
         targets: &[u32],
         loss: XentLoss,
         dloss: f32,
-        dx: &mut [f32],
+        dx: &mut [E],
     ) {
         debug_assert_eq!(
             self.state,

@@ -1,7 +1,8 @@
 //! A standalone LayerNorm layer (GPT-2's final `ln_f`).
 
-use crate::layer::{sized, Batch, Layer};
+use crate::layer::{sized, Batch, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
 
 pub struct LayerNorm {
@@ -22,7 +23,7 @@ impl LayerNorm {
     }
 }
 
-impl Layer for LayerNorm {
+impl<E: Element> Layer<E> for LayerNorm {
     fn name(&self) -> &str {
         &self.name
     }
@@ -35,7 +36,7 @@ impl Layer for LayerNorm {
         self.width
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, input: &[f32], output: &mut [f32]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, input: &[E], output: &mut [E]) {
         let n = batch.rows();
         let [w, b] = self.params;
         layernorm_forward(
@@ -53,14 +54,14 @@ impl Layer for LayerNorm {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[f32],
-        grads: &mut [f32],
+        params: &[E],
+        grads: &mut [E],
         batch: &Batch,
-        input: &[f32],
-        _output: &[f32],
-        dout: &[f32],
-        dinput: &mut [f32],
-        _scratch: &mut Vec<f32>,
+        input: &[E],
+        _output: &[E],
+        dout: &[E],
+        dinput: &mut [E],
+        _scratch: &mut Scratch<E>,
     ) {
         let [dw, db] = layout.views_mut(grads, self.params);
         let w = layout.view(params, self.params[0]);

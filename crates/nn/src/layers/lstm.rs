@@ -1,20 +1,21 @@
 //! One layer of a stacked `nn.LSTM(batch_first=True)`, names `lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`.
 
-use crate::layer::{sized, Batch, Layer};
+use crate::layer::{sized, Batch, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
 
-pub struct Lstm {
+pub struct Lstm<E: Element = f32> {
     name: String,
     params: [ParamId; 4],
     input: usize,
     hidden: usize,
-    gates: Vec<f32>,
-    cell: Vec<f32>,
+    gates: Vec<E>,
+    cell: Vec<E>,
     scratch: LstmScratch,
 }
 
-impl Lstm {
+impl<E: Element> Lstm<E> {
     /// Layer `index` mapping `C = input` to `H = hidden`; PyTorch's init: every tensor `U(-1/√H, 1/√H)`.
     pub fn new(layout: &mut ParamLayout, prefix: &str, index: usize, input: usize, hidden: usize) -> Self {
         let init = Init::Uniform { bound: 1.0 / (hidden as f32).sqrt() };
@@ -42,7 +43,7 @@ impl Lstm {
     }
 }
 
-impl Layer for Lstm {
+impl<E: Element> Layer<E> for Lstm<E> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -55,7 +56,7 @@ impl Layer for Lstm {
         self.hidden
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[f32], batch: &Batch, input: &[f32], output: &mut [f32]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, input: &[E], output: &mut [E]) {
         let shape = self.shape(batch);
         let n = batch.rows();
         let [w_ih, w_hh, b_ih, b_hh] = self.params.map(|id| layout.view(params, id));
@@ -66,14 +67,14 @@ impl Layer for Lstm {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[f32],
-        grads: &mut [f32],
+        params: &[E],
+        grads: &mut [E],
         batch: &Batch,
-        input: &[f32],
-        output: &[f32],
-        dout: &[f32],
-        dinput: &mut [f32],
-        _scratch: &mut Vec<f32>,
+        input: &[E],
+        output: &[E],
+        dout: &[E],
+        dinput: &mut [E],
+        _scratch: &mut Scratch<E>,
     ) {
         let shape = self.shape(batch);
         let [w_ih, w_hh, _, _] = self.params.map(|id| layout.view(params, id));
