@@ -47,7 +47,7 @@ impl Progress {
             if step == self.total || !note.is_empty() {
                 let _ = writeln!(err);
             }
-        } else if step % self.every == 0 || step == self.total || !note.is_empty() {
+        } else if step.is_multiple_of(self.every) || step == self.total || !note.is_empty() {
             let _ = writeln!(err, "{line}");
         }
         let _ = err.flush();

@@ -335,7 +335,7 @@ impl ZeroConfig {
             override_module_apply: block.bool_or("override_module_apply", d.override_module_apply)?,
             log_trace_cache_warnings: block.bool_or("log_trace_cache_warnings", d.log_trace_cache_warnings)?,
         };
-        if matches!(config.stage, 1 | 2) && config.allgather_bucket_size % ALLGATHER_ALIGNMENT != 0 {
+        if matches!(config.stage, 1 | 2) && !config.allgather_bucket_size.is_multiple_of(ALLGATHER_ALIGNMENT) {
             return Err(ConfigError::Rejected {
                 path: block.path_of("allgather_bucket_size"),
                 message: format!(

@@ -295,7 +295,7 @@ impl<E: Element> Engine<E> {
 
     /// `(micro_steps + 1) % GAS == 0`, as DeepSpeed.
     pub fn is_gradient_accumulation_boundary(&self) -> bool {
-        (self.counters.micro_steps + 1) % self.batch.gradient_accumulation_steps as u64 == 0
+        (self.counters.micro_steps + 1).is_multiple_of(self.batch.gradient_accumulation_steps as u64)
     }
 
     fn expect_phase(&self, called: &'static str, want: EnginePhase, expected: &'static str) -> Result<(), EngineError> {

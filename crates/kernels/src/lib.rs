@@ -21,6 +21,7 @@
 pub mod attention;
 pub mod cast;
 pub mod embedding;
+mod few_rows;
 pub mod gelu;
 pub mod layernorm;
 pub mod lstm;
@@ -28,6 +29,7 @@ pub mod matmul;
 pub mod residual;
 pub mod rng;
 mod skinny;
+mod transpose;
 pub mod vmath;
 pub mod xent;
 

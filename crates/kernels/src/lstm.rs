@@ -151,6 +151,8 @@ pub struct LstmScratch {
     pub dc_next: Vec<f32>,
     /// The hidden states shifted one step later, `[B, T, H]` (`h_{t-1}`, zero at `t = 0`), for `dW_hh`.
     pub h_prev: Vec<f32>,
+    /// `W_hhᵀ` `[H, 4H]`, so that the per-step `dgates_t W_hh` reads contiguous columns.
+    pub w_hh_t: Vec<f32>,
 }
 
 impl LstmScratch {
@@ -162,6 +164,7 @@ impl LstmScratch {
         self.dc_next.clear();
         self.dc_next.resize(b * h, 0.0);
         self.h_prev.resize(b * t * h, 0.0);
+        self.w_hh_t.resize(4 * h * h, 0.0);
     }
 }
 
@@ -186,7 +189,10 @@ fn lstm_backward_f32(
     let LstmShape { b, t, c, h } = shape;
     let (n, g4) = (b * t, 4 * h);
     scratch.fit(shape);
-    let LstmScratch { dgates, dh_next, dc_next, h_prev } = scratch;
+    let LstmScratch { dgates, dh_next, dc_next, h_prev, w_hh_t } = scratch;
+    // One transpose per step (a pass over W_hh) lets each of the T recurrent products below stream W_hh's
+    // columns contiguously, a few rows at a time (crate::skinny), instead of through the gemm crate with B rows.
+    crate::transpose::transpose(w_hh_t, w_hh, g4, h);
     for step in (0..t).rev() {
         for bi in 0..b {
             let row = (bi * t + step) * h;
@@ -198,11 +204,11 @@ fn lstm_backward_f32(
             cell_backward(dg, g, &cell[row..row + h], c_prev, &dout[row..row + h], dh_next, dc_next);
         }
         if step > 0 {
-            // dh_{t-1} = dgates_t W_hh
+            // dh_{t-1} = dgates_t W_hh, with W_hh read as (W_hhᵀ)ᵀ.
             gemm(
                 MatMut::row_major(dh_next, b, h),
                 MatRef::strided(&dgates[step * g4..], b, g4, t * g4, 1),
-                MatRef::row_major(w_hh, g4, h),
+                MatRef::row_major(w_hh_t, h, g4).t(),
                 1.0,
                 Dst::Overwrite,
                 Threads::Pool,

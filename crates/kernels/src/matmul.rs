@@ -18,7 +18,7 @@ pub enum Threads {
 }
 
 impl Threads {
-    fn parallelism(self) -> Parallelism {
+    pub(crate) fn parallelism(self) -> Parallelism {
         match self {
             Threads::Single => Parallelism::None,
             Threads::Pool => Parallelism::Rayon(0),
@@ -174,6 +174,11 @@ pub(crate) unsafe fn gemm_raw(
     let lhs_view = (lhs, lhs_rs, lhs_cs);
     let rhs_view = (rhs, rhs_rs, rhs_cs);
     if crate::skinny::try_skinny(m, n, k, dst, (dst_rs, dst_cs), lhs_view, rhs_view, scale, mode, threads) {
+        return;
+    }
+    // x · Wᵀ with W's rows contiguous (nn.Linear weights) and few rows of x: the transposed product.
+    let accumulate = mode == Dst::Accumulate;
+    if crate::few_rows::try_few_rows(m, n, k, (dst, dst_rs, dst_cs), lhs_view, rhs_view, scale, accumulate, threads) {
         return;
     }
     let read_dst = mode == Dst::Accumulate;

@@ -111,15 +111,96 @@ unsafe fn skinny(
     }
 }
 
+/// `out[i, j] = a_i · rhs[:, j]` for the `m` rows of `a[m, k]` and `cols` columns of `rhs`, each contiguous and
+/// `cs` apart: on AVX-512 all rows against four columns per pass, so each column is read once.
+fn dots(a: &[f32], rhs: &[f32], cs: usize, cols: usize, m: usize, k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked); the slices hold m rows of k and `cols` columns `cs` apart.
+        unsafe {
+            match m {
+                1 => avx512::dots::<1>(a, rhs, cs, cols, k, out),
+                2 => avx512::dots::<2>(a, rhs, cs, cols, k, out),
+                3 => avx512::dots::<3>(a, rhs, cs, cols, k, out),
+                4 => avx512::dots::<4>(a, rhs, cs, cols, k, out),
+                5 => avx512::dots::<5>(a, rhs, cs, cols, k, out),
+                6 => avx512::dots::<6>(a, rhs, cs, cols, k, out),
+                7 => avx512::dots::<7>(a, rhs, cs, cols, k, out),
+                _ => avx512::dots::<8>(a, rhs, cs, cols, k, out),
+            }
+        }
+        return;
+    }
+    dots_portable(a, rhs, cs, cols, m, k, out)
+}
+
 simd_fn! {
-    /// `out[i, j] = a_i · rhs[:, j]` for the `m` rows of `a[m, k]` and `cols` columns of `rhs`, each contiguous
-    /// and `cs` apart.
-    fn dots(a: &[f32], rhs: &[f32], cs: usize, cols: usize, m: usize, k: usize, out: &mut [f32]) {
+    /// [`dots`] one dot product at a time.
+    fn dots_portable(a: &[f32], rhs: &[f32], cs: usize, cols: usize, m: usize, k: usize, out: &mut [f32]) {
         for j in 0..cols {
             let col = &rhs[j * cs..j * cs + k];
             for i in 0..m {
                 out[i * SKINNY_COLS + j] = dot(&a[i * k..(i + 1) * k], col);
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::SKINNY_COLS;
+    use std::arch::x86_64::*;
+
+    /// Columns per pass. With up to 4 rows the `M × COLS` accumulators, the `COLS` column vectors and a row vector
+    /// fit in the 32 AVX-512 registers; more rows spill some accumulators (correct, a little slower).
+    const COLS: usize = 4;
+
+    /// [`super::dots`] for exactly `M` rows: per 16 lanes of `k`, `M + COLS` loads feed `M·COLS` multiply-adds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dots<const M: usize>(
+        a: &[f32],
+        rhs: &[f32],
+        cs: usize,
+        cols: usize,
+        k: usize,
+        out: &mut [f32],
+    ) {
+        assert!(a.len() >= M * k && (cols == 0 || rhs.len() >= (cols - 1) * cs + k) && out.len() >= M * SKINNY_COLS);
+        let (a, rhs) = (a.as_ptr(), rhs.as_ptr());
+        let tail = k % 16;
+        let mask: __mmask16 = ((1u32 << tail) - 1) as u16;
+        let mut j = 0;
+        while j < cols {
+            let width = COLS.min(cols - j);
+            let mut acc = [[_mm512_setzero_ps(); COLS]; M];
+            // Columns past `cols` repeat the last one (read, never stored), so the loop body has no branches.
+            let col: [*const f32; COLS] = std::array::from_fn(|c| rhs.add((j + c.min(width - 1)) * cs));
+            let mut p = 0;
+            while p + 16 <= k {
+                let w: [__m512; COLS] = std::array::from_fn(|c| _mm512_loadu_ps(col[c].add(p)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_loadu_ps(a.add(r * k + p));
+                    for c in 0..COLS {
+                        acc[c] = _mm512_fmadd_ps(x, w[c], acc[c]);
+                    }
+                }
+                p += 16;
+            }
+            if tail > 0 {
+                let w: [__m512; COLS] = std::array::from_fn(|c| _mm512_maskz_loadu_ps(mask, col[c].add(p)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_maskz_loadu_ps(mask, a.add(r * k + p));
+                    for c in 0..COLS {
+                        acc[c] = _mm512_fmadd_ps(x, w[c], acc[c]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (c, &v) in acc.iter().enumerate().take(width) {
+                    out[r * SKINNY_COLS + j + c] = _mm512_reduce_add_ps(v);
+                }
+            }
+            j += COLS;
         }
     }
 }

@@ -374,6 +374,7 @@ fn lstm_case(rng: &mut Rng, b: usize, t: usize, c: usize, h: usize) -> Case {
                     dh_next: vec![nan; b * h],
                     dc_next: vec![nan; b * h],
                     h_prev: vec![nan; b * t * h],
+                    w_hh_t: vec![nan; g4 * h],
                 };
                 lstm_backward(
                     dx,
@@ -513,6 +514,41 @@ fn gemm_strided_views() {
 // T = 33 and 70 span one and two boundaries of the causal products' 32-row blocks.
 const ATTENTION_SHAPES: [(usize, usize, usize, usize); 5] =
     [(1, 1, 4, 2), (2, 3, 4, 2), (2, 7, 12, 3), (2, 33, 48, 4), (1, 70, 16, 2)];
+
+#[test]
+fn gemm_with_few_rows_and_a_row_major_weight() {
+    // x[M, K] · W[N, K]ᵀ with M ≤ 512 and M·N·K ≥ 2^20 takes the transposed-product path: check it with a
+    // transposed (strided) x, a padded destination, a scale, both modes and both thread settings.
+    let mut rng = Rng::new(6);
+    let (m, k, n, pad) = (40, 300, 121, 5);
+    let x = randn(&mut rng, m * k, 1.0); // [m, k]
+    let w = randn(&mut rng, n * k, 1.0); // [n, k]
+    let x_t: Vec<f32> = (0..k * m).map(|idx| x[(idx % m) * k + idx / m] as f32).collect(); // [k, m]
+    let mut product = vec![0.0; m * n];
+    r::linear_forward(&mut product, &x, &w, None, WeightLayout::OutIn, m, k, n);
+    let init = randn(&mut rng, m * (n + pad), 1.0);
+    for (mode, threads) in [(Dst::Overwrite, Threads::Single), (Dst::Accumulate, Threads::Pool)] {
+        let mut dst = narrow(&init);
+        let w32 = narrow(&w);
+        let x_view = MatRef::row_major(&x_t, k, m).t();
+        gemm(
+            MatMut::strided(&mut dst, m, n, n + pad, 1),
+            x_view,
+            MatRef::row_major(&w32, n, k).t(),
+            0.5,
+            mode,
+            threads,
+        );
+        let expected: Vec<f64> = (0..m * (n + pad))
+            .map(|idx| {
+                let (i, j) = (idx / (n + pad), idx % (n + pad));
+                let kept = if mode == Dst::Accumulate || j >= n { init[idx] } else { 0.0 };
+                kept + if j < n { 0.5 * product[i * n + j] } else { 0.0 }
+            })
+            .collect();
+        expect_close(&format!("few-row gemm {mode:?}"), "dst", &to_f64(&dst), &expected, FP32_ATOL, FP32_RTOL);
+    }
+}
 
 #[test]
 fn attention() {

@@ -42,9 +42,22 @@ fn check(rng: &mut Rng, m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, 
 fn few_rows_and_few_columns_match_float64() {
     let mut rng = Rng::new(7);
     // Few rows with a column-contiguous rhs (rhs_t), few columns with a row-contiguous lhs, and neighbours of
-    // both that take the general path; sizes cross the 128-column task blocks and the 16-lane vectors, and
-    // 4 x 300 x 60 is large enough to run on the pool.
-    let shapes = [(1, 1, 1), (4, 300, 60), (8, 129, 17), (3, 7, 300), (9, 40, 20), (300, 4, 60), (129, 8, 16)];
+    // both that take the general path; every row count 1-8 (each has its own AVX-512 kernel); sizes cross the
+    // 128-column task blocks, the 4-column passes and the 16-lane vectors, and 4 x 300 x 60 is large enough to
+    // run on the pool.
+    let shapes = [
+        (1, 1, 1),
+        (2, 37, 33),
+        (4, 300, 60),
+        (5, 19, 16),
+        (6, 64, 47),
+        (7, 130, 31),
+        (8, 129, 17),
+        (3, 7, 300),
+        (9, 40, 20),
+        (300, 4, 60),
+        (129, 8, 16),
+    ];
     for (m, n, k) in shapes {
         for (lhs_t, rhs_t) in [(false, true), (false, false), (true, true), (true, false)] {
             for mode in [Dst::Overwrite, Dst::Accumulate] {

@@ -1,0 +1,119 @@
+//! Out-of-place transpose of a row-major matrix, in 8×8 register tiles (AVX) with scalar edges. The LSTM's
+//! backward transposes each layer's `W_hh` once per step so that its per-time-step products read contiguous
+//! columns (crate::skinny) instead of going through the `gemm` crate with four rows.
+
+use rayon::prelude::*;
+
+/// Source rows per rayon task: a task writes an `ROWS_PER_TASK`-wide column band of the destination.
+const ROWS_PER_TASK: usize = 64;
+/// Source columns per block within a task (see [`band_transpose`]).
+const COLS_PER_BLOCK: usize = 64;
+
+/// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major.
+pub(crate) fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transpose of {rows}x{cols}: buffers too short");
+    let dst_ptr = crate::SendPtr(dst.as_mut_ptr());
+    (0..rows.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|band| {
+        let (r0, r1) = (band * ROWS_PER_TASK, ((band + 1) * ROWS_PER_TASK).min(rows));
+        // SAFETY: this task writes only destination columns r0..r1 (of every destination row), disjoint from the
+        // other tasks'; all indices are inside the rows × cols matrices (asserted above).
+        unsafe { band_transpose(dst_ptr.get(), src, rows, cols, r0, r1) }
+    });
+}
+
+/// Source rows `r0..r1` into destination columns `r0..r1`.
+unsafe fn band_transpose(dst: *mut f32, src: &[f32], rows: usize, cols: usize, r0: usize, r1: usize) {
+    let full_r = r0 + (r1 - r0) / 8 * 8;
+    let full_c = cols / 8 * 8;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx") {
+        // Blocks of COLS_PER_BLOCK source columns, so that the destination rows being written (one per source
+        // column) stay few enough for the TLB and L1 while the band's rows pass.
+        for c0 in (0..full_c).step_by(COLS_PER_BLOCK) {
+            for r in (r0..full_r).step_by(8) {
+                for c in (c0..(c0 + COLS_PER_BLOCK).min(full_c)).step_by(8) {
+                    avx::tile8(src.as_ptr().add(r * cols + c), cols, dst.add(c * rows + r), rows);
+                }
+            }
+        }
+        scalar(dst, src, rows, cols, (r0, full_r), (full_c, cols));
+        scalar(dst, src, rows, cols, (full_r, r1), (0, cols));
+        return;
+    }
+    scalar(dst, src, rows, cols, (r0, r1), (0, cols));
+}
+
+unsafe fn scalar(
+    dst: *mut f32,
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    (r0, r1): (usize, usize),
+    (c0, c1): (usize, usize),
+) {
+    for r in r0..r1 {
+        for c in c0..c1 {
+            *dst.add(c * rows + r) = src[r * cols + c];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// The 8×8 block at `src` (row stride `ss`) transposed into `dst` (row stride `ds`): unpack pairs of rows,
+    /// shuffle quadruples, then swap 128-bit halves (the standard AVX 8×8 transpose).
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn tile8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, v) in out.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * ds), *v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transposes_every_shape_exactly() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (64, 40), (130, 67), (200, 8)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            transpose(&mut dst, &src, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}x{cols} at ({r}, {c})");
+                }
+            }
+        }
+    }
+}
