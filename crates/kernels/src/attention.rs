@@ -67,7 +67,12 @@ impl AttentionShape {
     }
 
     fn check(&self) {
-        assert!(self.nh > 0 && self.c.is_multiple_of(self.nh), "attention: {} heads do not divide width {}", self.nh, self.c);
+        assert!(
+            self.nh > 0 && self.c.is_multiple_of(self.nh),
+            "attention: {} heads do not divide width {}",
+            self.nh,
+            self.c
+        );
     }
 }
 
