@@ -180,7 +180,10 @@ impl Optimizer {
             let g: &[f32] = match G::as_f32(g) {
                 Some(g) if grad_scale == 1.0 => g,
                 _ => {
-                    wide = g.iter().map(|&x| x.to_f32() * grad_scale).collect();
+                    let mut widened = vec![0.0; g.len()];
+                    G::widen_run(&mut widened, g);
+                    widened.iter_mut().for_each(|x| *x *= grad_scale);
+                    wide = widened;
                     &wide
                 }
             };

@@ -87,3 +87,46 @@ fn the_overflow_check_finds_the_first_inf_or_nan_anywhere() {
     assert_eq!(first_non_finite(&h), Some(500));
     assert_eq!(<f16 as Element>::NAME, "fp16");
 }
+
+#[test]
+fn bulk_fp16_conversions_agree_with_the_scalar_ones_on_every_pattern() {
+    // Widening: all 65536 fp16 bit patterns (NaNs compared as NaNs: payload bits may be quieted differently).
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let mut wide = vec![0.0f32; all.len()];
+    cast_to_f32(&mut wide, &all);
+    for (h, &w) in all.iter().zip(&wide) {
+        let want = h.to_f32();
+        assert!(w.to_bits() == want.to_bits() || (w.is_nan() && want.is_nan()), "{:#06x}: {w} vs {want}", h.to_bits());
+    }
+    // Narrowing: the samples, every fp16 value and the midpoints next to it, the range edges, the specials.
+    let mut xs = samples();
+    xs.extend(wide.iter().filter(|w| w.is_finite()).flat_map(|&w| [w, w * (1.0 + 2f32.powi(-11)), -w]));
+    xs.extend([65519.0, 65520.0, 65535.0, -65520.0, 2f32.powi(-25), 2f32.powi(-26), -0.0, f32::INFINITY, f32::NAN]);
+    xs.extend((0..16).map(|i| i as f32 * 0.1)); // lengths that are not a multiple of 16 leave a scalar tail
+    let mut h = vec![f16::ZERO; xs.len()];
+    cast_from_f32(&mut h, &xs);
+    for (got, &x) in h.iter().zip(&xs) {
+        let want = f16::from_f32(x);
+        assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{x:e}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn bulk_bf16_conversions_agree_with_the_scalar_ones() {
+    let mut xs = samples();
+    xs.extend([f32::MAX, -f32::MAX, 3.4e38, f32::MIN_POSITIVE, 1e-40, -0.0, f32::INFINITY, -f32::INFINITY, f32::NAN]);
+    xs.extend((0..17).map(|i| i as f32 * 0.3)); // a length that leaves a tail
+    let mut h = vec![bf16::ZERO; xs.len()];
+    cast_from_f32(&mut h, &xs);
+    for (got, &x) in h.iter().zip(&xs) {
+        let want = bf16::from_f32(x);
+        assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{x:e}: {got} vs {want}");
+    }
+    let all: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    let mut wide = vec![0.0f32; all.len()];
+    cast_to_f32(&mut wide, &all);
+    for (b, &w) in all.iter().zip(&wide) {
+        let want = b.to_f32();
+        assert!(w.to_bits() == want.to_bits() || (w.is_nan() && want.is_nan()), "{:#06x}", b.to_bits());
+    }
+}
