@@ -378,3 +378,24 @@ fn two_ranks_in_16_bits_track_the_single_rank_run_at_every_zero_stage() {
     check::<bf16>(r#""bf16": {"enabled": true}"#);
     check::<f16>(r#""fp16": {"enabled": true, "initial_scale_power": 12}"#);
 }
+
+#[test]
+fn the_seeds_config_trains_lstm_seed_in_fp16_with_a_static_scale_of_1024() {
+    // examples/seed-lstm.json as shipped: "fp16": {"enabled": true, "loss_scale": 1024}, Adam, batch 64.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed-lstm.json");
+    let json = std::fs::read_to_string(path).unwrap();
+    let model = tiny("lstm-seed", 10000);
+    let mut e = engine::<f16>(&model, &json);
+    let (b, t) = (e.batch_sizes().micro_batch_size, 16);
+    let mut data = Cycle::new(10000, b, t);
+    data.batches.truncate(1); // the same batch twice: the second loss must be lower
+    let first = window(&mut e, &mut data, t, None);
+    let second = window(&mut e, &mut data, t, None);
+    for r in [&first, &second] {
+        assert_eq!((r.loss_scale, r.skipped), (1024.0, false));
+        assert!(r.loss.is_finite() && r.grad_norm.is_finite());
+    }
+    assert!((first.loss - 10000f32.ln()).abs() < 0.1, "an untrained model is near uniform: {}", first.loss);
+    assert!(second.loss < first.loss, "{} then {}", first.loss, second.loss);
+    assert_eq!(e.memory().master_weights, 4 * model.build().unwrap().num_params());
+}
