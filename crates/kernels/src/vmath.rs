@@ -25,7 +25,8 @@ const TANH_POLY_LIMIT: f32 = 0.625;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(EXP_MIN_X, EXP_MAX_X);
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let shifted = x * LOG2E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // Cephes expf: e^r ≈ 1 + r + r² P(r).
     let p = 1.987_569_1e-4;
@@ -35,8 +36,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let er = p * (r * r) + r + 1.0;
-    // 2^n through the exponent field; n ∈ [-126, 127] after the clamp.
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n through the exponent field; n ∈ [-126, 127] after the clamp. `shifted` = 1.5·2^23 + n exactly (ulp 1
+    // in that binade), so n is the difference of the bit patterns: integer arithmetic that vectorizes, where a
+    // float-to-int `as` cast (saturating, NaN-checked) made the compiler convert lane by lane.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    er * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
 
 /// `tanh(x)`, absolute error below 1e-7 and relative error a few ulp.
