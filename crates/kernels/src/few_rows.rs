@@ -7,11 +7,15 @@
 //! bench/README.md).
 
 use crate::matmul::Threads;
+use crate::transpose::{transpose_strided, Strided};
 use rayon::prelude::*;
 
 /// Products whose left operand has at most this many rows take this path (measured: at 512 rows it is as fast as
 /// the direct product, at 1024 slower).
 const MAX_ROWS: usize = 512;
+/// Products summing fewer terms per output (e.g. attention's `q · kᵀ` over a head's 64 channels) stay with the
+/// `gemm` crate: the copies are paid per output, the speedup per multiply-add.
+const MIN_DEPTH: usize = 256;
 /// Below this many multiply-adds the copies are not worth it.
 const MIN_FLOPS: usize = 1 << 20;
 /// Side of the square tiles of the transposes.
@@ -36,13 +40,19 @@ pub(crate) unsafe fn try_few_rows(
     threads: Threads,
 ) -> bool {
     let (rhs_ptr, rhs_rs, rhs_cs) = rhs;
-    if rhs_rs != 1 || rhs_cs < k || m > MAX_ROWS || m * n * k < MIN_FLOPS {
+    if rhs_rs != 1 || rhs_cs < k || m > MAX_ROWS || k < MIN_DEPTH || m * n * k < MIN_FLOPS {
         return false;
     }
     let parallel = threads == Threads::Pool;
-    // xᵀ[k, m]: element (p, i) = lhs(i, p).
+    // xᵀ[k, m]: element (p, i) = lhs(i, p); 8×8 AVX tiles when lhs's rows are contiguous.
     let mut xt = vec![0.0f32; k * m];
-    transpose(&mut xt, lhs, m, k, parallel);
+    let (lhs_ptr, lhs_rs, lhs_cs) = lhs;
+    if lhs_cs == 1 {
+        let x = std::slice::from_raw_parts(lhs_ptr, (m - 1) * lhs_rs + k);
+        transpose_strided(Strided { data: &mut xt, rs: m }, x, lhs_rs, m, k, parallel);
+    } else {
+        gather_transposed(&mut xt, lhs, m, k, parallel);
+    }
     // outᵀ[n, m] = W[n, k] · xᵀ[k, m], W's rows being rhs's contiguous columns.
     let mut out_t = vec![0.0f32; n * m];
     gemm::gemm(
@@ -66,28 +76,46 @@ pub(crate) unsafe fn try_few_rows(
         false,
         threads.parallelism(),
     );
-    // dst(i, j) = scale · outᵀ(j, i) (+ dst(i, j)).
+    // dst(i, j) = scale · outᵀ(j, i) (+ dst(i, j)): transposed straight into a plain destination, else into a
+    // dense `out` that is then scaled and added row by row.
     let (dst_ptr, dst_rs, dst_cs) = dst;
+    if dst_cs == 1 && !accumulate && scale == 1.0 {
+        let dst = std::slice::from_raw_parts_mut(dst_ptr, (m - 1) * dst_rs + n);
+        transpose_strided(Strided { data: dst, rs: dst_rs }, &out_t, m, n, m, parallel);
+        return true;
+    }
+    let mut out = vec![0.0f32; m * n];
+    transpose_strided(Strided { data: &mut out, rs: n }, &out_t, m, n, m, parallel);
     let dst = crate::SendPtr(dst_ptr);
-    let rows = |block: usize| {
-        let (i0, i1) = (block * TILE, ((block + 1) * TILE).min(m));
-        for j0 in (0..n).step_by(TILE) {
-            for i in i0..i1 {
-                for j in j0..(j0 + TILE).min(n) {
-                    // SAFETY: (i, j) lies inside the m×n destination; only this task writes rows i0..i1.
-                    let d = dst.get().add(i * dst_rs + j * dst_cs);
-                    let v = scale * out_t[j * m + i];
-                    *d = if accumulate { *d + v } else { v };
-                }
+    let row = |i: usize| {
+        let values = &out[i * n..(i + 1) * n];
+        if dst_cs == 1 {
+            // SAFETY: row i of the destination is n contiguous elements inside it; only this task writes row i.
+            let d = std::slice::from_raw_parts_mut(dst.get().add(i * dst_rs), n);
+            match accumulate {
+                true => d.iter_mut().zip(values).for_each(|(d, &v)| *d += scale * v),
+                false => d.iter_mut().zip(values).for_each(|(d, &v)| *d = scale * v),
             }
+            return;
+        }
+        for (j, &v) in values.iter().enumerate() {
+            // SAFETY: (i, j) lies inside the m×n destination; only this task writes row i.
+            let d = dst.get().add(i * dst_rs + j * dst_cs);
+            *d = if accumulate { *d + scale * v } else { scale * v };
         }
     };
-    run_blocks(m.div_ceil(TILE), parallel, rows);
+    run_blocks(m, parallel, row);
     true
 }
 
-/// `dst[k, m] = src[m, k]ᵀ` for a strided `src`, in square tiles.
-unsafe fn transpose(dst: &mut [f32], (src, rs, cs): (*const f32, usize, usize), m: usize, k: usize, parallel: bool) {
+/// `dst[k, m] = src[m, k]ᵀ` for a `src` with any strides, element by element in square tiles.
+unsafe fn gather_transposed(
+    dst: &mut [f32],
+    (src, rs, cs): (*const f32, usize, usize),
+    m: usize,
+    k: usize,
+    parallel: bool,
+) {
     let src = crate::SendPtr(src as *mut f32);
     let fill = |(block, out): (usize, &mut [f32])| {
         let p0 = block * TILE;

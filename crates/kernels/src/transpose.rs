@@ -9,22 +9,64 @@ const ROWS_PER_TASK: usize = 64;
 /// Source columns per block within a task (see [`band_transpose`]).
 const COLS_PER_BLOCK: usize = 64;
 
-/// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major.
+/// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major and dense.
 pub(crate) fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transpose of {rows}x{cols}: buffers too short");
-    let dst_ptr = crate::SendPtr(dst.as_mut_ptr());
-    (0..rows.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|band| {
+    transpose_strided(Strided { data: dst, rs: rows }, src, cols, rows, cols, true)
+}
+
+/// A destination with a row stride.
+pub(crate) struct Strided<'a> {
+    pub(crate) data: &'a mut [f32],
+    pub(crate) rs: usize,
+}
+
+/// `dst[cols, rows] = src[rows, cols]ᵀ`, where source row `r` starts at `r · src_rs` and destination row `c` at
+/// `c · dst.rs` (`src_rs ≥ cols`, `dst.rs ≥ rows`); on the rayon pool when `parallel`.
+pub(crate) fn transpose_strided(
+    dst: Strided<'_>,
+    src: &[f32],
+    src_rs: usize,
+    rows: usize,
+    cols: usize,
+    parallel: bool,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let dst_rs = dst.rs;
+    assert!(
+        dst_rs >= rows
+            && src_rs >= cols
+            && src.len() >= (rows - 1) * src_rs + cols
+            && dst.data.len() >= (cols - 1) * dst_rs + rows,
+        "transpose of {rows}x{cols}: buffers too short for their strides"
+    );
+    let geometry = Geometry { src_rs, dst_rs, cols };
+    let dst_ptr = crate::SendPtr(dst.data.as_mut_ptr());
+    let task = |band: usize| {
         let (r0, r1) = (band * ROWS_PER_TASK, ((band + 1) * ROWS_PER_TASK).min(rows));
         // SAFETY: this task writes only destination columns r0..r1 (of every destination row), disjoint from the
-        // other tasks'; all indices are inside the rows × cols matrices (asserted above).
-        unsafe { band_transpose(dst_ptr.get(), src, rows, cols, r0, r1) }
-    });
+        // other tasks'; all indices are inside the strided matrices (asserted above).
+        unsafe { band_transpose(dst_ptr.get(), src, geometry, r0, r1) }
+    };
+    match parallel {
+        true => (0..rows.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(task),
+        false => (0..rows.div_ceil(ROWS_PER_TASK)).for_each(task),
+    }
+}
+
+/// Row strides of the two matrices and the source's column count.
+#[derive(Clone, Copy)]
+struct Geometry {
+    src_rs: usize,
+    dst_rs: usize,
+    cols: usize,
 }
 
 /// Source rows `r0..r1` into destination columns `r0..r1`.
-unsafe fn band_transpose(dst: *mut f32, src: &[f32], rows: usize, cols: usize, r0: usize, r1: usize) {
+unsafe fn band_transpose(dst: *mut f32, src: &[f32], g: Geometry, r0: usize, r1: usize) {
     let full_r = r0 + (r1 - r0) / 8 * 8;
-    let full_c = cols / 8 * 8;
+    let full_c = g.cols / 8 * 8;
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx") {
         // Blocks of COLS_PER_BLOCK source columns, so that the destination rows being written (one per source
@@ -32,28 +74,22 @@ unsafe fn band_transpose(dst: *mut f32, src: &[f32], rows: usize, cols: usize, r
         for c0 in (0..full_c).step_by(COLS_PER_BLOCK) {
             for r in (r0..full_r).step_by(8) {
                 for c in (c0..(c0 + COLS_PER_BLOCK).min(full_c)).step_by(8) {
-                    avx::tile8(src.as_ptr().add(r * cols + c), cols, dst.add(c * rows + r), rows);
+                    avx::tile8(src.as_ptr().add(r * g.src_rs + c), g.src_rs, dst.add(c * g.dst_rs + r), g.dst_rs);
                 }
             }
         }
-        scalar(dst, src, rows, cols, (r0, full_r), (full_c, cols));
-        scalar(dst, src, rows, cols, (full_r, r1), (0, cols));
+        scalar(dst, src, g, (r0, full_r), (full_c, g.cols));
+        scalar(dst, src, g, (full_r, r1), (0, g.cols));
         return;
     }
-    scalar(dst, src, rows, cols, (r0, r1), (0, cols));
+    scalar(dst, src, g, (r0, r1), (0, g.cols));
 }
 
-unsafe fn scalar(
-    dst: *mut f32,
-    src: &[f32],
-    rows: usize,
-    cols: usize,
-    (r0, r1): (usize, usize),
-    (c0, c1): (usize, usize),
-) {
+/// Element by element: source rows `r0..r1`, columns `c0..c1`.
+unsafe fn scalar(dst: *mut f32, src: &[f32], g: Geometry, (r0, r1): (usize, usize), (c0, c1): (usize, usize)) {
     for r in r0..r1 {
         for c in c0..c1 {
-            *dst.add(c * rows + r) = src[r * cols + c];
+            *dst.add(c * g.dst_rs + r) = src[r * g.src_rs + c];
         }
     }
 }
@@ -102,6 +138,20 @@ mod avx {
 #[cfg(test)]
 mod tests {
     use super::transpose;
+
+    #[test]
+    fn transposes_strided_matrices_and_leaves_the_gaps_alone() {
+        let (rows, cols, src_rs, dst_rs) = (19, 13, 16, 23);
+        let src: Vec<f32> = (0..rows * src_rs).map(|i| i as f32).collect();
+        let mut dst = vec![-1.0f32; cols * dst_rs];
+        super::transpose_strided(super::Strided { data: &mut dst, rs: dst_rs }, &src, src_rs, rows, cols, false);
+        for c in 0..cols {
+            for r in 0..dst_rs {
+                let want = if r < rows { src[r * src_rs + c] } else { -1.0 };
+                assert_eq!(dst[c * dst_rs + r], want, "({c}, {r})");
+            }
+        }
+    }
 
     #[test]
     fn transposes_every_shape_exactly() {

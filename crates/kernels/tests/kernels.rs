@@ -517,36 +517,37 @@ const ATTENTION_SHAPES: [(usize, usize, usize, usize); 5] =
 
 #[test]
 fn gemm_with_few_rows_and_a_row_major_weight() {
-    // x[M, K] · W[N, K]ᵀ with M ≤ 512 and M·N·K ≥ 2^20 takes the transposed-product path: check it with a
-    // transposed (strided) x, a padded destination, a scale, both modes and both thread settings.
+    // x[M, K] · W[N, K]ᵀ with M ≤ 512, K ≥ 256 and M·N·K ≥ 2^20 takes the transposed-product path: check it with
+    // a row-major and a transposed (strided) x, a plain and a padded destination, scales 1 and 0.5, both modes
+    // and both thread settings.
     let mut rng = Rng::new(6);
-    let (m, k, n, pad) = (40, 300, 121, 5);
+    let (m, k, n) = (40, 300, 121);
     let x = randn(&mut rng, m * k, 1.0); // [m, k]
     let w = randn(&mut rng, n * k, 1.0); // [n, k]
+    let (x32, w32) = (narrow(&x), narrow(&w));
     let x_t: Vec<f32> = (0..k * m).map(|idx| x[(idx % m) * k + idx / m] as f32).collect(); // [k, m]
     let mut product = vec![0.0; m * n];
     r::linear_forward(&mut product, &x, &w, None, WeightLayout::OutIn, m, k, n);
-    let init = randn(&mut rng, m * (n + pad), 1.0);
-    for (mode, threads) in [(Dst::Overwrite, Threads::Single), (Dst::Accumulate, Threads::Pool)] {
-        let mut dst = narrow(&init);
-        let w32 = narrow(&w);
-        let x_view = MatRef::row_major(&x_t, k, m).t();
-        gemm(
-            MatMut::strided(&mut dst, m, n, n + pad, 1),
-            x_view,
-            MatRef::row_major(&w32, n, k).t(),
-            0.5,
-            mode,
-            threads,
-        );
-        let expected: Vec<f64> = (0..m * (n + pad))
-            .map(|idx| {
-                let (i, j) = (idx / (n + pad), idx % (n + pad));
-                let kept = if mode == Dst::Accumulate || j >= n { init[idx] } else { 0.0 };
-                kept + if j < n { 0.5 * product[i * n + j] } else { 0.0 }
-            })
-            .collect();
-        expect_close(&format!("few-row gemm {mode:?}"), "dst", &to_f64(&dst), &expected, FP32_ATOL, FP32_RTOL);
+    for (transposed_x, pad, scale) in [(false, 0, 1.0f32), (true, 5, 0.5), (false, 3, 1.0), (true, 0, 1.0)] {
+        let init = randn(&mut rng, m * (n + pad), 1.0);
+        for (mode, threads) in [(Dst::Overwrite, Threads::Single), (Dst::Accumulate, Threads::Pool)] {
+            let mut dst = narrow(&init);
+            let x_view = match transposed_x {
+                true => MatRef::row_major(&x_t, k, m).t(),
+                false => MatRef::row_major(&x32, m, k),
+            };
+            let w_view = MatRef::row_major(&w32, n, k).t();
+            gemm(MatMut::strided(&mut dst, m, n, n + pad, 1), x_view, w_view, scale, mode, threads);
+            let expected: Vec<f64> = (0..m * (n + pad))
+                .map(|idx| {
+                    let (i, j) = (idx / (n + pad), idx % (n + pad));
+                    let kept = if mode == Dst::Accumulate || j >= n { init[idx] } else { 0.0 };
+                    kept + if j < n { scale as f64 * product[i * n + j] } else { 0.0 }
+                })
+                .collect();
+            let case = format!("few-row gemm {mode:?} transposed x {transposed_x} pad {pad} scale {scale}");
+            expect_close(&case, "dst", &to_f64(&dst), &expected, FP32_ATOL, FP32_RTOL);
+        }
     }
 }
 
