@@ -191,7 +191,15 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
         let m = predict(
             &config,
             params,
-            &Workload { stage, world, storage, optimizer_slots: slots, micro_batch: b, seq_len: t },
+            &Workload {
+                stage,
+                world,
+                storage,
+                accumulate_in_fp32: rustspeed_engine::setup::default_accumulates_in_fp32(storage, stage),
+                optimizer_slots: slots,
+                micro_batch: b,
+                seq_len: t,
+            },
         );
         println!(
             "{n:>5}  {} {} {} {} {}  {}  {}",

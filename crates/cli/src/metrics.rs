@@ -40,9 +40,11 @@ impl Row {
 
     fn parse(line: &str) -> Option<Row> {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 9 {
+        // Rows of runs from before the precision columns have 6 fields: fp32, nothing skipped.
+        if f.len() != 9 && f.len() != 6 {
             return None;
         }
+        let extra = |i: usize| f.get(i).copied();
         Some(Row {
             step: f[0].parse().ok()?,
             loss: f[1].parse().ok()?,
@@ -50,9 +52,9 @@ impl Row {
             grad_norm: f[3].parse().ok()?,
             tokens_per_s: f[4].parse().ok()?,
             val_loss: if f[5].is_empty() { None } else { Some(f[5].parse().ok()?) },
-            loss_scale: f[6].parse().ok()?,
-            skipped: f[7] == "1",
-            overflow_layer: (!f[8].is_empty()).then(|| f[8].to_string()),
+            loss_scale: extra(6).map_or(Some(1.0), |v| v.parse().ok())?,
+            skipped: extra(7) == Some("1"),
+            overflow_layer: extra(8).filter(|v| !v.is_empty()).map(str::to_string),
         })
     }
 }

@@ -110,6 +110,10 @@ pub struct Engine<E: Element = f32> {
     pub(crate) grads: Vec<E>,
     /// Reduced fp32 gradients of the owned partition (stages 1, 2); empty at stage 0.
     grad_partition: Vec<f32>,
+    /// The window's gradients summed in fp32 over micro-steps, padded like `params` (16-bit storage at stages 0
+    /// and 1 when `data_types.grad_accum_dtype` is fp32, DeepSpeed's default for bf16 without ZeRO); else empty.
+    /// `grads` then holds one micro-step's gradients at a time.
+    grad_accum: Vec<f32>,
     /// The all-gather's buffer (stages 1, 2), reused across steps.
     gather_buffer: Vec<f32>,
     pub(crate) precision: Precision,
@@ -143,15 +147,15 @@ fn sum_of_squares<G: Element>(x: &[G]) -> f64 {
 /// pass by the adder's latency (measured 26 ms for the 64M gradients of lstm-seed, against 8 ms of memory time).
 const SQUARE_LANES: usize = 16;
 
-/// Elements widened to fp32 at a time by [`chunk_sum_of_squares`].
-const SQUARE_RUN: usize = 1024;
+/// Elements widened to fp32 at a time (a stack buffer) by [`chunk_sum_of_squares`] and [`add_widened`].
+const WIDEN_RUN: usize = 1024;
 
 /// `Σ x²` of one chunk in f64, over `SQUARE_LANES` interleaved partial sums (a fixed order: deterministic).
 fn chunk_sum_of_squares<G: Element>(chunk: &[G]) -> f64 {
     let mut lanes = [0.0f64; SQUARE_LANES];
     let mut tail = 0.0f64;
-    let mut wide = [0.0f32; SQUARE_RUN];
-    for run in chunk.chunks(SQUARE_RUN) {
+    let mut wide = [0.0f32; WIDEN_RUN];
+    for run in chunk.chunks(WIDEN_RUN) {
         let wide = &mut wide[..run.len()];
         G::widen_run(wide, run);
         let mut blocks = wide.chunks_exact(SQUARE_LANES);
@@ -167,6 +171,18 @@ fn chunk_sum_of_squares<G: Element>(chunk: &[G]) -> f64 {
 
 fn zero_fill<G: Element>(x: &mut [G]) {
     x.par_chunks_mut(FLAT_CHUNK).for_each(|c| c.fill(G::default()));
+}
+
+/// `sum[i] += f32(grads[i])`: a micro-step's 16-bit gradients into the fp32 accumulator.
+fn add_widened<G: Element>(sum: &mut [f32], grads: &[G]) {
+    sum.par_chunks_mut(FLAT_CHUNK).zip(grads.par_chunks(FLAT_CHUNK)).for_each(|(s, g)| {
+        let mut wide = [0.0f32; WIDEN_RUN];
+        for (s, g) in s.chunks_mut(WIDEN_RUN).zip(g.chunks(WIDEN_RUN)) {
+            let wide = &mut wide[..g.len()];
+            G::widen_run(wide, g);
+            s.iter_mut().zip(wide.iter()).for_each(|(s, &w)| *s += w);
+        }
+    });
 }
 
 /// 1.0 for each owner whose parameters' gradients (over the owned range `owned`, `grads[0]` being parameter
@@ -210,7 +226,7 @@ impl<E: Element> Engine<E> {
         if params.len() != numel {
             return Err(EngineError::Config(format!("{} parameters given, the model has {numel}", params.len())));
         }
-        let Setup { optimizer, schedule, batch, zero, precision } =
+        let Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32 } =
             Setup::choose(&config, model.layout(), comm.rank(), comm.world_size())?;
         check_storage::<E>(&precision)?;
         params.resize(zero.padded(), 0.0);
@@ -224,7 +240,12 @@ impl<E: Element> Engine<E> {
             bucket: config.zero_optimization.reduce_bucket_size as usize,
         };
         let grad_owners = grad_owners(&model);
+        let accumulate_len = match accumulate_in_fp32 && zero.stage != ZeroStage::Stage2 {
+            true => copy.len(),
+            false => 0,
+        };
         Ok(Engine {
+            grad_accum: vec![0.0; accumulate_len],
             master: MasterWeights::new(&copy[zero.owned()]),
             grads: vec![E::default(); copy.len()],
             params: copy,
@@ -279,6 +300,7 @@ impl<E: Element> Engine<E> {
             ZeroStage::Stage1 => (self.grads.len() * e + self.grad_partition.len() * f, 0),
             ZeroStage::Stage2 => (self.grad_partition.len() * f, self.grads.len() * e),
         };
+        let gradients = gradients + self.grad_accum.len() * f;
         MemoryReport {
             parameters: self.params.len() * e,
             gradients,
@@ -343,10 +365,13 @@ impl<E: Element> Engine<E> {
             .expect("targets give a loss");
         self.window.timings.forward += start.elapsed();
         if !loss.mean.is_finite() && !matches!(self.precision, Precision::Fp16(_)) {
-            let layer = self.model.first_non_finite_output().unwrap_or("the loss");
+            let source = match self.model.first_non_finite_output() {
+                Some(layer) => format!("the first non-finite output is {layer}'s"),
+                None => "every layer's output is finite".to_string(),
+            };
             return Err(EngineError::NonFinite {
                 step: self.counters.global_steps + 1,
-                what: format!("the loss (in {}; the first non-finite output is {layer}'s)", E::NAME),
+                what: format!("the loss (in {}; {source})", E::NAME),
             });
         }
         self.window.tokens += tokens.len() as u64;
@@ -366,9 +391,20 @@ impl<E: Element> Engine<E> {
         // micro-step (stage 2), layer by layer on a communication thread with `overlap_comm`.
         let reduce = self.zero.stage == ZeroStage::Stage2 || self.is_gradient_accumulation_boundary();
         let p = self.zero.numel;
-        let Engine { model, params, grads, grad_partition, zero, comm, reduction, .. } = self;
+        let Engine { model, params, grads, grad_partition, grad_accum, zero, comm, reduction, .. } = self;
         let (params, grads, comm, zero, bucket) = (&params[..p], &mut grads[..p], &**comm, *zero, reduction.bucket);
-        match (reduce, reduction.overlap) {
+        let accumulate_wide = !grad_accum.is_empty();
+        match (reduce, reduction.overlap && !accumulate_wide) {
+            // fp32 accumulation: each micro-step's 16-bit gradients are added into the fp32 sum, which is what
+            // the boundary reduces (after the backward: no overlap in this mode).
+            (_, false) if accumulate_wide => {
+                model.backward(params, grads, dloss)?;
+                add_widened(&mut grad_accum[..p], grads);
+                zero_fill(grads);
+                if reduce {
+                    accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, &mut grad_accum[..p])?);
+                }
+            }
             (false, _) => model.backward(params, grads, dloss)?,
             (true, false) => {
                 model.backward(params, grads, dloss)?;
@@ -461,6 +497,7 @@ impl<E: Element> Engine<E> {
             zero_fill(&mut self.grads);
         }
         zero_fill(&mut self.grad_partition);
+        zero_fill(&mut self.grad_accum);
         let mut window = std::mem::take(&mut self.window);
         let mut loss = [window.loss_sum as f32];
         self.comm.all_reduce(&mut loss, ReduceOp::Avg)?;
@@ -485,13 +522,16 @@ impl<E: Element> Engine<E> {
     /// ‖g‖ of the reduced, still scaled gradients over all ranks.
     fn global_norm(&self) -> Result<f64, EngineError> {
         let zero = self.zero;
-        let mut sq = match zero.sharded() {
-            true => [sum_of_squares(&self.grad_partition) as f32],
-            false => [sum_of_squares(&self.grads[..zero.numel]) as f32],
-        };
-        if zero.sharded() {
-            self.comm.all_reduce(&mut sq, ReduceOp::Sum)?;
+        if !zero.sharded() {
+            return Ok(match self.grad_accum.is_empty() {
+                true => sum_of_squares(&self.grads[..zero.numel]),
+                false => sum_of_squares(&self.grad_accum[..zero.numel]),
+            }
+            .sqrt());
         }
+        // The communicator sums fp32: a share beyond fp32's range (a norm above ~1e19) reads as an overflow.
+        let mut sq = [sum_of_squares(&self.grad_partition) as f32];
+        self.comm.all_reduce(&mut sq, ReduceOp::Sum)?;
         Ok((sq[0] as f64).sqrt())
     }
 
@@ -499,9 +539,10 @@ impl<E: Element> Engine<E> {
     /// rank checks its own partition, as DeepSpeed's overflow check).
     fn non_finite_layer(&self) -> Result<String, EngineError> {
         let (zero, owned) = (self.zero, self.zero.owned());
-        let mut flags = match zero.sharded() {
-            true => non_finite_flags(&self.grad_partition, &owned, &self.grad_owners),
-            false => non_finite_flags(&self.grads[..zero.numel], &owned, &self.grad_owners),
+        let mut flags = match (zero.sharded(), self.grad_accum.is_empty()) {
+            (true, _) => non_finite_flags(&self.grad_partition, &owned, &self.grad_owners),
+            (false, true) => non_finite_flags(&self.grads[..zero.numel], &owned, &self.grad_owners),
+            (false, false) => non_finite_flags(&self.grad_accum[..zero.numel], &owned, &self.grad_owners),
         };
         if zero.sharded() {
             self.comm.all_reduce(&mut flags, ReduceOp::Max)?;
@@ -517,10 +558,11 @@ impl<E: Element> Engine<E> {
     pub fn inject_gradient(&mut self, index: usize, value: f32) -> Result<(), EngineError> {
         self.expect_phase("inject_gradient", EnginePhase::Backwarded, "backward()")?;
         let owned = self.zero.owned();
-        match self.zero.sharded() {
-            true if owned.contains(&index) => self.grad_partition[index - owned.start] = value,
-            true => {}
-            false => self.grads[index] = E::from_f32(value),
+        match (self.zero.sharded(), self.grad_accum.is_empty()) {
+            (true, _) if owned.contains(&index) => self.grad_partition[index - owned.start] = value,
+            (true, _) => {}
+            (false, true) => self.grads[index] = E::from_f32(value),
+            (false, false) => self.grad_accum[index] = value,
         }
         Ok(())
     }
@@ -528,11 +570,13 @@ impl<E: Element> Engine<E> {
     /// Phase 5 of [`Engine::step`].
     fn apply_optimizer(&mut self, grad_scale: f32, lr: f32, betas: Option<(f64, f64)>) -> Result<(), EngineError> {
         let zero = self.zero;
-        let Engine { model, params, grads, grad_partition, master, optimizer, .. } = self;
+        let Engine { model, params, grads, grad_partition, grad_accum, master, optimizer, .. } = self;
         let layout = model.layout();
-        master.update(&mut params[zero.owned()], |weights| match zero.sharded() {
-            true => optimizer.apply(layout, weights, grad_partition, grad_scale, zero.owned(), lr, betas),
-            false => optimizer.apply(layout, weights, &grads[..zero.numel], grad_scale, zero.owned(), lr, betas),
+        let (owned, numel) = (zero.owned(), zero.numel);
+        master.update(&mut params[zero.owned()], |weights| match (zero.sharded(), grad_accum.is_empty()) {
+            (true, _) => optimizer.apply(layout, weights, grad_partition, grad_scale, owned, lr, betas),
+            (false, true) => optimizer.apply(layout, weights, &grads[..numel], grad_scale, owned, lr, betas),
+            (false, false) => optimizer.apply(layout, weights, &grad_accum[..numel], grad_scale, owned, lr, betas),
         });
         if zero.sharded() {
             gather_params(&*self.comm, &zero, &mut self.params, &mut self.gather_buffer)?;
@@ -583,15 +627,23 @@ impl<E: Element> Engine<E> {
 }
 
 /// Each layer's parameter ranges in the order the backward reaches them: the head's own parameters, then the
-/// layers from last to first.
+/// layers from last to first. A layer whose parameter the head reads (GPT's tied token embedding, to which the head
+/// adds first) is named with the head.
 fn grad_owners<E: Element>(model: &Model<E>) -> Vec<(String, Vec<Range<usize>>)> {
     let layout = model.layout();
     let ranges = |ids: &[rustspeed_nn::ParamId]| ids.iter().map(|&id| layout.range(id)).collect::<Vec<_>>();
     let head = ("head".to_string(), ranges(model.head().params()));
-    std::iter::once(head)
-        .chain(model.layers().iter().rev().map(|l| (l.name().to_string(), ranges(l.params()))))
-        .filter(|(_, r)| !r.is_empty())
-        .collect()
+    let tied = |l: &dyn rustspeed_nn::Layer<E>| {
+        model.head().params().is_empty() && l.params().contains(&model.head().weight())
+    };
+    let layers = model.layers().iter().rev().map(|l| {
+        let name = match tied(l.as_ref()) {
+            true => format!("{} (tied with the head)", l.name()),
+            false => l.name().to_string(),
+        };
+        (name, ranges(l.params()))
+    });
+    std::iter::once(head).chain(layers).filter(|(_, r)| !r.is_empty()).collect()
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub struct Workload {
     pub world: usize,
     /// Storage type of the model copy (parameters, gradients, activations).
     pub storage: StorageType,
+    /// 16-bit gradients summed over micro-steps in an fp32 buffer (`data_types.grad_accum_dtype` fp32; DeepSpeed's
+    /// default for bf16 without ZeRO, see [`crate::setup::default_accumulates_in_fp32`]).
+    pub accumulate_in_fp32: bool,
     /// Optimizer state slots per parameter (Adam 2, Lion 1, SGD with momentum 1).
     pub optimizer_slots: usize,
     /// Micro-batch `B` and sequence length `T`, for activations.
@@ -80,9 +83,14 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         ZeroStage::Stage0 | ZeroStage::Stage1 => parameters,
         ZeroStage::Stage2 => 0,
     };
+    // The fp32 accumulator covers the local buffer at stages 0 and 1 (stage 2 accumulates in its fp32 partition).
+    let accumulator = match (w.accumulate_in_fp32 && e != F32, w.stage) {
+        (true, ZeroStage::Stage0 | ZeroStage::Stage1) => parameters,
+        _ => 0,
+    };
     MemoryReport {
         parameters: parameters * e,
-        gradients: local_gradients * e + grad_partition * F32,
+        gradients: local_gradients * e + (grad_partition + accumulator) * F32,
         gradient_staging: staging * e,
         master_weights: if e == F32 { 0 } else { owned * F32 },
         optimizer_state: owned * w.optimizer_slots * F32,

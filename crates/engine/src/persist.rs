@@ -82,6 +82,9 @@ fn read_masters(
         load_params(&one, &mut values, bytes, "", false).map_err(|e| format!("{file}: {e}"))?;
         all.extend_from_slice(&values);
     }
+    if all.len() < layout.numel() {
+        return Err(format!("{world} partitions of {partition} cannot hold {} parameters", layout.numel()));
+    }
     masters.copy_from_slice(&all[..layout.numel()]);
     Ok(masters)
 }
@@ -112,7 +115,7 @@ impl<E: Element> Engine<E> {
 
     /// Slot names of [`Engine::state_tensors`].
     fn state_names(&self) -> Vec<&'static str> {
-        let master = (E::NAME != "fp32").then_some(MASTER_SLOT);
+        let master = (!E::IS_F32).then_some(MASTER_SLOT);
         self.optimizer.rule().slot_names().iter().copied().chain(master).collect()
     }
 
@@ -241,7 +244,7 @@ impl<E: Element> Engine<E> {
             .ok_or_else(|| bad("optimizer.applied_steps is missing".into()))?;
         params.resize(zero.padded(), 0.0);
         cast_from_f32(&mut self.params, &params);
-        if E::NAME != "fp32" {
+        if !E::IS_F32 {
             self.master.restore(slots.pop().expect("the master slot is read last"));
         }
         self.precision = precision;

@@ -53,8 +53,9 @@ pub enum Precision {
 
 impl Precision {
     /// The regime of `config`. `sharded`: ZeRO stage ≥ 1, whose dynamic scaler follows `DynamicLossScaler` (with
-    /// hysteresis); stage 0 follows the fused `FP16_Optimizer` rule (§2.4, §2.5).
-    pub fn of(config: &DeepSpeedConfig, sharded: bool) -> Precision {
+    /// hysteresis); stage 0 follows DeepSpeed's `FP16_Optimizer` rule with an Adam-family optimizer (`adam`), its
+    /// `FP16_UnfusedOptimizer` otherwise (§2.4, §2.5).
+    pub fn of(config: &DeepSpeedConfig, sharded: bool, adam: bool) -> Precision {
         match StorageType::of(config) {
             StorageType::Fp32 => Precision::Fp32,
             StorageType::Bf16 => Precision::Bf16,
@@ -63,7 +64,11 @@ impl Precision {
                 if !c.is_dynamic() {
                     return Precision::Fp16(LossScaler::fixed(c.loss_scale));
                 }
-                let rule = if sharded { ScaleRule::Zero } else { ScaleRule::Fused };
+                let rule = match (sharded, adam) {
+                    (true, _) => ScaleRule::Zero,
+                    (false, true) => ScaleRule::Fused,
+                    (false, false) => ScaleRule::Unfused,
+                };
                 let settings = DynamicScaling::from_fp16_block(
                     rule,
                     c.dynamic_keys_given,
@@ -108,7 +113,11 @@ impl Precision {
                 hysteresis_left,
             }) => json!({
                 "type": "dynamic",
-                "rule": match rule { ScaleRule::Zero => "zero", ScaleRule::Fused => "fused" },
+                "rule": match rule {
+                    ScaleRule::Zero => "zero",
+                    ScaleRule::Fused => "fused",
+                    ScaleRule::Unfused => "unfused",
+                },
                 "initial_scale": settings.initial_scale,
                 "window": settings.window,
                 "min_scale": settings.min_scale,
@@ -122,8 +131,9 @@ impl Precision {
         }
     }
 
-    /// Restores the scaler's state from [`Precision::scaler_json`]. The checkpoint's scaler must be of the same
-    /// kind and settings as the configured one: the state carries over, the configuration does not change.
+    /// Restores the scaler's state from [`Precision::scaler_json`]. A dynamic scaler must have the configured
+    /// settings (rule, initial scale, window, minimum, hysteresis) and its state carries over; a static scaler's
+    /// scale is the checkpoint's, as DeepSpeed restores `cur_scale` from the optimizer state.
     pub fn restore_scaler(&mut self, saved: &Value) -> Result<(), String> {
         let Precision::Fp16(scaler) = self else {
             return match saved.is_null() {

@@ -5,7 +5,7 @@ use crate::error::EngineError;
 use crate::optimizer::{Optimizer, Rule};
 use crate::precision::Precision;
 use crate::zero::{ZeroPlan, ZeroStage};
-use rustspeed_config::{BatchSizes, DeepSpeedConfig, OptimizerConfig, SchedulerConfig};
+use rustspeed_config::{BatchSizes, DataType, DeepSpeedConfig, OptimizerConfig, SchedulerConfig};
 use rustspeed_nn::ParamLayout;
 use rustspeed_optim::{AdamHyper, LambHyper, LionHyper, LrSchedule, SgdHyper, WarmupType};
 
@@ -16,6 +16,8 @@ pub struct Setup {
     pub batch: BatchSizes,
     pub zero: ZeroPlan,
     pub precision: Precision,
+    /// Whether 16-bit gradients are accumulated over micro-steps in an fp32 buffer (`data_types.grad_accum_dtype`).
+    pub accumulate_in_fp32: bool,
 }
 
 /// The block a config without an optimizer is told to add.
@@ -58,8 +60,58 @@ impl Setup {
             ));
         }
         let zero = ZeroPlan::new(stage, layout.numel(), rank, world);
-        let precision = Precision::of(config, zero.sharded());
-        Ok(Setup { optimizer: Optimizer::new(rule, zero.owned().len()), schedule, batch, zero, precision })
+        let precision = Precision::of(config, zero.sharded(), matches!(rule, Rule::Adam(_)));
+        let accumulate_in_fp32 = accumulation_in_fp32(config, precision.storage(), stage)?;
+        check_communication_type(config)?;
+        let optimizer = Optimizer::new(rule, zero.owned().len());
+        Ok(Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32 })
+    }
+}
+
+/// Whether a model stored as `storage` accumulates its gradients in fp32 when the config does not say
+/// (`data_types.grad_accum_dtype` absent): DeepSpeed's default, fp32 for bf16 without ZeRO, the model's type otherwise.
+pub fn default_accumulates_in_fp32(storage: crate::StorageType, stage: ZeroStage) -> bool {
+    storage == crate::StorageType::Bf16 && stage == ZeroStage::Stage0
+}
+
+/// `data_types.grad_accum_dtype`: DeepSpeed's default is the model's type, except bf16 without ZeRO, which
+/// accumulates in fp32 (§1.3); an explicit value must be fp32 or the model's type. Returns whether a 16-bit model
+/// accumulates in a separate fp32 buffer. (ZeRO stage 2 accumulates in its fp32 partition either way.)
+fn accumulation_in_fp32(
+    config: &DeepSpeedConfig,
+    storage: crate::StorageType,
+    stage: ZeroStage,
+) -> Result<bool, EngineError> {
+    let model = match storage {
+        crate::StorageType::Fp32 => DataType::Fp32,
+        crate::StorageType::Fp16 => DataType::Fp16,
+        crate::StorageType::Bf16 => DataType::Bf16,
+    };
+    let default = match default_accumulates_in_fp32(storage, stage) {
+        true => DataType::Fp32,
+        false => model,
+    };
+    match config.grad_accum_dtype.unwrap_or(default) {
+        DataType::Fp32 => Ok(model != DataType::Fp32),
+        dtype if dtype == model => Ok(false),
+        dtype => Err(EngineError::Unsupported(format!(
+            "data_types.grad_accum_dtype \"{}\" with a {} model; use \"fp32\" or \"{}\"",
+            dtype.name(),
+            model.name(),
+            model.name()
+        ))),
+    }
+}
+
+/// `communication_data_type`: rustspeed reduces gradients in fp32 whatever the model's type (DeepSpeed's default
+/// for a 16-bit model is the model's type: fp32 is the more precise choice, at twice the bytes on the wire).
+fn check_communication_type(config: &DeepSpeedConfig) -> Result<(), EngineError> {
+    match config.communication_data_type {
+        None | Some(DataType::Fp32) => Ok(()),
+        Some(other) => Err(EngineError::Unsupported(format!(
+            "communication_data_type \"{}\": gradients are reduced in fp32; remove the key or set it to \"fp32\"",
+            other.name()
+        ))),
     }
 }
 

@@ -300,7 +300,12 @@ fn mixed_precision_adam_holds_2_2_4_8_bytes_per_parameter() {
     let m = engine::<f16>(&model, json).memory();
     assert_eq!((m.parameters, m.gradients, m.master_weights, m.optimizer_state), (2 * p, 2 * p, 4 * p, 8 * p));
     assert_eq!(m.total(), 16 * p, "DeepSpeed's 16 bytes per parameter with Adam");
+    // bf16 without ZeRO accumulates gradients in fp32 by default (DeepSpeed's grad_accum_dtype): 4 more bytes;
+    // asking for bf16 accumulation gives them back.
     let json = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam"}, "bf16": {"enabled": true}}"#;
+    assert_eq!(engine::<bf16>(&model, json).memory().total(), 20 * p);
+    let json = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam"}, "bf16": {"enabled": true},
+        "data_types": {"grad_accum_dtype": "bf16"}}"#;
     assert_eq!(engine::<bf16>(&model, json).memory().total(), 16 * p);
     let json = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam"}}"#;
     let m = engine::<f32>(&model, json).memory();
@@ -398,4 +403,53 @@ fn the_seeds_config_trains_lstm_seed_in_fp16_with_a_static_scale_of_1024() {
     assert!((first.loss - 10000f32.ln()).abs() < 0.1, "an untrained model is near uniform: {}", first.loss);
     assert!(second.loss < first.loss, "{} then {}", first.loss, second.loss);
     assert_eq!(e.memory().master_weights, 4 * model.build().unwrap().num_params());
+}
+
+/// The engine sums the same widened gradients as the f64 oracle, in fp32 and in another order, and reports the norm
+/// in fp32: ~1e-7 relative per operation over a few terms per element, far below this.
+const ACCUMULATION_NORM_RTOL: f64 = 1e-5;
+
+#[test]
+fn gradients_accumulate_in_fp32_when_asked_and_by_default_for_bf16_without_zero() {
+    // Oracle: the same window run as fp32-accumulated micro-steps by hand. The first window of a bf16 engine with
+    // GAS 4 and lr 0 (the parameters stay put) must report the norm of the fp32 sum of its 4 micro-steps' bf16
+    // gradients: each micro-step's gradient is a bf16 model's own backward, summed in f64 here.
+    let model = tiny("lstm-tiny", 30);
+    let t = 8;
+    let (b, gas) = (2, 4);
+    let json = |accumulation: &str| {
+        format!(
+            r#"{{"train_batch_size": {}, "gradient_accumulation_steps": {gas},
+            "optimizer": {{"type": "SGD", "params": {{"lr": 0.0}}}}, "bf16": {{"enabled": true}}{accumulation}}}"#,
+            b * gas
+        )
+    };
+    let mut data = Cycle::new(30, b, t);
+    let mut m = model.build_as::<bf16>().unwrap();
+    let master = m.layout().init_params(7);
+    let params: Vec<bf16> = master.iter().map(|&w| bf16::from_f32(w)).collect();
+    let mut sum = vec![0.0f64; params.len()];
+    for batch in &data.batches {
+        let mut grads = vec![bf16::from_f32(0.0); params.len()];
+        m.forward(&params, &batch.0, Some(&batch.1), b, t).unwrap();
+        m.backward(&params, &mut grads, 1.0 / gas as f32).unwrap();
+        sum.iter_mut().zip(&grads).for_each(|(s, g)| *s += g.to_f32() as f64);
+    }
+    let expected = sum.iter().map(|g| g * g).sum::<f64>().sqrt();
+    let mut norm = |accumulation: &str| {
+        data.next = 0;
+        window(&mut engine::<bf16>(&model, &json(accumulation)), &mut data, t, None).grad_norm
+    };
+    let fp32_sum = norm("");
+    assert!(((fp32_sum as f64 - expected) / expected).abs() < ACCUMULATION_NORM_RTOL, "{fp32_sum} vs {expected}");
+    let explicit = norm(r#", "data_types": {"grad_accum_dtype": "fp32"}"#);
+    assert_eq!(explicit, fp32_sum);
+    let in_bf16 = norm(r#", "data_types": {"grad_accum_dtype": "bf16"}"#);
+    assert_ne!(in_bf16, fp32_sum, "bf16 accumulation rounds every micro-step's sum");
+
+    let refused = |extra: &str| Engine::<bf16>::new(model.build_as().unwrap(), master.clone(), config(&json(extra)));
+    let err = refused(r#", "data_types": {"grad_accum_dtype": "fp16"}"#).err().unwrap().to_string();
+    assert!(err.contains("grad_accum_dtype") && err.contains("\"fp16\""), "{err}");
+    let err = refused(r#", "communication_data_type": "bf16""#).err().unwrap().to_string();
+    assert!(err.contains("communication_data_type") && err.contains("fp32"), "{err}");
 }

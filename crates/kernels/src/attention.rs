@@ -252,8 +252,6 @@ pub fn attention_forward<E: Element>(out: &mut [E], att: &mut [E], qkv: &[E], sh
 }
 
 /// Backward: adds into `dqkv[B, T, 3C]`. `scratch` (length `B * NH * T * T`, fp32) is overwritten.
-///
-/// Backward: adds into `dqkv[B, T, 3C]`. `scratch` (length `B * NH * T * T`) is overwritten.
 pub fn attention_backward<E: Element>(
     dqkv: &mut [E],
     scratch: &mut [f32],

@@ -15,6 +15,8 @@ const CHUNK: usize = 1 << 14;
 pub trait Element: Copy + Default + Send + Sync + PartialEq + std::fmt::Debug + 'static {
     /// The DeepSpeed config's name for it (`fp32`, `fp16`, `bf16`).
     const NAME: &'static str;
+    /// Whether this is fp32 itself (no separate master weights, no conversions).
+    const IS_F32: bool = false;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
     /// The slice itself when `Self` is f32, so that the fp32 path of every kernel reads and writes its buffers
@@ -36,6 +38,7 @@ pub trait Element: Copy + Default + Send + Sync + PartialEq + std::fmt::Debug + 
 
 impl Element for f32 {
     const NAME: &'static str = "fp32";
+    const IS_F32: bool = true;
     fn from_f32(x: f32) -> Self {
         x
     }

@@ -7,7 +7,7 @@
 //! bench/README.md).
 
 use crate::matmul::Threads;
-use crate::transpose::{transpose_strided, Strided};
+use crate::transpose::transpose_raw;
 use rayon::prelude::*;
 
 /// Products whose left operand has at most this many rows take this path (measured: at 512 rows it is as fast as
@@ -48,8 +48,8 @@ pub(crate) unsafe fn try_few_rows(
     let mut xt = vec![0.0f32; k * m];
     let (lhs_ptr, lhs_rs, lhs_cs) = lhs;
     if lhs_cs == 1 {
-        let x = std::slice::from_raw_parts(lhs_ptr, (m - 1) * lhs_rs + k);
-        transpose_strided(Strided { data: &mut xt, rs: m }, x, lhs_rs, m, k, parallel);
+        // SAFETY: the caller vouches for lhs's m × k strided elements; xt is a fresh dense k × m buffer.
+        transpose_raw((xt.as_mut_ptr(), m), (lhs_ptr, lhs_rs), m, k, parallel);
     } else {
         gather_transposed(&mut xt, lhs, m, k, parallel);
     }
@@ -80,12 +80,14 @@ pub(crate) unsafe fn try_few_rows(
     // dense `out` that is then scaled and added row by row.
     let (dst_ptr, dst_rs, dst_cs) = dst;
     if dst_cs == 1 && !accumulate && scale == 1.0 {
-        let dst = std::slice::from_raw_parts_mut(dst_ptr, (m - 1) * dst_rs + n);
-        transpose_strided(Strided { data: dst, rs: dst_rs }, &out_t, m, n, m, parallel);
+        // SAFETY: the caller vouches for dst's m × n strided elements (and nothing else touches them); out_t is a
+        // dense n × m buffer of this function.
+        transpose_raw((dst_ptr, dst_rs), (out_t.as_ptr(), m), n, m, parallel);
         return true;
     }
     let mut out = vec![0.0f32; m * n];
-    transpose_strided(Strided { data: &mut out, rs: n }, &out_t, m, n, m, parallel);
+    // SAFETY: out_t and out are this function's dense n × m and m × n buffers.
+    transpose_raw((out.as_mut_ptr(), n), (out_t.as_ptr(), m), n, m, parallel);
     let dst = crate::SendPtr(dst_ptr);
     let row = |i: usize| {
         let values = &out[i * n..(i + 1) * n];

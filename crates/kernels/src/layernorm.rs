@@ -99,8 +99,6 @@ fn layernorm_backward_f32(
 
 /// Normalizes each of the `N` rows of `inp[N, C]`; writes `out[N, C]` and saves `mean[N]`, `rstd[N]` (fp32 in
 /// every precision) for the backward.
-///
-/// Normalizes each of the `N` rows of `inp[N, C]`; writes `out[N, C]` and saves `mean[N]`, `rstd[N]` for the
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward<E: Element>(
     out: &mut [E],

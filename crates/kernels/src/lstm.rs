@@ -190,7 +190,7 @@ fn lstm_backward_f32(
     let (n, g4) = (b * t, 4 * h);
     scratch.fit(shape);
     let LstmScratch { dgates, dh_next, dc_next, h_prev, w_hh_t } = scratch;
-    // One transpose per step (a pass over W_hh) lets each of the T recurrent products below stream W_hh's
+    // One transpose per backward (a pass over W_hh) lets each of the T recurrent products below stream W_hh's
     // columns contiguously, a few rows at a time (crate::skinny), instead of through the gemm crate with B rows.
     crate::transpose::transpose(w_hh_t, w_hh, g4, h);
     for step in (0..t).rev() {

@@ -1,6 +1,7 @@
 //! Out-of-place transpose of a row-major matrix, in 8×8 register tiles (AVX) with scalar edges. The LSTM's
-//! backward transposes each layer's `W_hh` once per step so that its per-time-step products read contiguous
-//! columns (crate::skinny) instead of going through the `gemm` crate with four rows.
+//! backward transposes each layer's `W_hh` once per backward so that its per-time-step products read contiguous
+//! columns (crate::skinny) instead of going through the `gemm` crate with four rows; `crate::few_rows` transposes
+//! its operand and result.
 
 use rayon::prelude::*;
 
@@ -11,21 +12,21 @@ const COLS_PER_BLOCK: usize = 64;
 
 /// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major and dense.
 pub(crate) fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
-    transpose_strided(Strided { data: dst, rs: rows }, src, cols, rows, cols, true)
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transpose of {rows}x{cols}: buffers too short");
+    // SAFETY: both buffers hold rows × cols dense elements (asserted) and do not overlap (one is borrowed mutably).
+    unsafe { transpose_raw((dst.as_mut_ptr(), rows), (src.as_ptr(), cols), rows, cols, true) }
 }
 
-/// A destination with a row stride.
-pub(crate) struct Strided<'a> {
-    pub(crate) data: &'a mut [f32],
-    pub(crate) rs: usize,
-}
-
-/// `dst[cols, rows] = src[rows, cols]ᵀ`, where source row `r` starts at `r · src_rs` and destination row `c` at
-/// `c · dst.rs` (`src_rs ≥ cols`, `dst.rs ≥ rows`); on the rayon pool when `parallel`.
-pub(crate) fn transpose_strided(
-    dst: Strided<'_>,
-    src: &[f32],
-    src_rs: usize,
+/// `dst[cols, rows] = src[rows, cols]ᵀ`, where source row `r` starts at `src + r · src_rs` and destination row
+/// `c` at `dst + c · dst_rs`; on the rayon pool when `parallel`. Only the matrices' own elements are touched (the
+/// gaps between rows may belong to someone else).
+///
+/// # Safety
+/// `src` must be valid for reads of its `rows × cols` strided elements and `dst` for writes of its `cols × rows`,
+/// with `src_rs ≥ cols`, `dst_rs ≥ rows`, no overlap between them and no other access to `dst`'s elements meanwhile.
+pub(crate) unsafe fn transpose_raw(
+    (dst, dst_rs): (*mut f32, usize),
+    (src, src_rs): (*const f32, usize),
     rows: usize,
     cols: usize,
     parallel: bool,
@@ -33,21 +34,13 @@ pub(crate) fn transpose_strided(
     if rows == 0 || cols == 0 {
         return;
     }
-    let dst_rs = dst.rs;
-    assert!(
-        dst_rs >= rows
-            && src_rs >= cols
-            && src.len() >= (rows - 1) * src_rs + cols
-            && dst.data.len() >= (cols - 1) * dst_rs + rows,
-        "transpose of {rows}x{cols}: buffers too short for their strides"
-    );
-    let geometry = Geometry { src_rs, dst_rs, cols };
-    let dst_ptr = crate::SendPtr(dst.data.as_mut_ptr());
+    debug_assert!(dst_rs >= rows && src_rs >= cols, "transpose strides shorter than the rows");
+    let g = Geometry { src: crate::SendPtr(src as *mut f32), src_rs, dst: crate::SendPtr(dst), dst_rs, cols };
     let task = |band: usize| {
         let (r0, r1) = (band * ROWS_PER_TASK, ((band + 1) * ROWS_PER_TASK).min(rows));
         // SAFETY: this task writes only destination columns r0..r1 (of every destination row), disjoint from the
-        // other tasks'; all indices are inside the strided matrices (asserted above).
-        unsafe { band_transpose(dst_ptr.get(), src, geometry, r0, r1) }
+        // other tasks'; the caller vouches for the strided matrices.
+        unsafe { band_transpose(g, r0, r1) }
     };
     match parallel {
         true => (0..rows.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(task),
@@ -55,16 +48,19 @@ pub(crate) fn transpose_strided(
     }
 }
 
-/// Row strides of the two matrices and the source's column count.
+/// The two matrices: pointers, row strides, and the source's column count.
 #[derive(Clone, Copy)]
 struct Geometry {
+    src: crate::SendPtr,
     src_rs: usize,
+    dst: crate::SendPtr,
     dst_rs: usize,
     cols: usize,
 }
 
 /// Source rows `r0..r1` into destination columns `r0..r1`.
-unsafe fn band_transpose(dst: *mut f32, src: &[f32], g: Geometry, r0: usize, r1: usize) {
+unsafe fn band_transpose(g: Geometry, r0: usize, r1: usize) {
+    let (src, dst) = (g.src.get() as *const f32, g.dst.get());
     let full_r = r0 + (r1 - r0) / 8 * 8;
     let full_c = g.cols / 8 * 8;
     #[cfg(target_arch = "x86_64")]
@@ -74,22 +70,22 @@ unsafe fn band_transpose(dst: *mut f32, src: &[f32], g: Geometry, r0: usize, r1:
         for c0 in (0..full_c).step_by(COLS_PER_BLOCK) {
             for r in (r0..full_r).step_by(8) {
                 for c in (c0..(c0 + COLS_PER_BLOCK).min(full_c)).step_by(8) {
-                    avx::tile8(src.as_ptr().add(r * g.src_rs + c), g.src_rs, dst.add(c * g.dst_rs + r), g.dst_rs);
+                    avx::tile8(src.add(r * g.src_rs + c), g.src_rs, dst.add(c * g.dst_rs + r), g.dst_rs);
                 }
             }
         }
-        scalar(dst, src, g, (r0, full_r), (full_c, g.cols));
-        scalar(dst, src, g, (full_r, r1), (0, g.cols));
+        scalar(g, (r0, full_r), (full_c, g.cols));
+        scalar(g, (full_r, r1), (0, g.cols));
         return;
     }
-    scalar(dst, src, g, (r0, r1), (0, g.cols));
+    scalar(g, (r0, r1), (0, g.cols));
 }
 
 /// Element by element: source rows `r0..r1`, columns `c0..c1`.
-unsafe fn scalar(dst: *mut f32, src: &[f32], g: Geometry, (r0, r1): (usize, usize), (c0, c1): (usize, usize)) {
+unsafe fn scalar(g: Geometry, (r0, r1): (usize, usize), (c0, c1): (usize, usize)) {
     for r in r0..r1 {
         for c in c0..c1 {
-            *dst.add(c * g.dst_rs + r) = src[r * g.src_rs + c];
+            *g.dst.get().add(c * g.dst_rs + r) = *g.src.get().add(r * g.src_rs + c);
         }
     }
 }
@@ -144,7 +140,9 @@ mod tests {
         let (rows, cols, src_rs, dst_rs) = (19, 13, 16, 23);
         let src: Vec<f32> = (0..rows * src_rs).map(|i| i as f32).collect();
         let mut dst = vec![-1.0f32; cols * dst_rs];
-        super::transpose_strided(super::Strided { data: &mut dst, rs: dst_rs }, &src, src_rs, rows, cols, false);
+        assert!(src.len() >= (rows - 1) * src_rs + cols && dst.len() >= (cols - 1) * dst_rs + rows);
+        // SAFETY: the buffers hold the strided matrices (asserted) and do not overlap.
+        unsafe { super::transpose_raw((dst.as_mut_ptr(), dst_rs), (src.as_ptr(), src_rs), rows, cols, false) };
         for c in 0..cols {
             for r in 0..dst_rs {
                 let want = if r < rows { src[r * src_rs + c] } else { -1.0 };

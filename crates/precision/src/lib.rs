@@ -18,8 +18,11 @@ use std::fmt;
 pub enum ScaleRule {
     /// ZeRO stages 1-3 (`DynamicLossScaler`).
     Zero,
-    /// No ZeRO (`FP16_Optimizer`).
+    /// No ZeRO with an Adam-family optimizer (`FP16_Optimizer`).
     Fused,
+    /// No ZeRO with any other optimizer (`FP16_UnfusedOptimizer`): the same update as `Fused`, but a default
+    /// minimum scale of 0.25 (§2.4).
+    Unfused,
 }
 
 /// Settings of a dynamic scaler.
@@ -68,6 +71,13 @@ impl DynamicScaling {
                 initial_scale: 2f64.powi(16),
                 window: 1000,
                 min_scale: 1.0,
+                hysteresis: 1,
+                consecutive_hysteresis: false,
+            },
+            (false, ScaleRule::Unfused) => DynamicScaling {
+                initial_scale: 2f64.powi(16),
+                window: 1000,
+                min_scale: 0.25,
                 hysteresis: 1,
                 consecutive_hysteresis: false,
             },
@@ -169,7 +179,7 @@ impl LossScaler {
                 *hysteresis_left -= 1;
                 ScaleEvent::HysteresisSpent { remaining: *hysteresis_left }
             }
-            (true, ScaleRule::Fused) => reduce(scale, settings.min_scale)?,
+            (true, ScaleRule::Fused | ScaleRule::Unfused) => reduce(scale, settings.min_scale)?,
             (false, ScaleRule::Zero) => {
                 if settings.consecutive_hysteresis {
                     *hysteresis_left = settings.hysteresis;
@@ -184,7 +194,7 @@ impl LossScaler {
                     ScaleEvent::Kept
                 }
             }
-            (false, ScaleRule::Fused) => {
+            (false, ScaleRule::Fused | ScaleRule::Unfused) => {
                 let stable = *iteration as i64 - *last_overflow - 1;
                 if stable > 0 && stable % settings.window as i64 == 0 {
                     *scale *= 2.0;

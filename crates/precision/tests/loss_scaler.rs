@@ -114,7 +114,19 @@ fn defaults_depend_on_whether_any_dynamic_key_was_given_and_on_the_rule() {
         }
     );
     let none_fused = DynamicScaling::from_fp16_block(ScaleRule::Fused, false, 16, 1000, 1.0, 2, false);
-    assert_eq!(none_fused.initial_scale, 65536.0);
+    assert_eq!((none_fused.initial_scale, none_fused.min_scale), (65536.0, 1.0));
+    // FP16_UnfusedOptimizer (no ZeRO, not Adam): 2^16, window 1000, minimum 0.25.
+    let none_unfused = DynamicScaling::from_fp16_block(ScaleRule::Unfused, false, 16, 1000, 1.0, 2, false);
+    assert_eq!((none_unfused.initial_scale, none_unfused.window, none_unfused.min_scale), (65536.0, 1000, 0.25));
+    let mut u = LossScaler::dynamic(ScaleRule::Unfused, none_unfused);
+    let scales: Vec<f64> = (0..18)
+        .map(|_| {
+            u.update(true).unwrap();
+            u.scale()
+        })
+        .collect();
+    assert_eq!(scales[15..], [1.0, 0.5, 0.25], "halves down to 0.25, not 1");
+    assert!(u.update(true).is_err(), "then the minimum-scale error");
     let given = DynamicScaling::from_fp16_block(ScaleRule::Zero, true, 12, 500, 0.5, 3, true);
     assert_eq!(
         given,

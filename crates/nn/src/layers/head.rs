@@ -70,6 +70,11 @@ impl<E: Element> LmHead<E> {
         self.ignore_index
     }
 
+    /// The weight the head reads: its own, or the tied token embedding.
+    pub fn weight(&self) -> ParamId {
+        self.weight
+    }
+
     pub fn params(&self) -> &[ParamId] {
         &self.own
     }
