@@ -94,9 +94,18 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         gradient_staging: staging * e,
         master_weights: if e == F32 { 0 } else { owned * F32 },
         optimizer_state: owned * w.optimizer_slots * F32,
-        // The saved statistics (LayerNorm mean/rstd) are fp32 in every precision; counted at the storage size.
-        activations: activation_floats(model, w.micro_batch, w.seq_len) * e,
+        // The head's logits and their gradient are fp32 in every precision; the saved statistics (LayerNorm
+        // mean/rstd, a few floats per row) are counted at the storage size.
+        activations: {
+            let head = head_floats(model, w.micro_batch * w.seq_len);
+            (activation_floats(model, w.micro_batch, w.seq_len) - head) * e + head * F32
+        },
     }
+}
+
+/// The output head's share of [`activation_floats`] for `n` rows: logits/probabilities and their gradient.
+fn head_floats(model: &ModelConfig, n: usize) -> usize {
+    2 * n * model.vocab_size()
 }
 
 /// Floats of activations saved for the backward (and the head's logits and their gradient), from the layers'

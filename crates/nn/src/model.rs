@@ -250,7 +250,7 @@ impl<E: Element> Model<E> {
     }
 
     /// Logits `[B, T, V]` of the latest forward without targets.
-    pub fn logits(&self) -> Option<&[E]> {
+    pub fn logits(&self) -> Option<&[f32]> {
         (self.head.state() == HeadOutput::Logits).then(|| self.head.output())
     }
 

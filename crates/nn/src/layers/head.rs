@@ -3,7 +3,7 @@
 //! tied to the token embedding (GPT-2).
 
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
-use rustspeed_kernels::cast::Element;
+use rustspeed_kernels::cast::{load, store, store_opt, Contents, Element};
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
 use rustspeed_kernels::xent::{softmax_xent_backward_in_place, softmax_xent_forward, XentLoss};
 
@@ -26,8 +26,11 @@ pub struct LmHead<E: Element = f32> {
     width: usize,
     vocab_size: usize,
     ignore_index: Option<u32>,
-    /// `[N, V]`: logits, then probabilities, then the logits' gradient (stored as `E`).
-    out: Vec<E>,
+    /// `[N, V]`: logits, then probabilities, then the logits' gradient — fp32 in every precision: the loss and its
+    /// gradient are computed in fp32, as autocast does for cross-entropy (in 16 bits a probability near 1 would
+    /// round to 1 and its `p - 1` gradient to 0).
+    out: Vec<f32>,
+    marker: std::marker::PhantomData<E>,
     losses: Vec<f32>,
     state: HeadOutput,
 }
@@ -56,6 +59,7 @@ impl<E: Element> LmHead<E> {
             vocab_size,
             ignore_index: None,
             out: Vec::new(),
+            marker: std::marker::PhantomData,
             losses: Vec::new(),
             state: HeadOutput::Empty,
         }
@@ -84,7 +88,7 @@ impl<E: Element> LmHead<E> {
     }
 
     /// The `[N, V]` buffer: logits or probabilities, see [`LmHead::state`].
-    pub fn output(&self) -> &[E] {
+    pub fn output(&self) -> &[f32] {
         &self.out
     }
 
@@ -98,9 +102,11 @@ impl<E: Element> LmHead<E> {
         targets: Option<&[u32]>,
     ) -> Option<XentLoss> {
         let v = self.vocab_size;
-        self.out.resize(n * v, E::default());
-        let bias = self.bias.map(|b| layout.view(params, b));
-        linear_forward(&mut self.out, x, layout.view(params, self.weight), bias, WeightLayout::OutIn, n, self.width, v);
+        self.out.resize(n * v, 0.0);
+        // 16-bit inputs are widened (exactly); the product and the loss run in fp32.
+        let bias = self.bias.map(|b| load(layout.view(params, b)));
+        let (x, weight) = (load(x), load(layout.view(params, self.weight)));
+        linear_forward(&mut self.out, &x, &weight, bias.as_deref(), WeightLayout::OutIn, n, self.width, v);
         self.state = HeadOutput::Logits;
         let targets = targets?;
         self.losses.resize(n, 0.0);
@@ -131,16 +137,22 @@ impl<E: Element> LmHead<E> {
         // The probabilities become the logits' gradient in place; the buffer holds neither afterwards.
         softmax_xent_backward_in_place(&mut self.out, targets, self.ignore_index, dloss, loss.count, n, v);
         self.state = HeadOutput::Empty;
-        let weight = layout.view(params, self.weight);
-        match self.bias {
+        let (x, weight) = (load(x), load(layout.view(params, self.weight)));
+        let (dw, db) = match self.bias {
             Some(b) => {
                 let [dw, db] = layout.views_mut(grads, [self.weight, b]);
-                linear_backward(Some(dx), dw, Some(db), &self.out, x, weight, WeightLayout::OutIn, n, self.width, v);
+                (dw, Some(db))
             }
-            None => {
-                let dw = layout.view_mut(grads, self.weight);
-                linear_backward(Some(dx), dw, None, &self.out, x, weight, WeightLayout::OutIn, n, self.width, v);
-            }
-        }
+            None => (layout.view_mut(grads, self.weight), None),
+        };
+        // The fp32 logits' gradient against widened inputs; the 16-bit gradients are summed in fp32, rounded once.
+        let (width, dlogits) = (self.width, &self.out);
+        store(dx, Contents::Accumulate, |dx| {
+            store(dw, Contents::Accumulate, |dw| {
+                store_opt(db, Contents::Accumulate, |db| {
+                    linear_backward(Some(dx), dw, db, dlogits, &x, &weight, WeightLayout::OutIn, n, width, v)
+                })
+            })
+        });
     }
 }
