@@ -60,27 +60,21 @@ impl DynamicScaling {
                 hysteresis,
                 consecutive_hysteresis,
             },
-            (false, ScaleRule::Zero) => DynamicScaling {
-                initial_scale: 2f64.powi(32),
-                window: 1000,
-                min_scale: 1.0,
-                hysteresis: 1,
-                consecutive_hysteresis: false,
-            },
-            (false, ScaleRule::Fused) => DynamicScaling {
-                initial_scale: 2f64.powi(16),
-                window: 1000,
-                min_scale: 1.0,
-                hysteresis: 1,
-                consecutive_hysteresis: false,
-            },
-            (false, ScaleRule::Unfused) => DynamicScaling {
-                initial_scale: 2f64.powi(16),
-                window: 1000,
-                min_scale: 0.25,
-                hysteresis: 1,
-                consecutive_hysteresis: false,
-            },
+            (false, rule) => {
+                // The wrappers' hard-coded defaults (§2.4): initial scale, minimum scale; window 1000, no hysteresis.
+                let (power, min_scale) = match rule {
+                    ScaleRule::Zero => (32, 1.0),
+                    ScaleRule::Fused => (16, 1.0),
+                    ScaleRule::Unfused => (16, 0.25),
+                };
+                DynamicScaling {
+                    initial_scale: 2f64.powi(power),
+                    window: 1000,
+                    min_scale,
+                    hysteresis: 1,
+                    consecutive_hysteresis: false,
+                }
+            }
         }
     }
 }
