@@ -20,6 +20,7 @@ use rustspeed_comm::background::Background;
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
 use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, first_non_finite, Element};
+use rustspeed_kernels::vmath::{add_squares, SQUARE_LANES};
 use rustspeed_nn::Model;
 use rustspeed_optim::LrSchedule;
 use std::ops::Range;
@@ -143,28 +144,24 @@ fn sum_of_squares<G: Element>(x: &[G]) -> f64 {
     partial.iter().sum()
 }
 
-/// Independent partial sums in [`chunk_sum_of_squares`]: one long chain of dependent f64 additions would bound the
-/// pass by the adder's latency (measured 26 ms for the 64M gradients of lstm-seed, against 8 ms of memory time).
-const SQUARE_LANES: usize = 16;
-
 /// Elements widened to fp32 at a time (a stack buffer) by [`chunk_sum_of_squares`] and [`add_widened`].
 const WIDEN_RUN: usize = 1024;
 
-/// `Σ x²` of one chunk in f64, over `SQUARE_LANES` interleaved partial sums (a fixed order: deterministic).
+/// `Σ x²` of one chunk in f64, over `SQUARE_LANES` interleaved partial sums (a fixed order: deterministic). One
+/// chain of dependent f64 additions was bound by the adder's latency (26 ms for lstm-seed's 64M gradients).
 fn chunk_sum_of_squares<G: Element>(chunk: &[G]) -> f64 {
     let mut lanes = [0.0f64; SQUARE_LANES];
     let mut tail = 0.0f64;
-    let mut wide = [0.0f32; WIDEN_RUN];
-    for run in chunk.chunks(WIDEN_RUN) {
-        let wide = &mut wide[..run.len()];
-        G::widen_run(wide, run);
-        let mut blocks = wide.chunks_exact(SQUARE_LANES);
-        for block in &mut blocks {
-            for (lane, &v) in lanes.iter_mut().zip(block) {
-                *lane += v as f64 * v as f64;
+    match G::as_f32(chunk) {
+        Some(x) => tail += add_squares(&mut lanes, x),
+        None => {
+            let mut wide = [0.0f32; WIDEN_RUN];
+            for run in chunk.chunks(WIDEN_RUN) {
+                let wide = &mut wide[..run.len()];
+                G::widen_run(wide, run);
+                tail += add_squares(&mut lanes, wide);
             }
         }
-        tail += blocks.remainder().iter().map(|&v| v as f64 * v as f64).sum::<f64>();
     }
     lanes.iter().sum::<f64>() + tail
 }
