@@ -488,13 +488,16 @@ impl<E: Element> Engine<E> {
             self.apply_optimizer(grad_scale as f32, lr as f32, self.schedule.momentum(t))?;
         }
         // 6. Zero gradients, agree on the window's loss, count (a skipped step still counts), report.
-        if zero.stage != ZeroStage::Stage2 {
-            // (Stage 2's staging buffer was released, reading as zeros, when it was reduced; touching it here
-            // would only bring its pages back.)
+        //    The optimizer zeroed the gradients it read (stage 0's buffer or the fp32 sum, the partitions), while
+        //    they were in cache; the rest is zeroed here: everything after a skipped step, stage 1's local
+        //    buffer and fp32 sum. (Stage 2's staging buffer was released, reading as zeros, when it was reduced.)
+        if skipped || zero.stage == ZeroStage::Stage1 {
             zero_fill(&mut self.grads);
+            zero_fill(&mut self.grad_accum);
         }
-        zero_fill(&mut self.grad_partition);
-        zero_fill(&mut self.grad_accum);
+        if skipped {
+            zero_fill(&mut self.grad_partition);
+        }
         let mut window = std::mem::take(&mut self.window);
         let mut loss = [window.loss_sum as f32];
         self.comm.all_reduce(&mut loss, ReduceOp::Avg)?;
@@ -572,8 +575,8 @@ impl<E: Element> Engine<E> {
         let (owned, numel) = (zero.owned(), zero.numel);
         master.update(&mut params[zero.owned()], |weights| match (zero.sharded(), grad_accum.is_empty()) {
             (true, _) => optimizer.apply(layout, weights, grad_partition, grad_scale, owned, lr, betas),
-            (false, true) => optimizer.apply(layout, weights, &grads[..numel], grad_scale, owned, lr, betas),
-            (false, false) => optimizer.apply(layout, weights, &grad_accum[..numel], grad_scale, owned, lr, betas),
+            (false, true) => optimizer.apply(layout, weights, &mut grads[..numel], grad_scale, owned, lr, betas),
+            (false, false) => optimizer.apply(layout, weights, &mut grad_accum[..numel], grad_scale, owned, lr, betas),
         });
         if zero.sharded() {
             gather_params(&*self.comm, &zero, &mut self.params, &mut self.gather_buffer)?;

@@ -117,15 +117,16 @@ impl Optimizer {
     /// rate `lr` (and OneCycle's `betas`). `params` (fp32 master weights), `grads` and the state buffers cover
     /// `owned` only: index 0 is parameter `owned.start`. The optimizer sees `grad_scale · grads` in fp32
     /// (unscaling and clipping in one multiply, semantics §2.6; 16-bit gradients are widened piece by piece, so no
-    /// fp32 copy of all gradients exists). Tensors cut by the partition boundary are stepped piecewise, which is
-    /// exact for the element-wise rules (Lamb's per-tensor trust ratio is not, so the engine refuses Lamb with
-    /// ZeRO).
+    /// fp32 copy of all gradients exists). The gradients are consumed: each piece is zeroed right after its update,
+    /// while it is in cache, which saves the engine a separate pass before the next window. Tensors cut by the
+    /// partition boundary are stepped piecewise, which is exact for the element-wise rules (Lamb's per-tensor
+    /// trust ratio is not, so the engine refuses Lamb with ZeRO).
     #[allow(clippy::too_many_arguments)]
     pub fn apply<G: Element>(
         &mut self,
         layout: &ParamLayout,
         params: &mut [f32],
-        grads: &[G],
+        grads: &mut [G],
         grad_scale: f32,
         owned: Range<usize>,
         lr: f32,
@@ -137,7 +138,7 @@ impl Optimizer {
         // pieces in parallel. Element-wise rules split tensors into chunks; Lamb's trust ratio needs whole tensors.
         let mut pieces = Vec::new();
         let mut rest_p = &mut params[..owned.len()];
-        let mut rest_g = &grads[..owned.len()];
+        let mut rest_g = &mut grads[..owned.len()];
         let mut rest_slots: Vec<&mut [f32]> = self.slots.iter_mut().map(|s| &mut s[..owned.len()]).collect();
         let mut at = owned.start;
         let mut entries: Vec<_> = layout.entries().iter().collect();
@@ -152,7 +153,7 @@ impl Optimizer {
             // Skip any gap before the tensor (there is none in a contiguous layout).
             let skip = start - at;
             (_, rest_p) = std::mem::take(&mut rest_p).split_at_mut(skip);
-            (_, rest_g) = rest_g.split_at(skip);
+            (_, rest_g) = std::mem::take(&mut rest_g).split_at_mut(skip);
             for s in rest_slots.iter_mut() {
                 (_, *s) = std::mem::take(s).split_at_mut(skip);
             }
@@ -160,7 +161,7 @@ impl Optimizer {
             while left > 0 {
                 let len = chunk.min(left);
                 let (p, rp) = std::mem::take(&mut rest_p).split_at_mut(len);
-                let (g, rg) = rest_g.split_at(len);
+                let (g, rg) = std::mem::take(&mut rest_g).split_at_mut(len);
                 let slots: Vec<&mut [f32]> = rest_slots
                     .iter_mut()
                     .map(|s| {
@@ -175,19 +176,20 @@ impl Optimizer {
             }
             at = end;
         }
-        pieces.into_par_iter().for_each(|(rule, p, g, mut slots)| {
+        pieces.into_par_iter().for_each(|(rule, p, grads, mut slots)| {
             let wide: Vec<f32>;
-            let g: &[f32] = match G::as_f32(g) {
+            let g: &[f32] = match G::as_f32(grads) {
                 Some(g) if grad_scale == 1.0 => g,
                 _ => {
-                    let mut widened = vec![0.0; g.len()];
-                    G::widen_run(&mut widened, g);
+                    let mut widened = vec![0.0; grads.len()];
+                    G::widen_run(&mut widened, grads);
                     widened.iter_mut().for_each(|x| *x *= grad_scale);
                     wide = widened;
                     &wide
                 }
             };
-            step_piece(rule, step, p, g, &mut slots)
+            step_piece(rule, step, p, g, &mut slots);
+            grads.fill(G::default());
         });
     }
 }

@@ -447,6 +447,20 @@ fn gradients_accumulate_in_fp32_when_asked_and_by_default_for_bf16_without_zero(
     let in_bf16 = norm(r#", "data_types": {"grad_accum_dtype": "bf16"}"#);
     assert_ne!(in_bf16, fp32_sum, "bf16 accumulation rounds every micro-step's sum");
 
+    // Over several windows at stage 1 (one rank: the partition is everything) the fp32 sum must be emptied after
+    // each step exactly as at stage 0: the two runs are the same arithmetic.
+    let windows = |stage: u8| {
+        let extra = format!(
+            r#", "data_types": {{"grad_accum_dtype": "fp32"}}, "zero_optimization": {{"stage": {stage}}},
+            "zero_allow_untested_optimizer": true"#
+        );
+        let sgd = json(&extra).replace(r#""lr": 0.0"#, r#""lr": 0.5"#);
+        let mut e = engine::<bf16>(&model, &sgd);
+        let mut data = Cycle::new(30, b, t);
+        (0..3).map(|_| window(&mut e, &mut data, t, None).loss).collect::<Vec<_>>()
+    };
+    assert_eq!(windows(1), windows(0));
+
     let refused = |extra: &str| Engine::<bf16>::new(model.build_as().unwrap(), master.clone(), config(&json(extra)));
     let err = refused(r#", "data_types": {"grad_accum_dtype": "fp16"}"#).err().unwrap().to_string();
     assert!(err.contains("grad_accum_dtype") && err.contains("\"fp16\""), "{err}");
