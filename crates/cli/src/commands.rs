@@ -166,12 +166,9 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
         "sgd" => 0,
         other => return Err(format!("--optimizer {other}: expected adam, lamb, lion, sgd or sgd-momentum")),
     };
-    let storage = match a.get("precision").unwrap_or("fp32") {
-        "fp32" => StorageType::Fp32,
-        "fp16" => StorageType::Fp16,
-        "bf16" => StorageType::Bf16,
-        other => return Err(format!("--precision {other}: expected fp32, fp16 or bf16")),
-    };
+    let precision = a.get("precision").unwrap_or("fp32");
+    let storage = StorageType::from_name(precision)
+        .ok_or_else(|| format!("--precision {precision}: expected fp32, fp16 or bf16"))?;
     let default_t = match &config {
         rustspeed_nn::ModelConfig::Gpt(c) => c.block_size,
         rustspeed_nn::ModelConfig::Lstm(_) => 64,

@@ -134,6 +134,15 @@ pub struct Engine<E: Element = f32> {
     window: Window,
 }
 
+/// Where the window's reduced gradients are at the step: the fp32 partition (ZeRO stages 1, 2), the local 16-bit
+/// or fp32 buffer (stage 0), or the fp32 sum over micro-steps (stage 0 with fp32 accumulation of 16-bit gradients).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reduced {
+    Partition,
+    Local,
+    Accumulated,
+}
+
 /// Elements per task of the parallel passes over the flat buffers below.
 const FLAT_CHUNK: usize = 1 << 16;
 
@@ -519,18 +528,25 @@ impl<E: Element> Engine<E> {
         }))
     }
 
+    /// Which buffer holds the window's reduced gradients when the step reads them.
+    fn reduced(&self) -> Reduced {
+        match (self.zero.sharded(), self.grad_accum.is_empty()) {
+            (true, _) => Reduced::Partition,
+            (false, true) => Reduced::Local,
+            (false, false) => Reduced::Accumulated,
+        }
+    }
+
     /// ‖g‖ of the reduced, still scaled gradients over all ranks.
     fn global_norm(&self) -> Result<f64, EngineError> {
-        let zero = self.zero;
-        if !zero.sharded() {
-            return Ok(match self.grad_accum.is_empty() {
-                true => sum_of_squares(&self.grads[..zero.numel]),
-                false => sum_of_squares(&self.grad_accum[..zero.numel]),
-            }
-            .sqrt());
-        }
+        let numel = self.zero.numel;
+        let sq = match self.reduced() {
+            Reduced::Local => return Ok(sum_of_squares(&self.grads[..numel]).sqrt()),
+            Reduced::Accumulated => return Ok(sum_of_squares(&self.grad_accum[..numel]).sqrt()),
+            Reduced::Partition => sum_of_squares(&self.grad_partition),
+        };
         // The communicator sums fp32: a share beyond fp32's range (a norm above ~1e19) reads as an overflow.
-        let mut sq = [sum_of_squares(&self.grad_partition) as f32];
+        let mut sq = [sq as f32];
         self.comm.all_reduce(&mut sq, ReduceOp::Sum)?;
         Ok((sq[0] as f64).sqrt())
     }
@@ -539,10 +555,10 @@ impl<E: Element> Engine<E> {
     /// rank checks its own partition, as DeepSpeed's overflow check).
     fn non_finite_layer(&self) -> Result<String, EngineError> {
         let (zero, owned) = (self.zero, self.zero.owned());
-        let mut flags = match (zero.sharded(), self.grad_accum.is_empty()) {
-            (true, _) => non_finite_flags(&self.grad_partition, &owned, &self.grad_owners),
-            (false, true) => non_finite_flags(&self.grads[..zero.numel], &owned, &self.grad_owners),
-            (false, false) => non_finite_flags(&self.grad_accum[..zero.numel], &owned, &self.grad_owners),
+        let mut flags = match self.reduced() {
+            Reduced::Partition => non_finite_flags(&self.grad_partition, &owned, &self.grad_owners),
+            Reduced::Local => non_finite_flags(&self.grads[..zero.numel], &owned, &self.grad_owners),
+            Reduced::Accumulated => non_finite_flags(&self.grad_accum[..zero.numel], &owned, &self.grad_owners),
         };
         if zero.sharded() {
             self.comm.all_reduce(&mut flags, ReduceOp::Max)?;
@@ -558,25 +574,27 @@ impl<E: Element> Engine<E> {
     pub fn inject_gradient(&mut self, index: usize, value: f32) -> Result<(), EngineError> {
         self.expect_phase("inject_gradient", EnginePhase::Backwarded, "backward()")?;
         let owned = self.zero.owned();
-        match (self.zero.sharded(), self.grad_accum.is_empty()) {
-            (true, _) if owned.contains(&index) => self.grad_partition[index - owned.start] = value,
-            (true, _) => {}
-            (false, true) => self.grads[index] = E::from_f32(value),
-            (false, false) => self.grad_accum[index] = value,
+        match self.reduced() {
+            Reduced::Partition if owned.contains(&index) => self.grad_partition[index - owned.start] = value,
+            Reduced::Partition => {}
+            Reduced::Local => self.grads[index] = E::from_f32(value),
+            Reduced::Accumulated => self.grad_accum[index] = value,
         }
         Ok(())
     }
 
     /// Phase 5 of [`Engine::step`].
     fn apply_optimizer(&mut self, grad_scale: f32, lr: f32, betas: Option<(f64, f64)>) -> Result<(), EngineError> {
-        let zero = self.zero;
+        let (zero, reduced) = (self.zero, self.reduced());
         let Engine { model, params, grads, grad_partition, grad_accum, master, optimizer, .. } = self;
         let layout = model.layout();
         let (owned, numel) = (zero.owned(), zero.numel);
-        master.update(&mut params[zero.owned()], |weights| match (zero.sharded(), grad_accum.is_empty()) {
-            (true, _) => optimizer.apply(layout, weights, grad_partition, grad_scale, owned, lr, betas),
-            (false, true) => optimizer.apply(layout, weights, &mut grads[..numel], grad_scale, owned, lr, betas),
-            (false, false) => optimizer.apply(layout, weights, &mut grad_accum[..numel], grad_scale, owned, lr, betas),
+        master.update(&mut params[zero.owned()], |weights| match reduced {
+            Reduced::Partition => optimizer.apply(layout, weights, grad_partition, grad_scale, owned, lr, betas),
+            Reduced::Local => optimizer.apply(layout, weights, &mut grads[..numel], grad_scale, owned, lr, betas),
+            Reduced::Accumulated => {
+                optimizer.apply(layout, weights, &mut grad_accum[..numel], grad_scale, owned, lr, betas)
+            }
         });
         if zero.sharded() {
             gather_params(&*self.comm, &zero, &mut self.params, &mut self.gather_buffer)?;

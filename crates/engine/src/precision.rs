@@ -7,7 +7,7 @@
 
 use crate::error::EngineError;
 use rustspeed_config::DeepSpeedConfig;
-use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, Element};
+use rustspeed_kernels::cast::{cast_from_f32, load, Element};
 use rustspeed_precision::{DynamicScaling, LossScaler, ScaleRule};
 use serde_json::{json, Value};
 
@@ -27,6 +27,11 @@ impl StorageType {
             (false, true) => StorageType::Bf16,
             (false, false) => StorageType::Fp32,
         }
+    }
+
+    /// The type of a config name (`fp32`, `fp16`, `bf16`).
+    pub fn from_name(name: &str) -> Option<StorageType> {
+        [StorageType::Fp32, StorageType::Fp16, StorageType::Bf16].into_iter().find(|s| s.name() == name)
     }
 
     /// The config's name for it, as [`Element::NAME`].
@@ -185,11 +190,7 @@ pub(crate) struct MasterWeights {
 impl MasterWeights {
     /// Masters of `owned_params` (the rank's owned range of the model copy).
     pub(crate) fn new<E: Element>(owned_params: &[E]) -> Self {
-        let mut fp32 = Vec::new();
-        if E::as_f32(owned_params).is_none() {
-            fp32 = vec![0.0; owned_params.len()];
-            cast_to_f32(&mut fp32, owned_params);
-        }
+        let fp32 = if E::IS_F32 { Vec::new() } else { load(owned_params).into_owned() };
         MasterWeights { fp32 }
     }
 

@@ -5,7 +5,7 @@
 
 use crate::zero::ZeroPlan;
 use rustspeed_comm::{CommError, Communicator, ReduceOp};
-use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, store, Contents, Element};
+use rustspeed_kernels::cast::{cast_from_f32, load, store, Contents, Element};
 
 /// This rank's reduced share of one bucket: where it goes in the partition, and its values.
 pub(crate) type Share = (usize, Vec<f32>);
@@ -31,7 +31,7 @@ pub(crate) fn reduce_piece<E: Element>(
         let chunk: &[f32] = match E::as_f32(chunk) {
             Some(chunk) => chunk,
             None => {
-                wide = widen(chunk);
+                wide = load(chunk).into_owned();
                 &wide
             }
         };
@@ -85,12 +85,6 @@ pub(crate) fn release_zeroed<E: Element>(buf: &mut [E]) {
     buf.fill(E::default());
 }
 
-fn widen<E: Element>(x: &[E]) -> Vec<f32> {
-    let mut wide = vec![0.0; x.len()];
-    cast_to_f32(&mut wide, x);
-    wide
-}
-
 /// Elements of each rank's partition per all-gather of 16-bit parameters (which travel as fp32): bounds the
 /// temporary fp32 buffer to `world · GATHER_CHUNK` elements.
 const GATHER_CHUNK: usize = 1 << 20;
@@ -113,7 +107,7 @@ pub(crate) fn gather_params<E: Element>(
     let mut at = 0;
     while at < s {
         let len = GATHER_CHUNK.min(s - at);
-        let mine = widen(&params[zero.rank * s + at..zero.rank * s + at + len]);
+        let mine = load(&params[zero.rank * s + at..zero.rank * s + at + len]);
         gather_buffer.resize(zero.world * len, 0.0);
         comm.all_gather(&mine, &vec![len; zero.world], gather_buffer)?;
         for (r, values) in gather_buffer.chunks(len).enumerate() {
