@@ -1,7 +1,5 @@
-//! Out-of-place transpose of a row-major matrix, in 8×8 register tiles (AVX) with scalar edges. The LSTM's
-//! backward transposes each layer's `W_hh` once per backward so that its per-time-step products read contiguous
-//! columns (crate::skinny) instead of going through the `gemm` crate with four rows; `crate::few_rows` transposes
-//! its operand and result.
+//! Out-of-place transpose of a row-major matrix, in 8×8 register tiles (AVX) with scalar edges: `crate::few_rows`
+//! transposes its operand and result.
 
 use rayon::prelude::*;
 
@@ -9,13 +7,6 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 64;
 /// Source columns per block within a task (see [`band_transpose`]).
 const COLS_PER_BLOCK: usize = 64;
-
-/// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major and dense.
-pub(crate) fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transpose of {rows}x{cols}: buffers too short");
-    // SAFETY: both buffers hold rows × cols dense elements (asserted) and do not overlap (one is borrowed mutably).
-    unsafe { transpose_raw((dst.as_mut_ptr(), rows), (src.as_ptr(), cols), rows, cols, true) }
-}
 
 /// `dst[cols, rows] = src[rows, cols]ᵀ`, where source row `r` starts at `src + r · src_rs` and destination row
 /// `c` at `dst + c · dst_rs`; on the rayon pool when `parallel`. Only the matrices' own elements are touched (the
@@ -133,7 +124,12 @@ mod avx {
 
 #[cfg(test)]
 mod tests {
-    use super::transpose;
+    /// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major and dense.
+    fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+        assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+        // SAFETY: both buffers hold rows × cols dense elements (asserted) and do not overlap (one is borrowed mutably).
+        unsafe { super::transpose_raw((dst.as_mut_ptr(), rows), (src.as_ptr(), cols), rows, cols, true) }
+    }
 
     #[test]
     fn transposes_strided_matrices_and_leaves_the_gaps_alone() {

@@ -374,7 +374,7 @@ fn lstm_case(rng: &mut Rng, b: usize, t: usize, c: usize, h: usize) -> Case {
                     dh_next: vec![nan; b * h],
                     dc_next: vec![nan; b * h],
                     h_prev: vec![nan; b * t * h],
-                    w_hh_t: vec![nan; g4 * h],
+                    partials: vec![nan; 2 * h.div_ceil(128) * b * h],
                 };
                 lstm_backward(
                     dx,
@@ -597,7 +597,11 @@ fn residual() {
 #[test]
 fn lstm() {
     let mut rng = Rng::new(10);
-    for (b, t, c, h) in [(1, 1, 3, 2), (2, 3, 3, 4), (2, 7, 5, 5), (3, 9, 10, 16)] {
+    // The last two span several blocks of hidden units, more rows than one pass of dot products takes (B > 8),
+    // and enough work per step to run as parallel tasks.
+    for (b, t, c, h) in
+        [(1, 1, 3, 2), (2, 3, 3, 4), (2, 7, 5, 5), (3, 9, 10, 16), (6, 5, 7, 70), (9, 4, 6, 33), (5, 4, 3, 300)]
+    {
         check(&lstm_case(&mut rng, b, t, c, h), &mut rng);
     }
 }
