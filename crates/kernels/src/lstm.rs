@@ -16,7 +16,7 @@
 
 use crate::cast::{load, store, Contents, Element};
 use crate::matmul::{gemm, Dst, MatMut, MatRef, Threads};
-use crate::skinny::{add_rows_product, dots, DOTS_OUT, SKINNY, SKINNY_COLS};
+use crate::skinny::{add_rows_product, dots, DOTS_OUT, PARALLEL_MIN_FLOPS, SKINNY, SKINNY_COLS};
 use crate::vmath::{sigmoid, simd_fn, tanh};
 use crate::SendPtr;
 use rayon::prelude::*;
@@ -27,8 +27,6 @@ const UNITS: usize = 32;
 /// Hidden units per task of a backward time step. Each task adds a partial `[B, H]` product that every task of the
 /// next step sums over, so fewer, larger blocks than the forward's: 8 at `H = 1024`.
 const BACKWARD_UNITS: usize = 128;
-/// Below this many multiply-adds per time step (`B·4H·H`) the recurrence runs on the calling thread.
-const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// Runs `task(block, u0, width)` for the blocks `u0..u0 + width` of `units` of the `H` hidden units, as parallel
 /// tasks when a step is large enough to pay for them. Returns when every block is done: one time step.
@@ -39,7 +37,7 @@ fn for_each_unit_block(shape: LstmShape, units: usize, task: impl Fn(usize, usiz
         task(block, u0, units.min(h - u0))
     };
     let blocks = h.div_ceil(units);
-    if shape.b * 4 * h * h >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+    if shape.b * 4 * h * h >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1 {
         (0..blocks).into_par_iter().for_each(run);
     } else {
         (0..blocks).for_each(run);

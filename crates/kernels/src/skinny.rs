@@ -16,7 +16,7 @@ pub(crate) const SKINNY: usize = 8;
 /// Output columns per rayon task: each task streams `k x SKINNY_COLS` of `rhs`.
 pub(crate) const SKINNY_COLS: usize = 128;
 /// Below this many multiply-adds a product runs on the calling thread.
-const PARALLEL_MIN_FLOPS: usize = 1 << 16;
+pub(crate) const PARALLEL_MIN_FLOPS: usize = 1 << 16;
 
 /// A strided matrix: element `(i, j)` at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -82,20 +82,20 @@ unsafe fn skinny(
     accumulate: bool,
     parallel: bool,
 ) {
-    // Dense copies of the lhs rows (at most SKINNY x k), so the dot products read contiguous memory.
-    let mut a = vec![0.0f32; m * k];
-    for (i, row) in a.chunks_exact_mut(k).enumerate() {
-        for (p, v) in row.iter_mut().enumerate() {
-            *v = *lhs.ptr.get().add(i * lhs.rs + p * lhs.cs);
-        }
-    }
-    let a = &a;
+    // `dots` reads rows with any stride; only rows with strided elements need dense copies (at most SKINNY x k).
+    let copy: Vec<f32> = if lhs.cs == 1 {
+        Vec::new()
+    } else {
+        (0..m * k).map(|e| *lhs.ptr.get().add(e / k * lhs.rs + e % k * lhs.cs)).collect()
+    };
+    let (a, lda) = if lhs.cs == 1 { (SendPtr(lhs.ptr.get()), lhs.rs) } else { (SendPtr(copy.as_ptr() as *mut f32), k) };
     let task = |block: usize| {
         let j0 = block * SKINNY_COLS;
         let cols = SKINNY_COLS.min(n - j0);
         let mut out = [0.0f32; DOTS_OUT];
-        // SAFETY: `a` holds m rows of k; columns j0..j0+cols of rhs lie inside the operand the caller described.
-        dots(a.as_ptr(), k, m, rhs.ptr.get().add(j0 * rhs.cs), rhs.cs, cols, k, &mut out);
+        // SAFETY: `a` holds m rows of k, lda apart (the caller's lhs or the copy); columns j0..j0+cols of rhs lie
+        // inside the operand the caller described.
+        dots(a.get(), lda, m, rhs.ptr.get().add(j0 * rhs.cs), rhs.cs, cols, k, &mut out);
         for i in 0..m {
             for j in 0..cols {
                 // SAFETY: (i, j0 + j) lies inside dst, and only this task writes columns j0..j0+cols.
