@@ -95,7 +95,9 @@ unsafe fn skinny(
         let mut out = [0.0f32; DOTS_OUT];
         // SAFETY: `a` holds m rows of k, lda apart (the caller's lhs or the copy); columns j0..j0+cols of rhs lie
         // inside the operand the caller described.
-        dots(a.get(), lda, m, rhs.ptr.get().add(j0 * rhs.cs), rhs.cs, cols, k, &mut out);
+        let columns = rhs.ptr.get().add(j0 * rhs.cs);
+        // The next block's columns follow these (a prefetch past the operand's end is harmless).
+        dots(a.get(), lda, m, columns, rhs.cs, cols, k, columns.wrapping_add(cols * rhs.cs), &mut out);
         for i in 0..m {
             for j in 0..cols {
                 // SAFETY: (i, j0 + j) lies inside dst, and only this task writes columns j0..j0+cols.
@@ -118,7 +120,9 @@ pub(crate) const DOTS_OUT: usize = SKINNY * SKINNY_COLS;
 
 /// `out[i · SKINNY_COLS + j] = a_i · rhs_j` for `m <= SKINNY` rows `a_i` (each `k` contiguous floats, `lda` apart)
 /// and `cols <= SKINNY_COLS` columns `rhs_j` (each `k` contiguous floats, `cs` apart): on AVX-512 all rows against
-/// four columns per pass, so each column is read once.
+/// four columns per pass, so each column is read once. Each pass prefetches the next pass's columns into L2, the
+/// last pass the four columns (`cs` apart) at `next`: where the caller reads next, so that its first pass does not
+/// wait either (any address: a prefetch never faults).
 ///
 /// # Safety
 /// The `m` rows at `a` and the `cols` columns at `rhs` must be readable and not written during the call; the
@@ -132,6 +136,7 @@ pub(crate) unsafe fn dots(
     cs: usize,
     cols: usize,
     k: usize,
+    next: *const f32,
     out: &mut [f32; DOTS_OUT],
 ) {
     assert!(m <= SKINNY && cols <= SKINNY_COLS);
@@ -140,18 +145,20 @@ pub(crate) unsafe fn dots(
         // SAFETY: the CPU has AVX-512F (checked); the caller vouches for the rows and columns.
         unsafe {
             match m {
-                1 => avx512::dots::<1>(a, lda, rhs, cs, cols, k, out),
-                2 => avx512::dots::<2>(a, lda, rhs, cs, cols, k, out),
-                3 => avx512::dots::<3>(a, lda, rhs, cs, cols, k, out),
-                4 => avx512::dots::<4>(a, lda, rhs, cs, cols, k, out),
-                5 => avx512::dots::<5>(a, lda, rhs, cs, cols, k, out),
-                6 => avx512::dots::<6>(a, lda, rhs, cs, cols, k, out),
-                7 => avx512::dots::<7>(a, lda, rhs, cs, cols, k, out),
-                _ => avx512::dots::<8>(a, lda, rhs, cs, cols, k, out),
+                1 => avx512::dots::<1>(a, lda, rhs, cs, cols, k, next, out),
+                2 => avx512::dots::<2>(a, lda, rhs, cs, cols, k, next, out),
+                3 => avx512::dots::<3>(a, lda, rhs, cs, cols, k, next, out),
+                4 => avx512::dots::<4>(a, lda, rhs, cs, cols, k, next, out),
+                5 => avx512::dots::<5>(a, lda, rhs, cs, cols, k, next, out),
+                6 => avx512::dots::<6>(a, lda, rhs, cs, cols, k, next, out),
+                7 => avx512::dots::<7>(a, lda, rhs, cs, cols, k, next, out),
+                _ => avx512::dots::<8>(a, lda, rhs, cs, cols, k, next, out),
             }
         }
         return;
     }
+    // The portable loop leaves prefetching to the hardware.
+    let _ = next;
     // SAFETY: as above; each row and column is one contiguous run of k floats.
     let rows: [&[f32]; SKINNY] =
         std::array::from_fn(|i| if i < m { unsafe { std::slice::from_raw_parts(a.add(i * lda), k) } } else { &[] });
@@ -240,7 +247,10 @@ mod avx512 {
     const COLS: usize = 4;
 
     /// [`super::dots`] for exactly `M` rows: per 16 lanes of `k`, `M + COLS` loads feed `M·COLS` multiply-adds.
+    /// The columns are typically rows of a matrix, a page apart, where the hardware prefetcher stops; hence the
+    /// explicit prefetch of the next pass (measured on the seed LSTM's layer forward: ~15.7 -> ~14.8 ms).
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dots<const M: usize>(
         a: *const f32,
         lda: usize,
@@ -248,6 +258,7 @@ mod avx512 {
         cs: usize,
         cols: usize,
         k: usize,
+        next: *const f32,
         out: &mut [f32; DOTS_OUT],
     ) {
         let tail = k % 16;
@@ -258,8 +269,12 @@ mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); COLS]; M];
             // Columns past `cols` repeat the last one (read, never stored), so the loop body has no branches.
             let col: [*const f32; COLS] = std::array::from_fn(|c| rhs.add((j + c.min(width - 1)) * cs));
+            let ahead = if j + COLS < cols { rhs.wrapping_add((j + COLS) * cs) } else { next };
             let mut p = 0;
             while p + 16 <= k {
+                for c in 0..COLS {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(c * cs + p) as *const i8);
+                }
                 let w: [__m512; COLS] = std::array::from_fn(|c| _mm512_loadu_ps(col[c].add(p)));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let x = _mm512_loadu_ps(a.add(r * lda + p));
