@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use rustspeed_comm::background::Background;
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
-use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, first_non_finite, Element};
+use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, first_non_finite, Contents, Element};
 use rustspeed_kernels::vmath::{add_squares, SQUARE_LANES};
 use rustspeed_nn::Model;
 use rustspeed_optim::LrSchedule;
@@ -396,24 +396,32 @@ impl<E: Element> Engine<E> {
         // Gradients are reduced over ranks in this backward when the window ends (stages 0 and 1) or on every
         // micro-step (stage 2), layer by layer on a communication thread with `overlap_comm`.
         let reduce = self.zero.stage == ZeroStage::Stage2 || self.is_gradient_accumulation_boundary();
+        let accumulate_wide = !self.grad_accum.is_empty();
+        // The buffer the backward writes starts over (is overwritten, not first zeroed) when it holds nothing of
+        // this window: at its first micro-step, and on every micro-step where it only stages this micro-step's
+        // gradients (stage 2 reduces them right away; fp32 accumulation adds them into the fp32 sum).
+        let window_start = self.counters.micro_steps.is_multiple_of(self.batch.gradient_accumulation_steps as u64);
+        let contents = match window_start || self.zero.stage == ZeroStage::Stage2 || accumulate_wide {
+            true => Contents::Overwrite,
+            false => Contents::Accumulate,
+        };
         let p = self.zero.numel;
         let Engine { model, params, grads, grad_partition, grad_accum, zero, comm, reduction, .. } = self;
         let (params, grads, comm, zero, bucket) = (&params[..p], &mut grads[..p], &**comm, *zero, reduction.bucket);
-        let accumulate_wide = !grad_accum.is_empty();
+        let mut backward = |grads| model.backward_with(params, grads, dloss, contents, &mut |_, _| {});
         match (reduce, reduction.overlap && !accumulate_wide) {
             // fp32 accumulation: each micro-step's 16-bit gradients are added into the fp32 sum, which is what
             // the boundary reduces (after the backward: no overlap in this mode).
             (_, false) if accumulate_wide => {
-                model.backward(params, grads, dloss)?;
+                backward(grads)?;
                 add_widened(&mut grad_accum[..p], grads);
-                zero_fill(grads);
                 if reduce {
                     accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, &mut grad_accum[..p])?);
                 }
             }
-            (false, _) => model.backward(params, grads, dloss)?,
+            (false, _) => backward(grads)?,
             (true, false) => {
-                model.backward(params, grads, dloss)?;
+                backward(grads)?;
                 accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, grads)?);
                 if zero.stage == ZeroStage::Stage2 {
                     release_zeroed(grads);
@@ -423,7 +431,7 @@ impl<E: Element> Engine<E> {
                 // Each finished piece is reduced on the communication thread while the backward goes on.
                 let background = Background::start(scope, comm);
                 let mut pending = Vec::new();
-                let backward = model.backward_with(params, grads, dloss, &mut |offset, piece| {
+                let backward = model.backward_with(params, grads, dloss, contents, &mut |offset, piece| {
                     pending.push(background.submit(move |c| {
                         let shares = reduce_piece(c, &zero, bucket, offset, piece)?;
                         // Stage 2 keeps no gradients outside the partition: the reduced piece's memory goes.
@@ -496,12 +504,11 @@ impl<E: Element> Engine<E> {
         if !skipped {
             self.apply_optimizer(grad_scale as f32, lr as f32, self.schedule.momentum(t))?;
         }
-        // 6. Zero gradients, agree on the window's loss, count (a skipped step still counts), report.
-        //    The optimizer zeroed the gradients it read (stage 0's buffer or the fp32 sum, the partitions), while
-        //    they were in cache; the rest is zeroed here: everything after a skipped step, stage 1's local
-        //    buffer and fp32 sum. (Stage 2's staging buffer was released, reading as zeros, when it was reduced.)
+        // 6. Zero the accumulators, agree on the window's loss, count (a skipped step still counts), report.
+        //    The model's gradient buffer needs no zeroing: the next window's first backward overwrites it. The
+        //    optimizer zeroed the accumulators it read (the fp32 sum or partition) while they were in cache; the
+        //    rest is zeroed here: after a skipped step, and stage 1's fp32 sum (reduced into the partition).
         if skipped || zero.stage == ZeroStage::Stage1 {
-            zero_fill(&mut self.grads);
             zero_fill(&mut self.grad_accum);
         }
         if skipped {
@@ -589,11 +596,15 @@ impl<E: Element> Engine<E> {
         let Engine { model, params, grads, grad_partition, grad_accum, master, optimizer, .. } = self;
         let layout = model.layout();
         let (owned, numel) = (zero.owned(), zero.numel);
+        // The fp32 partition and sum are accumulators, zeroed as they are read; the model's own buffer is
+        // overwritten by the next window's first backward.
         master.update(&mut params[zero.owned()], |weights| match reduced {
-            Reduced::Partition => optimizer.apply(layout, weights, grad_partition, grad_scale, owned, lr, betas),
-            Reduced::Local => optimizer.apply(layout, weights, &mut grads[..numel], grad_scale, owned, lr, betas),
+            Reduced::Partition => optimizer.apply(layout, weights, grad_partition, true, grad_scale, owned, lr, betas),
+            Reduced::Local => {
+                optimizer.apply(layout, weights, &mut grads[..numel], false, grad_scale, owned, lr, betas)
+            }
             Reduced::Accumulated => {
-                optimizer.apply(layout, weights, &mut grad_accum[..numel], grad_scale, owned, lr, betas)
+                optimizer.apply(layout, weights, &mut grad_accum[..numel], true, grad_scale, owned, lr, betas)
             }
         });
         if zero.sharded() {

@@ -117,8 +117,9 @@ impl Optimizer {
     /// rate `lr` (and OneCycle's `betas`). `params` (fp32 master weights), `grads` and the state buffers cover
     /// `owned` only: index 0 is parameter `owned.start`. The optimizer sees `grad_scale · grads` in fp32
     /// (unscaling and clipping in one multiply, semantics §2.6; 16-bit gradients are widened piece by piece, so no
-    /// fp32 copy of all gradients exists). The gradients are consumed: each piece is zeroed right after its update,
-    /// while it is in cache, which saves the engine a separate pass before the next window. Tensors cut by the
+    /// fp32 copy of all gradients exists). With `zero_grads` (an accumulator the next window adds into) each piece
+    /// of `grads` is zeroed right after its update, while it is in cache, which saves a separate pass; a buffer the
+    /// next window's first backward overwrites is left as it is. Tensors cut by the
     /// partition boundary are stepped piecewise, which is exact for the element-wise rules (Lamb's per-tensor
     /// trust ratio is not, so the engine refuses Lamb with ZeRO).
     #[allow(clippy::too_many_arguments)]
@@ -127,6 +128,7 @@ impl Optimizer {
         layout: &ParamLayout,
         params: &mut [f32],
         grads: &mut [G],
+        zero_grads: bool,
         grad_scale: f32,
         owned: Range<usize>,
         lr: f32,
@@ -189,7 +191,9 @@ impl Optimizer {
                 }
             };
             step_piece(rule, step, p, g, &mut slots);
-            grads.fill(G::default());
+            if zero_grads {
+                grads.fill(G::default());
+            }
         });
     }
 }

@@ -202,11 +202,24 @@ pub fn first_non_finite<E: Element>(x: &[E]) -> Option<usize> {
 /// What a kernel's fp32 view of an output buffer starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Contents {
-    /// The kernel overwrites the buffer (a forward's output): the view's initial values do not matter.
+    /// The kernel overwrites the buffer (a forward's output, a gradient a backward starts): the view's initial
+    /// values do not matter.
     Overwrite,
-    /// The kernel adds into the buffer (every backward): the view starts with the buffer's values, so the sum is
-    /// formed in fp32 and rounded once.
+    /// The kernel adds into the buffer (a backward into an input's gradient, or into a parameter's within an
+    /// accumulation window): the view starts with the buffer's values, so the sum is formed in fp32 and rounded
+    /// once.
     Accumulate,
+}
+
+impl Contents {
+    /// Readies an fp32 view for a kernel that adds into it: zeroes it when the kernel is to overwrite. (A
+    /// gradient the backward starts, e.g. the first micro-step of an accumulation window, need not be zeroed
+    /// beforehand by a separate pass.)
+    pub fn prepare(self, view: &mut [f32]) {
+        if self == Contents::Overwrite {
+            view.fill(0.0);
+        }
+    }
 }
 
 /// The fp32 values of `x`, as a kernel loads them: `x` itself in fp32, a widened copy of 16-bit storage (exact).

@@ -39,10 +39,14 @@ pub fn token_forward<E: Element>(out: &mut [E], tokens: &[u32], weight: &[E], c:
     }
 }
 
-/// `dweight[tokens[n], :] += dout[n, :]`. Sequential: repeated tokens would race, and the work is one pass over
-/// `dout`.
-pub fn token_backward<E: Element>(dweight: &mut [E], dout: &[E], tokens: &[u32], c: usize) {
-    store(dweight, Contents::Accumulate, |dw| token_backward_f32(dw, &load(dout), tokens, c))
+/// `dweight[tokens[n], :] += dout[n, :]`; with `grads` = [`Contents::Overwrite`] the rest of the table is zeroed
+/// (`dweight` holds nothing of value before). Sequential: repeated tokens would race, and the work is one pass
+/// over `dout`.
+pub fn token_backward<E: Element>(dweight: &mut [E], grads: Contents, dout: &[E], tokens: &[u32], c: usize) {
+    store(dweight, grads, |dw| {
+        grads.prepare(dw);
+        token_backward_f32(dw, &load(dout), tokens, c)
+    })
 }
 
 /// `out[b, t, :] += pos[t, :]` for `out` of shape `[B, T, C]` and `pos` of shape `[maxT, C]`, `T <= maxT`.
@@ -50,7 +54,11 @@ pub fn position_forward<E: Element>(out: &mut [E], pos: &[E], b: usize, t: usize
     store(out, Contents::Accumulate, |o| position_forward_f32(o, &load(pos), b, t, c))
 }
 
-/// `dpos[t, :] += Σ_b dout[b, t, :]`.
-pub fn position_backward<E: Element>(dpos: &mut [E], dout: &[E], b: usize, t: usize, c: usize) {
-    store(dpos, Contents::Accumulate, |d| position_backward_f32(d, &load(dout), b, t, c))
+/// `dpos[t, :] += Σ_b dout[b, t, :]` over the first `T` rows of the `[maxT, C]` table; with `grads` =
+/// [`Contents::Overwrite`] the whole table is written (rows from `T` on with zeros).
+pub fn position_backward<E: Element>(dpos: &mut [E], grads: Contents, dout: &[E], b: usize, t: usize, c: usize) {
+    store(dpos, grads, |d| {
+        grads.prepare(d);
+        position_backward_f32(d, &load(dout), b, t, c)
+    })
 }

@@ -48,6 +48,7 @@ fn layernorm_backward_f32(
     dinp: &mut [f32],
     dweight: &mut [f32],
     dbias: &mut [f32],
+    grads: Contents,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -80,6 +81,8 @@ fn layernorm_backward_f32(
                 }
             }
         });
+    grads.prepare(&mut dweight[..c]);
+    grads.prepare(&mut dbias[..c]);
     // Column-parallel reduction over rows: each task owns a block of columns, so no partial buffers are needed.
     dweight[..c].par_chunks_mut(COLS_PER_TASK).zip(dbias[..c].par_chunks_mut(COLS_PER_TASK)).enumerate().for_each(
         |(block, (dw, db))| {
@@ -115,7 +118,8 @@ pub fn layernorm_forward<E: Element>(
     })
 }
 
-/// Backward of [`layernorm_forward`]; adds into `dinp`, `dweight`, `dbias`.
+/// Backward of [`layernorm_forward`]; adds into `dinp`, and adds into or (`grads` = [`Contents::Overwrite`])
+/// overwrites `dweight`, `dbias`.
 ///
 /// With `x̂ = (x - mean) rstd` and `g = dout ⊙ weight`:
 /// `dx = rstd (g - mean(g) - x̂ mean(g ⊙ x̂))`, `dweight = Σ_rows dout ⊙ x̂`, `dbias = Σ_rows dout`.
@@ -124,6 +128,7 @@ pub fn layernorm_backward<E: Element>(
     dinp: &mut [E],
     dweight: &mut [E],
     dbias: &mut [E],
+    grads: Contents,
     dout: &[E],
     inp: &[E],
     weight: &[E],
@@ -134,9 +139,9 @@ pub fn layernorm_backward<E: Element>(
 ) {
     let (dout, inp, weight) = (load(dout), load(inp), load(weight));
     store(dinp, Contents::Accumulate, |dinp| {
-        store(dweight, Contents::Accumulate, |dweight| {
-            store(dbias, Contents::Accumulate, |dbias| {
-                layernorm_backward_f32(dinp, dweight, dbias, &dout, &inp, &weight, mean, rstd, n, c)
+        store(dweight, grads, |dweight| {
+            store(dbias, grads, |dbias| {
+                layernorm_backward_f32(dinp, dweight, dbias, grads, &dout, &inp, &weight, mean, rstd, n, c)
             })
         })
     })

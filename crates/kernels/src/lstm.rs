@@ -357,6 +357,7 @@ fn lstm_backward_f32(
     dw_hh: &mut [f32],
     db_ih: &mut [f32],
     db_hh: &mut [f32],
+    grads: Contents,
     scratch: &mut LstmScratch,
     dout: &[f32],
     x: &[f32],
@@ -386,17 +387,10 @@ fn lstm_backward_f32(
         });
     }
     let dgates_m = MatRef::row_major(&dgates[..n * g4], n, g4);
-    // dx += dgates W_ih ; dW_ih += dgatesᵀ x
+    // dx += dgates W_ih ; dW_ih (+)= dgatesᵀ x
     gemm(MatMut::row_major(dx, n, c), dgates_m, MatRef::row_major(w_ih, g4, c), 1.0, Dst::Accumulate, Threads::Pool);
-    gemm(
-        MatMut::row_major(dw_ih, g4, c),
-        dgates_m.t(),
-        MatRef::row_major(x, n, c),
-        1.0,
-        Dst::Accumulate,
-        Threads::Pool,
-    );
-    // dW_hh += Σ_b Σ_{t≥1} dgates[b, t]ᵀ h[b, t-1]: one product over all rows, with h_prev[b, t] = h[b, t-1] and
+    gemm(MatMut::row_major(dw_ih, g4, c), dgates_m.t(), MatRef::row_major(x, n, c), 1.0, grads.into(), Threads::Pool);
+    // dW_hh (+)= Σ_b Σ_{t≥1} dgates[b, t]ᵀ h[b, t-1]: one product over all rows, with h_prev[b, t] = h[b, t-1] and
     // h_prev[b, 0] = 0 (the zero initial state contributes nothing).
     for (prev, seq) in h_prev.chunks_exact_mut(t * h).zip(out[..n * h].chunks_exact(t * h)) {
         prev[..h].fill(0.0);
@@ -407,10 +401,12 @@ fn lstm_backward_f32(
         dgates_m.t(),
         MatRef::row_major(h_prev, n, h),
         1.0,
-        Dst::Accumulate,
+        grads.into(),
         Threads::Pool,
     );
     // Both biases enter the gates the same way, so they get the same gradient: one pass adds it to both.
+    grads.prepare(&mut db_ih[..g4]);
+    grads.prepare(&mut db_hh[..g4]);
     for row in dgates[..n * g4].chunks_exact(g4) {
         for ((bi, bh), &g) in db_ih[..g4].iter_mut().zip(db_hh[..g4].iter_mut()).zip(row) {
             *bi += g;
@@ -444,7 +440,8 @@ pub fn lstm_forward<E: Element>(
     })
 }
 
-/// Backward (backpropagation through time). Adds into `dx`, `dw_ih`, `dw_hh`, `db_ih`, `db_hh`.
+/// Backward (backpropagation through time). Adds into `dx`, and adds into or (`grads` = [`Contents::Overwrite`])
+/// overwrites `dw_ih`, `dw_hh`, `db_ih`, `db_hh`.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_backward<E: Element>(
     dx: &mut [E],
@@ -452,6 +449,7 @@ pub fn lstm_backward<E: Element>(
     dw_hh: &mut [E],
     db_ih: &mut [E],
     db_hh: &mut [E],
+    grads: Contents,
     scratch: &mut LstmScratch,
     dout: &[E],
     x: &[E],
@@ -465,13 +463,13 @@ pub fn lstm_backward<E: Element>(
     let (dout, x, w_ih, w_hh) = (load(dout), load(x), load(w_ih), load(w_hh));
     let (out, gates, cell) = (load(out), load(gates), load(cell));
     store(dx, Contents::Accumulate, |dx| {
-        store(dw_ih, Contents::Accumulate, |dw_ih| {
-            store(dw_hh, Contents::Accumulate, |dw_hh| {
-                store(db_ih, Contents::Accumulate, |db_ih| {
-                    store(db_hh, Contents::Accumulate, |db_hh| {
+        store(dw_ih, grads, |dw_ih| {
+            store(dw_hh, grads, |dw_hh| {
+                store(db_ih, grads, |db_ih| {
+                    store(db_hh, grads, |db_hh| {
                         lstm_backward_f32(
-                            dx, dw_ih, dw_hh, db_ih, db_hh, scratch, &dout, &x, &w_ih, &w_hh, &out, &gates, &cell,
-                            shape,
+                            dx, dw_ih, dw_hh, db_ih, db_hh, grads, scratch, &dout, &x, &w_ih, &w_hh, &out, &gates,
+                            &cell, shape,
                         )
                     })
                 })

@@ -33,6 +33,15 @@ pub enum Dst {
     Accumulate,
 }
 
+impl From<Contents> for Dst {
+    fn from(contents: Contents) -> Dst {
+        match contents {
+            Contents::Overwrite => Dst::Overwrite,
+            Contents::Accumulate => Dst::Accumulate,
+        }
+    }
+}
+
 /// A read-only strided matrix: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
@@ -260,6 +269,7 @@ fn linear_backward_f32(
     dinp: Option<&mut [f32]>,
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
+    grads: Contents,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -282,16 +292,17 @@ fn linear_backward_f32(
     }
     let inp_m = MatRef::row_major(inp, n, c);
     match layout {
-        // dW[OC, C] += doutᵀ · inp
+        // dW[OC, C] (+)= doutᵀ · inp
         WeightLayout::OutIn => {
-            gemm(MatMut::row_major(dweight, oc, c), dout_m.t(), inp_m, 1.0, Dst::Accumulate, Threads::Pool)
+            gemm(MatMut::row_major(dweight, oc, c), dout_m.t(), inp_m, 1.0, grads.into(), Threads::Pool)
         }
-        // dW[C, OC] += inpᵀ · dout
+        // dW[C, OC] (+)= inpᵀ · dout
         WeightLayout::InOut => {
-            gemm(MatMut::row_major(dweight, c, oc), inp_m.t(), dout_m, 1.0, Dst::Accumulate, Threads::Pool)
+            gemm(MatMut::row_major(dweight, c, oc), inp_m.t(), dout_m, 1.0, grads.into(), Threads::Pool)
         }
     }
     if let Some(dbias) = dbias {
+        grads.prepare(dbias);
         sum_rows_into(dbias, dout, n, oc);
     }
 }
@@ -324,13 +335,15 @@ pub fn linear_forward<E: Element>(
     })
 }
 
-/// Backward of [`linear_forward`]; adds into `dinp`, `dweight` and `dbias` (the kernels' convention: every
-/// backward accumulates, so gradient accumulation and residual branches need no extra pass).
+/// Backward of [`linear_forward`]; adds into `dinp` (the kernels' convention: every backward accumulates into
+/// its input's gradient, so residual branches need no extra pass), and adds into or, with `grads` =
+/// [`Contents::Overwrite`], overwrites `dweight` and `dbias`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward<E: Element>(
     dinp: Option<&mut [E]>,
     dweight: &mut [E],
     dbias: Option<&mut [E]>,
+    grads: Contents,
     dout: &[E],
     inp: &[E],
     weight: &[E],
@@ -341,9 +354,9 @@ pub fn linear_backward<E: Element>(
 ) {
     let (dout, inp, weight) = (load(dout), load(inp), load(weight));
     store_opt(dinp, Contents::Accumulate, |dinp| {
-        store(dweight, Contents::Accumulate, |dweight| {
-            store_opt(dbias, Contents::Accumulate, |dbias| {
-                linear_backward_f32(dinp, dweight, dbias, &dout, &inp, &weight, layout, n, c, oc)
+        store(dweight, grads, |dweight| {
+            store_opt(dbias, grads, |dbias| {
+                linear_backward_f32(dinp, dweight, dbias, grads, &dout, &inp, &weight, layout, n, c, oc)
             })
         })
     })

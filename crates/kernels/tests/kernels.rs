@@ -8,6 +8,7 @@
 //! start as NaN, so an output element a forward fails to write shows up as a mismatch.
 
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
+use rustspeed_kernels::cast::Contents;
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
 use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
 use rustspeed_kernels::gradcheck::{compare, numeric_gradient, to_f64};
@@ -40,6 +41,10 @@ type Tensors = Vec<Vec<f64>>;
 /// One kernel run: returns the outputs (the test loss differentiates the first) and, given that output's
 /// gradient `dout`, adds the inputs' gradients into `grads` (one buffer per input; untouched when `dout` is None).
 type Run = Box<dyn Fn(&[Vec<f64>], Option<&[f64]>, &mut [Vec<f64>]) -> Tensors>;
+/// A fused kernel's run: as [`Run`], with the parameters' gradients written as the [`Contents`] says (the inputs'
+/// gradients are always added). To overwrite, the run first fills its parameters' gradients with NaN: what they
+/// held must not matter.
+type Fused = Box<dyn Fn(&[Vec<f64>], Option<&[f64]>, &mut [Vec<f64>], Contents) -> Tensors>;
 
 struct Case {
     name: String,
@@ -47,7 +52,7 @@ struct Case {
     input_names: &'static [&'static str],
     output_names: &'static [&'static str],
     reference: Run,
-    fused: Run,
+    fused: Fused,
 }
 
 fn run64(f: impl Fn(&[Vec<f64>], Option<&[f64]>, &mut [Vec<f64>]) -> Tensors + 'static) -> Run {
@@ -55,11 +60,11 @@ fn run64(f: impl Fn(&[Vec<f64>], Option<&[f64]>, &mut [Vec<f64>]) -> Tensors + '
 }
 
 /// Wraps an fp32 run: narrows inputs, `dout` and gradients (keeping any pre-filled values), widens results.
-fn run32(f: impl Fn(&[Vec<f32>], Option<&[f32]>, &mut [Vec<f32>]) -> Vec<Vec<f32>> + 'static) -> Run {
-    Box::new(move |ins, dout, grads| {
+fn run32(f: impl Fn(&[Vec<f32>], Option<&[f32]>, &mut [Vec<f32>], Contents) -> Vec<Vec<f32>> + 'static) -> Fused {
+    Box::new(move |ins, dout, grads, mode| {
         let narrow_all = |ts: &[Vec<f64>]| ts.iter().map(|t| narrow(t)).collect::<Vec<_>>();
         let mut g32 = narrow_all(grads);
-        let outs = f(&narrow_all(ins), dout.map(narrow).as_deref(), &mut g32);
+        let outs = f(&narrow_all(ins), dout.map(narrow).as_deref(), &mut g32, mode);
         for (g, g32) in grads.iter_mut().zip(&g32) {
             *g = to_f64(g32);
         }
@@ -78,6 +83,13 @@ fn randn(rng: &mut Rng, len: usize, scale: f64) -> Vec<f64> {
 
 fn random_tokens(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
     (0..n).map(|_| rng.below(v as u64) as u32).collect()
+}
+
+/// Before a run that overwrites parameter gradients: fills them with NaN, which must not survive.
+fn nan_if_overwritten<'a>(mode: Contents, grads: impl IntoIterator<Item = &'a mut Vec<f32>>) {
+    if mode == Contents::Overwrite {
+        grads.into_iter().for_each(|g| g.fill(f32::NAN));
+    }
 }
 
 fn zeros_like(ts: &[Vec<f64>]) -> Tensors {
@@ -118,9 +130,9 @@ fn check(case: &Case, rng: &mut Rng) {
         }
     }
 
-    // (b) fused fp32 forward and backward vs the reference.
+    // (b) fused fp32 forward and backward vs the reference, overwriting the parameters' gradients.
     let mut grads = zeros_like(&case.inputs);
-    let outs = (case.fused)(&case.inputs, Some(&dout), &mut grads);
+    let outs = (case.fused)(&case.inputs, Some(&dout), &mut grads, Contents::Overwrite);
     assert_eq!((outs.len(), ref_outs.len()), (case.output_names.len(), case.output_names.len()), "{name}: outputs");
     for ((out, expected), out_name) in outs.iter().zip(&ref_outs).zip(case.output_names) {
         expect_close(name, &format!("fp32 {out_name}"), out, expected, FP32_ATOL, FP32_RTOL);
@@ -132,7 +144,7 @@ fn check(case: &Case, rng: &mut Rng) {
     // (c) the fused backward adds into its gradient buffers.
     let prefill: Tensors = case.inputs.iter().map(|t| randn(rng, t.len(), 1.0)).collect();
     let mut accumulated = prefill.clone();
-    (case.fused)(&case.inputs, Some(&dout), &mut accumulated);
+    (case.fused)(&case.inputs, Some(&dout), &mut accumulated, Contents::Accumulate);
     for (((acc, pre), g), input_name) in accumulated.iter().zip(&prefill).zip(&grads).zip(case.input_names) {
         let expected: Vec<f64> = pre.iter().zip(g).map(|(p, g)| p + g).collect();
         expect_close(
@@ -165,11 +177,13 @@ fn token_case(rng: &mut Rng, n: usize, c: usize, v: usize) -> Case {
             }
             vec![out]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, mode| {
             let mut out = vec![f32::NAN; n * c];
             token_forward(&mut out, &tokens32, &ins[0], c);
             if let Some(dout) = dout {
-                token_backward(&mut grads[0], dout, &tokens32, c);
+                // Overwriting, rows of tokens not in the batch must come out zero.
+                nan_if_overwritten(mode, [&mut grads[0]]);
+                token_backward(&mut grads[0], mode, dout, &tokens32, c);
             }
             vec![out]
         }),
@@ -193,11 +207,13 @@ fn position_case(rng: &mut Rng, b: usize, t: usize, max_t: usize, c: usize) -> C
             }
             vec![out]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, mode| {
             let mut out = base32.clone();
             position_forward(&mut out, &ins[0], b, t, c);
             if let Some(dout) = dout {
-                position_backward(&mut grads[0], dout, b, t, c);
+                // Overwriting, the rows from T on must come out zero.
+                nan_if_overwritten(mode, [&mut grads[0]]);
+                position_backward(&mut grads[0], mode, dout, b, t, c);
             }
             vec![out]
         }),
@@ -218,11 +234,12 @@ fn layernorm_case(rng: &mut Rng, n: usize, c: usize) -> Case {
             }
             vec![out, mean, rstd]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, mode| {
             let (mut out, mut mean, mut rstd) = (vec![f32::NAN; n * c], vec![f32::NAN; n], vec![f32::NAN; n]);
             layernorm_forward(&mut out, &mut mean, &mut rstd, &ins[0], &ins[1], &ins[2], n, c);
             if let (Some(dout), [dx, dw, db]) = (dout, grads) {
-                layernorm_backward(dx, dw, db, dout, &ins[0], &ins[1], &mean, &rstd, n, c);
+                nan_if_overwritten(mode, [&mut *dw, &mut *db]);
+                layernorm_backward(dx, dw, db, mode, dout, &ins[0], &ins[1], &mean, &rstd, n, c);
             }
             vec![out, mean, rstd]
         }),
@@ -249,12 +266,13 @@ fn linear_case(rng: &mut Rng, n: usize, c: usize, oc: usize, layout: WeightLayou
             }
             vec![out]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, mode| {
             let mut out = vec![f32::NAN; n * oc];
             linear_forward(&mut out, &ins[0], &ins[1], ins.get(2).map(|b| &b[..]), layout, n, c, oc);
             if let (Some(dout), [dx, dw, db @ ..]) = (dout, grads) {
+                nan_if_overwritten(mode, std::iter::once(&mut *dw).chain(db.iter_mut()));
                 let db = db.first_mut().map(|b| &mut b[..]);
-                linear_backward(Some(dx), dw, db, dout, &ins[0], &ins[1], layout, n, c, oc);
+                linear_backward(Some(dx), dw, db, mode, dout, &ins[0], &ins[1], layout, n, c, oc);
             }
             vec![out]
         }),
@@ -276,7 +294,7 @@ fn attention_case(rng: &mut Rng, b: usize, t: usize, c: usize, nh: usize) -> Cas
             }
             vec![out, att]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, _mode| {
             let (mut out, mut att) = (vec![f32::NAN; b * t * c], vec![f32::NAN; shape.att_len()]);
             attention_forward(&mut out, &mut att, &ins[0], shape);
             if let Some(dout) = dout {
@@ -302,7 +320,7 @@ fn gelu_case(rng: &mut Rng, len: usize) -> Case {
             }
             vec![out]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, _mode| {
             let mut out = vec![f32::NAN; len];
             gelu_forward(&mut out, &ins[0]);
             if let Some(dout) = dout {
@@ -327,7 +345,7 @@ fn residual_case(rng: &mut Rng, len: usize) -> Case {
             }
             vec![out]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, _mode| {
             let mut out = vec![f32::NAN; len];
             residual_forward(&mut out, &ins[0], &ins[1]);
             if let (Some(dout), [da, db]) = (dout, grads) {
@@ -363,7 +381,7 @@ fn lstm_case(rng: &mut Rng, b: usize, t: usize, c: usize, h: usize) -> Case {
             }
             vec![out, gates, cell]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, mode| {
             let (mut out, mut gates, mut cell) = (vec![nan; b * t * h], vec![nan; b * t * g4], vec![nan; b * t * h]);
             let [x, w_ih, w_hh, b_ih, b_hh] = ins else { unreachable!() };
             lstm_forward(&mut out, &mut gates, &mut cell, x, w_ih, w_hh, b_ih, b_hh, shape);
@@ -376,12 +394,14 @@ fn lstm_case(rng: &mut Rng, b: usize, t: usize, c: usize, h: usize) -> Case {
                     h_prev: vec![nan; b * t * h],
                     partials: vec![nan; 2 * h.div_ceil(128) * b * h],
                 };
+                nan_if_overwritten(mode, [&mut *dw_ih, &mut *dw_hh, &mut *db_ih, &mut *db_hh]);
                 lstm_backward(
                     dx,
                     dw_ih,
                     dw_hh,
                     db_ih,
                     db_hh,
+                    mode,
                     &mut scratch,
                     dout,
                     x,
@@ -419,7 +439,7 @@ fn xent_case(rng: &mut Rng, n: usize, v: usize, ignore: Option<(u32, usize)>) ->
             }
             vec![vec![mean], probs, losses, vec![count as f64]]
         }),
-        fused: run32(move |ins, dout, grads| {
+        fused: run32(move |ins, dout, grads, _mode| {
             let (mut probs, mut losses) = (ins[0].clone(), vec![f32::NAN; n]);
             let loss = softmax_xent_forward(&mut probs, &mut losses, &targets32, ignore_index, n, v);
             if let Some(dout) = dout {
@@ -473,9 +493,11 @@ fn linear_backward_without_input_gradient() {
     let [inp, weight, dout] = [n * c, c * oc, n * oc].map(|len| narrow(&randn(&mut rng, len, 1.0)));
     for layout in [WeightLayout::OutIn, WeightLayout::InOut] {
         let (mut dw_full, mut db_full, mut dx) = (vec![0.0f32; c * oc], vec![0.0f32; oc], vec![0.0f32; n * c]);
-        linear_backward(Some(&mut dx), &mut dw_full, Some(&mut db_full), &dout, &inp, &weight, layout, n, c, oc);
+        let add = Contents::Accumulate;
+        let db_full_view = Some(&mut db_full[..]);
+        linear_backward(Some(&mut dx), &mut dw_full, db_full_view, add, &dout, &inp, &weight, layout, n, c, oc);
         let (mut dw, mut db) = (vec![0.0f32; c * oc], vec![0.0f32; oc]);
-        linear_backward(None, &mut dw, Some(&mut db), &dout, &inp, &weight, layout, n, c, oc);
+        linear_backward(None, &mut dw, Some(&mut db), add, &dout, &inp, &weight, layout, n, c, oc);
         expect_close("linear without dinp", "dweight", &to_f64(&dw), &to_f64(&dw_full), 0.0, 0.0);
         expect_close("linear without dinp", "dbias", &to_f64(&db), &to_f64(&db_full), 0.0, 0.0);
     }
@@ -565,8 +587,10 @@ fn attention_probabilities_are_causal() {
     let mut rng = Rng::new(7);
     for (b, t, c, nh) in ATTENTION_SHAPES {
         let case = attention_case(&mut rng, b, t, c, nh);
-        for (run, which) in [(&case.reference, "reference"), (&case.fused, "fp32")] {
-            let att = &run(&case.inputs, None, &mut [])[1];
+        let reference = (case.reference)(&case.inputs, None, &mut []);
+        let fused = (case.fused)(&case.inputs, None, &mut [], Contents::Accumulate);
+        for (outs, which) in [(reference, "reference"), (fused, "fp32")] {
+            let att = &outs[1];
             for (row_index, row) in att.chunks_exact(t).enumerate() {
                 let i = row_index % t;
                 let what = format!("{which} att row {row_index}");

@@ -16,7 +16,7 @@
 //!    read the inputs before rounding, and the bit-for-bit check rejects a gradient rounded before it is added.
 
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
-use rustspeed_kernels::cast::{bf16, f16, Element};
+use rustspeed_kernels::cast::{bf16, f16, Contents, Element};
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
 use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
 use rustspeed_kernels::gradcheck::{compare, Mismatch};
@@ -165,16 +165,17 @@ fn check_token_embedding<E: Element>(rng: &mut Rng) {
         token_forward(&mut out32, &tokens, &weight.f32, c);
         expect_rounded_once(&kernel, "out", &out, &out32);
 
-        let mut dweight = zeros::<E>(v * c);
-        token_backward(&mut dweight, &dout.e, &tokens, c);
+        // Overwriting a buffer of NaNs: rows of tokens not in the batch come out zero.
+        let mut dweight = nans::<E>(v * c);
+        token_backward(&mut dweight, Contents::Overwrite, &dout.e, &tokens, c);
         let mut expected = vec![0.0; v * c];
         r::token_backward(&mut expected, &dout.f64, &tokens, c);
         expect_close(&kernel, "dweight", &dweight, &expected);
 
         let prefill = Tensor::<E>::randn(rng, v * c, 1.0);
         let (mut dweight, mut dweight32) = (prefill.e, prefill.f32);
-        token_backward(&mut dweight, &dout.e, &tokens, c);
-        token_backward(&mut dweight32, &dout.f32, &tokens, c);
+        token_backward(&mut dweight, Contents::Accumulate, &dout.e, &tokens, c);
+        token_backward(&mut dweight32, Contents::Accumulate, &dout.f32, &tokens, c);
         expect_rounded_once(&kernel, "dweight added into a pre-filled buffer", &dweight, &dweight32);
     }
 }
@@ -196,16 +197,17 @@ fn check_position_embedding<E: Element>(rng: &mut Rng) {
         position_forward(&mut out32, &pos.f32, b, t, c);
         expect_rounded_once(&kernel, "out added into a pre-filled buffer", &out, &out32);
 
-        let mut dpos = zeros::<E>(max_t * c);
-        position_backward(&mut dpos, &dout.e, b, t, c);
+        // Overwriting a buffer of NaNs: the rows from T on come out zero.
+        let mut dpos = nans::<E>(max_t * c);
+        position_backward(&mut dpos, Contents::Overwrite, &dout.e, b, t, c);
         let mut expected = vec![0.0; max_t * c];
         r::position_backward(&mut expected, &dout.f64, b, t, c);
         expect_close(&kernel, "dpos", &dpos, &expected);
 
         let prefill = Tensor::<E>::randn(rng, max_t * c, 1.0);
         let (mut dpos, mut dpos32) = (prefill.e, prefill.f32);
-        position_backward(&mut dpos, &dout.e, b, t, c);
-        position_backward(&mut dpos32, &dout.f32, b, t, c);
+        position_backward(&mut dpos, Contents::Accumulate, &dout.e, b, t, c);
+        position_backward(&mut dpos32, Contents::Accumulate, &dout.f32, b, t, c);
         expect_rounded_once(&kernel, "dpos added into a pre-filled buffer", &dpos, &dpos32);
     }
 }
@@ -223,7 +225,7 @@ fn layernorm_backward_into<T: Element>(
     c: usize,
 ) {
     let [dinp, dweight, dbias] = grads;
-    layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c);
+    layernorm_backward(dinp, dweight, dbias, Contents::Accumulate, dout, inp, weight, mean, rstd, n, c);
 }
 
 fn check_layernorm<E: Element>(rng: &mut Rng) {
@@ -293,7 +295,7 @@ fn linear_backward_into<T: Element>(
 ) {
     let [dinp, dweight, dbias @ ..] = grads else { panic!("linear has an input and a weight gradient") };
     let dbias = dbias.first_mut().map(|d| &mut d[..]);
-    linear_backward(Some(dinp), dweight, dbias, dout, inp, weight, layout, n, c, oc);
+    linear_backward(Some(dinp), dweight, dbias, Contents::Accumulate, dout, inp, weight, layout, n, c, oc);
 }
 
 fn check_linear<E: Element>(rng: &mut Rng) {
@@ -465,7 +467,8 @@ fn lstm_backward_into<T: Element>(
     let [x, w_ih, w_hh, ..] = ins;
     let [out, gates, cell] = saved;
     let mut scratch = LstmScratch::default();
-    lstm_backward(dx, dw_ih, dw_hh, db_ih, db_hh, &mut scratch, dout, x, w_ih, w_hh, out, gates, cell, shape);
+    let add = Contents::Accumulate;
+    lstm_backward(dx, dw_ih, dw_hh, db_ih, db_hh, add, &mut scratch, dout, x, w_ih, w_hh, out, gates, cell, shape);
 }
 
 fn check_lstm<E: Element>(rng: &mut Rng) {

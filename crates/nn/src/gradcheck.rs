@@ -6,9 +6,10 @@
 //! input; [`check_model`] checks the whole model's loss against sampled parameter coordinates (this covers the
 //! fused head and tied weights).
 
-use crate::layer::{Batch, Layer};
+use crate::layer::{Batch, GradWrites, Layer};
 use crate::model::Model;
 use crate::param::ParamLayout;
+use rustspeed_kernels::cast::Contents;
 use rustspeed_kernels::rng::Rng;
 
 /// Settings of a check.
@@ -105,6 +106,7 @@ pub fn check_layer(
         layout,
         params,
         &mut grads,
+        &GradWrites::all(Contents::Accumulate, layout.entries().len()),
         batch,
         input,
         &output,

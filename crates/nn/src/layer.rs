@@ -2,7 +2,7 @@
 //! (`[B, T, width]`, stored as the model's element type `E`: fp32, fp16 or bf16) and the batch's token ids, over parameters that live in the model's flat buffer.
 
 use crate::param::{ParamId, ParamLayout};
-use rustspeed_kernels::cast::Element;
+use rustspeed_kernels::cast::{Contents, Element};
 
 /// The token ids of one micro-batch, `B` sequences of `T` tokens, row-major `[B, T]`.
 #[derive(Clone, Copy, Debug)]
@@ -26,9 +26,10 @@ impl Batch<'_> {
 /// gradient buffer) and reads its own views through the layout. Activations a layer's backward needs are kept by
 /// the layer itself, in buffers reused across steps.
 ///
-/// Contract: `forward` overwrites `output` (`[B, T, output_width]`); `backward` *adds* into `dinput` and into its
-/// parameters' gradients, so gradient accumulation and shared (tied) parameters need no extra passes. `backward`
-/// uses the activations of the latest `forward`. Parameters, activations and gradients are stored as `E`; the
+/// Contract: `forward` overwrites `output` (`[B, T, output_width]`); `backward` *adds* into `dinput`, and into or
+/// over its parameters' gradients as [`GradWrites`] says for each: adding serves gradient accumulation and a
+/// shared (tied) parameter's later writers; overwriting lets a window's first backward skip a zeroing pass over
+/// the gradients. `backward` uses the activations of the latest `forward`. Parameters, activations and gradients are stored as `E`; the
 /// kernels compute in fp32.
 pub trait Layer<E: Element = f32>: Send {
     /// A short name for reports, e.g. `h.3` or `lstm.l2`.
@@ -44,15 +45,16 @@ pub trait Layer<E: Element = f32>: Send {
     /// Computes `output` from `input` (the previous layer's output; empty for the first layer) and the batch.
     fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, input: &[E], output: &mut [E]);
 
-    /// Adds the gradients of `dot(output, dout)` into `dinput` and into the layer's slots of `grads`. `input` and
-    /// `output` are those of the latest `forward`. `scratch` is a buffer shared by all layers for temporaries; a
-    /// layer may resize it.
+    /// Adds the gradients of `dot(output, dout)` into `dinput`, and writes them into the layer's slots of `grads`
+    /// as `writes` says (adding, or overwriting everything of that parameter). `input` and `output` are those of
+    /// the latest `forward`. `scratch` is a buffer shared by all layers for temporaries; a layer may resize it.
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &mut self,
         layout: &ParamLayout,
         params: &[E],
         grads: &mut [E],
+        writes: &GradWrites,
         batch: &Batch,
         input: &[E],
         output: &[E],
@@ -60,6 +62,42 @@ pub trait Layer<E: Element = f32>: Send {
         dinput: &mut [E],
         scratch: &mut Scratch<E>,
     );
+}
+
+/// How one backward writes each parameter's gradient: [`Contents::Accumulate`] adds into it,
+/// [`Contents::Overwrite`] writes all of it (the buffer holds nothing of value; only for the first writer of that
+/// gradient in the backward).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradWrites(Vec<Contents>);
+
+impl GradWrites {
+    /// Every one of `count` parameters written the same way.
+    pub fn all(contents: Contents, count: usize) -> Self {
+        GradWrites(vec![contents; count])
+    }
+
+    /// How each writer of a backward that starts the gradients writes them: `writers` in the order the backward
+    /// runs them, each the parameters it writes; a parameter's first writer overwrites it, later ones (a tied
+    /// parameter's) add. One [`GradWrites`] per writer, in `writers` order.
+    pub fn starting(count: usize, writers: &[&[ParamId]]) -> Vec<Self> {
+        let mut written = vec![false; count];
+        let mut all = Vec::with_capacity(writers.len());
+        for ids in writers {
+            let mut writes = GradWrites::all(Contents::Accumulate, count);
+            for &ParamId(i) in *ids {
+                if !std::mem::replace(&mut written[i], true) {
+                    writes.0[i] = Contents::Overwrite;
+                }
+            }
+            all.push(writes);
+        }
+        all
+    }
+
+    /// How `id`'s gradient is written.
+    pub fn of(&self, id: ParamId) -> Contents {
+        self.0[id.0]
+    }
 }
 
 /// Temporaries of the layers' backward passes, one set shared by all layers (a layer may resize them): `stored`

@@ -15,7 +15,7 @@ pub mod models;
 pub mod param;
 
 pub use error::ModelError;
-pub use layer::{Batch, Layer, Scratch};
+pub use layer::{Batch, GradWrites, Layer, Scratch};
 pub use model::{Model, Phase};
 pub use models::{preset, GptConfig, LstmConfig, ModelConfig, Preset, PRESETS};
 pub use param::{Init, ParamId, ParamLayout, ParamSpec};

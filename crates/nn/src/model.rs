@@ -4,10 +4,10 @@
 //! caller (the engine) owns, so that it alone decides where they live (sharded, 16-bit, on another rank).
 
 use crate::error::ModelError;
-use crate::layer::{zeroed, Batch, Layer, Scratch};
+use crate::layer::{zeroed, Batch, GradWrites, Layer, Scratch};
 use crate::layers::{HeadOutput, LmHead};
-use crate::param::ParamLayout;
-use rustspeed_kernels::cast::{first_non_finite, Element};
+use crate::param::{ParamId, ParamLayout};
+use rustspeed_kernels::cast::{first_non_finite, Contents, Element};
 use rustspeed_kernels::xent::XentLoss;
 
 /// Where the model is in its forward/backward cycle.
@@ -44,6 +44,11 @@ pub struct Model<E: Element = f32> {
     acts: Vec<Vec<E>>,
     dacts: Vec<Vec<E>>,
     scratch: Scratch<E>,
+    /// How a backward writes each gradient when it adds to the buffer; and when it starts it, for the head and
+    /// then each layer (in forward order): each gradient's first writer in the backward overwrites it.
+    adding: GradWrites,
+    starting_head: GradWrites,
+    starting_layers: Vec<GradWrites>,
     tokens: Vec<u32>,
     targets: Vec<u32>,
     shape: (usize, usize),
@@ -62,6 +67,13 @@ impl<E: Element> Model<E> {
     ) -> Self {
         assert!(!layers.is_empty(), "a model needs at least one layer before its head");
         let n = layers.len();
+        let count = layout.entries().len();
+        let head_writes = head.written();
+        let writers: Vec<&[ParamId]> =
+            std::iter::once(head_writes.as_slice()).chain(layers.iter().rev().map(|l| l.params())).collect();
+        let mut starting = GradWrites::starting(count, &writers);
+        let starting_head = starting.remove(0);
+        starting.reverse();
         Model {
             layout,
             layers,
@@ -71,6 +83,9 @@ impl<E: Element> Model<E> {
             acts: vec![Vec::new(); n],
             dacts: vec![Vec::new(); n],
             scratch: Scratch::default(),
+            adding: GradWrites::all(Contents::Accumulate, count),
+            starting_head,
+            starting_layers: starting,
             tokens: Vec::new(),
             targets: Vec::new(),
             shape: (0, 0),
@@ -178,12 +193,14 @@ impl<E: Element> Model<E> {
     /// Adds `dloss · ∂loss/∂params` into `grads` for the latest forward with targets (`dloss` is 1 for the plain
     /// gradient; the engine passes `1/GAS` or the loss scale).
     pub fn backward(&mut self, params: &[E], grads: &mut [E], dloss: f32) -> Result<(), ModelError> {
-        self.backward_with(params, grads, dloss, &mut |_, _| {})
+        self.backward_with(params, grads, dloss, Contents::Accumulate, &mut |_, _| {})
     }
 
-    /// [`Model::backward`], handing each piece of `grads` to `on_ready(offset, piece)` as soon as no later layer
-    /// writes to it: layers run in reverse layout order, so after layer `i` everything from its first parameter
-    /// to the previous piece is final. The pieces are disjoint and cover `grads` once (the part before the
+    /// [`Model::backward`] into `grads` as `contents` says: [`Contents::Accumulate`] adds to it,
+    /// [`Contents::Overwrite`] overwrites every gradient (what `grads` held does not matter: the first micro-step of
+    /// an accumulation window needs no zeroed buffer). Hands each piece of `grads` to `on_ready(offset, piece)` as
+    /// soon as no later layer writes to it: layers run in reverse layout order, so after layer `i` everything from
+    /// its first parameter to the previous piece is final. The pieces are disjoint and cover `grads` once (the part before the
     /// first layer's parameters, if any, comes last). This is what lets the engine reduce a layer's gradients
     /// on another thread while the backward of the layers before it runs (DeepSpeed's `overlap_comm`).
     pub fn backward_with<'g>(
@@ -191,6 +208,7 @@ impl<E: Element> Model<E> {
         params: &[E],
         grads: &'g mut [E],
         dloss: f32,
+        contents: Contents,
         on_ready: &mut dyn FnMut(usize, &'g mut [E]),
     ) -> Result<(), ModelError> {
         self.check_buffer("parameter", params)?;
@@ -210,6 +228,11 @@ impl<E: Element> Model<E> {
         // head's own) parameters come later in the layout.
         let mut pending: &'g mut [E] = grads;
         let layout = &self.layout;
+        let writes = |layer: Option<usize>| match (contents, layer) {
+            (Contents::Accumulate, _) => &self.adding,
+            (Contents::Overwrite, None) => &self.starting_head,
+            (Contents::Overwrite, Some(i)) => &self.starting_layers[i],
+        };
         let release = |pending: &mut &'g mut [E], from: usize, on_ready: &mut dyn FnMut(usize, &'g mut [E])| {
             if from < pending.len() {
                 let (rest, ready) = std::mem::take(pending).split_at_mut(from);
@@ -222,6 +245,7 @@ impl<E: Element> Model<E> {
             layout,
             params,
             head_grads,
+            writes(None),
             &self.acts[last],
             &self.targets,
             loss,
@@ -239,7 +263,9 @@ impl<E: Element> Model<E> {
             let layer = &mut self.layers[i];
             let end = layer.params().iter().map(|&id| layout.range(id).end).max().unwrap_or(0);
             assert!(end <= pending.len(), "layer {} declares parameters after a later layer's", layer.name());
-            layer.backward(layout, params, pending, &batch, input, &self.acts[i], &drest[0], dinput, &mut self.scratch);
+            let (output, dout) = (&self.acts[i], &drest[0]);
+            let writes = writes(Some(i));
+            layer.backward(layout, params, pending, writes, &batch, input, output, dout, dinput, &mut self.scratch);
             if let Some(from) = first_offset(layer.params()) {
                 release(&mut pending, from, on_ready);
             }

@@ -1,5 +1,6 @@
 //! Layers and models: finite-difference gradient checks, presets, initialization, the flat layout, errors.
 
+use rustspeed_kernels::cast::{bf16, Contents, Element};
 use rustspeed_kernels::rng::Rng;
 use rustspeed_nn::gradcheck::{check_layer, check_model, GradCheck};
 use rustspeed_nn::io::{load_params, save_params, LoadError};
@@ -231,21 +232,31 @@ fn safetensors_round_trip_and_load_errors() {
     assert!(matches!(err, LoadError::Missing(ref n) if n == "model.embedding.weight"), "{err}");
 }
 
-#[test]
-fn backward_hands_out_final_gradient_pieces_that_cover_the_buffer_once() {
+/// A backward that overwrites (into a buffer of NaNs) hands out final pieces that cover the buffer once and
+/// equal, bit for bit, the gradient added into zeros; a second backward that adds then gives what two adding
+/// backwards give. gpt-tiny ties its head to the token embedding (two writers of one gradient, the second must
+/// add) and uses 3 of its 64 positions (rows of the position table no token reaches must be written too).
+fn backward_pieces_and_overwrite<E: Element>() {
+    let as_f32 = |x: &[E]| x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
     for name in ["gpt-tiny", "lstm-tiny"] {
-        let mut model = preset(name).unwrap().config(11).unwrap().build().unwrap();
-        let params = model.layout().init_params(4);
+        let mut model = preset(name).unwrap().config(11).unwrap().build_as::<E>().unwrap();
+        let params: Vec<E> = model.layout().init_params(4).iter().map(|&v| E::from_f32(v)).collect();
         let (toks, targets) = ([1u32, 2, 3, 4, 5, 6], [2u32, 3, 4, 5, 6, 7]);
         model.forward(&params, &toks, Some(&targets), 2, 3).unwrap();
-        let mut plain = vec![0.0; params.len()];
+        let mut plain = vec![E::default(); params.len()];
         model.backward(&params, &mut plain, 1.0).unwrap();
+        let mut twice = plain.clone();
+        model.forward(&params, &toks, Some(&targets), 2, 3).unwrap();
+        model.backward(&params, &mut twice, 1.0).unwrap();
+        let (plain, twice) = (as_f32(&plain), as_f32(&twice));
 
         model.forward(&params, &toks, Some(&targets), 2, 3).unwrap();
-        let mut grads = vec![0.0; params.len()];
+        let mut grads = vec![E::from_f32(f32::NAN); params.len()];
         let mut pieces: Vec<(usize, Vec<f32>)> = Vec::new();
         model
-            .backward_with(&params, &mut grads, 1.0, &mut |offset, piece| pieces.push((offset, piece.to_vec())))
+            .backward_with(&params, &mut grads, 1.0, Contents::Overwrite, &mut |offset, piece| {
+                pieces.push((offset, as_f32(piece)))
+            })
             .unwrap();
         // Pieces arrive from the end of the buffer to its start, adjacent, covering it once, and hold their
         // final values when handed out (the copies taken then equal the finished gradient).
@@ -257,6 +268,16 @@ fn backward_hands_out_final_gradient_pieces_that_cover_the_buffer_once() {
         }
         assert_eq!(end, 0, "{name}: the pieces cover the buffer");
         assert!(pieces.len() > model.layers().len() / 2, "{name}: one piece per layer with parameters");
-        assert_eq!(grads, plain);
+        assert_eq!(as_f32(&grads), plain, "{name}: overwritten gradients");
+
+        model.forward(&params, &toks, Some(&targets), 2, 3).unwrap();
+        model.backward_with(&params, &mut grads, 1.0, Contents::Accumulate, &mut |_, _| {}).unwrap();
+        assert_eq!(as_f32(&grads), twice, "{name}: a second backward adds");
     }
+}
+
+#[test]
+fn backward_hands_out_final_pieces_and_overwrites_or_adds() {
+    backward_pieces_and_overwrite::<f32>();
+    backward_pieces_and_overwrite::<bf16>();
 }

@@ -1,6 +1,6 @@
 //! Token embedding, optionally plus a learned position embedding (GPT-2's `wte` + `wpe`).
 
-use crate::layer::{Batch, Layer, Scratch};
+use crate::layer::{Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
@@ -62,6 +62,7 @@ impl<E: Element> Layer<E> for Embedding {
         layout: &ParamLayout,
         _params: &[E],
         grads: &mut [E],
+        writes: &GradWrites,
         batch: &Batch,
         _input: &[E],
         _output: &[E],
@@ -69,9 +70,10 @@ impl<E: Element> Layer<E> for Embedding {
         _dinput: &mut [E],
         _scratch: &mut Scratch<E>,
     ) {
-        token_backward(layout.view_mut(grads, self.token), dout, batch.tokens, self.width);
+        let token_grad = layout.view_mut(grads, self.token);
+        token_backward(token_grad, writes.of(self.token), dout, batch.tokens, self.width);
         if let Some(pos) = self.position {
-            position_backward(layout.view_mut(grads, pos), dout, batch.b, batch.t, self.width);
+            position_backward(layout.view_mut(grads, pos), writes.of(pos), dout, batch.b, batch.t, self.width);
         }
     }
 }

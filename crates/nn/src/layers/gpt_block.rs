@@ -2,7 +2,7 @@
 //! `r = x + c_proj(attn(c_attn(ln_1(x))))`, `out = r + mlp.c_proj(gelu(mlp.c_fc(ln_2(r))))`.
 //! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
 
-use crate::layer::{sized, zeroed, Batch, Layer, Scratch};
+use crate::layer::{sized, zeroed, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use rustspeed_kernels::cast::{add_into, Element};
@@ -134,6 +134,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
         layout: &ParamLayout,
         params: &[E],
         grads: &mut [E],
+        writes: &GradWrites,
         batch: &Batch,
         x: &[E],
         _output: &[E],
@@ -145,6 +146,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
         let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
         let (p, s) = (self.p, &self.saved);
         let v = |id| layout.view(params, id);
+        let w = |id| writes.of(id);
         let [dln1_w, dln1_b, dattn_w, dattn_b, dattn_proj_w, dattn_proj_b, dln2_w, dln2_b, dfc_w, dfc_b, dfc_proj_w, dfc_proj_b] =
             layout.views_mut(
                 grads,
@@ -182,6 +184,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
             Some(dfc_gelu),
             dfc_proj_w,
             Some(dfc_proj_b),
+            w(p.fc_proj_w),
             dout,
             &s.fc_gelu,
             v(p.fc_proj_w),
@@ -191,14 +194,28 @@ impl<E: Element> Layer<E> for GptBlock<E> {
             c,
         );
         gelu_backward(dfc, &s.fc, dfc_gelu);
-        linear_backward(Some(dln2), dfc_w, Some(dfc_b), dfc, &s.ln2, v(p.fc_w), WeightLayout::InOut, n, c, 4 * c);
+        linear_backward(
+            Some(dln2),
+            dfc_w,
+            Some(dfc_b),
+            w(p.fc_w),
+            dfc,
+            &s.ln2,
+            v(p.fc_w),
+            WeightLayout::InOut,
+            n,
+            c,
+            4 * c,
+        );
         dresid.copy_from_slice(&dout[..n * c]);
-        layernorm_backward(dresid, dln2_w, dln2_b, dln2, &s.resid, v(p.ln2_w), &s.ln2_mean, &s.ln2_rstd, n, c);
+        let (ln2_w, ln2_mean, ln2_rstd) = (v(p.ln2_w), &s.ln2_mean, &s.ln2_rstd);
+        layernorm_backward(dresid, dln2_w, dln2_b, w(p.ln2_w), dln2, &s.resid, ln2_w, ln2_mean, ln2_rstd, n, c);
         // Attention branch: resid = x + c_proj(attn(c_attn(ln_1(x)))).
         linear_backward(
             Some(datt_out),
             dattn_proj_w,
             Some(dattn_proj_b),
+            w(p.attn_proj_w),
             dresid,
             &s.att_out,
             v(p.attn_proj_w),
@@ -212,6 +229,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
             Some(dln1),
             dattn_w,
             Some(dattn_b),
+            w(p.attn_w),
             dqkv,
             &s.ln1,
             v(p.attn_w),
@@ -220,7 +238,8 @@ impl<E: Element> Layer<E> for GptBlock<E> {
             c,
             3 * c,
         );
-        layernorm_backward(dx, dln1_w, dln1_b, dln1, x, v(p.ln1_w), &s.ln1_mean, &s.ln1_rstd, n, c);
+        let (ln1_w, ln1_mean, ln1_rstd) = (v(p.ln1_w), &s.ln1_mean, &s.ln1_rstd);
+        layernorm_backward(dx, dln1_w, dln1_b, w(p.ln1_w), dln1, x, ln1_w, ln1_mean, ln1_rstd, n, c);
         // The residual path.
         add_into(&mut dx[..n * c], dresid);
     }

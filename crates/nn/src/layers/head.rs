@@ -2,6 +2,7 @@
 //! targets (mean over counted tokens). The weight is `[V, C]` (nn.Linear orientation), either the head's own or
 //! tied to the token embedding (GPT-2).
 
+use crate::layer::GradWrites;
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
 use rustspeed_kernels::cast::{load, store, store_opt, Contents, Element};
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
@@ -83,6 +84,11 @@ impl<E: Element> LmHead<E> {
         &self.own
     }
 
+    /// The parameters whose gradients the backward writes: the weight (tied or not) and the bias.
+    pub fn written(&self) -> Vec<ParamId> {
+        std::iter::once(self.weight).chain(self.bias).collect()
+    }
+
     pub fn state(&self) -> HeadOutput {
         self.state
     }
@@ -115,13 +121,15 @@ impl<E: Element> LmHead<E> {
         Some(loss)
     }
 
-    /// Gradient of `dloss · loss` into `dx[N, C]` (added) and the head's weight (and bias) gradients.
+    /// Gradient of `dloss · loss` into `dx[N, C]` (added) and the head's weight (and bias) gradients (written as
+    /// `writes` says for the weight).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         layout: &ParamLayout,
         params: &[E],
         grads: &mut [E],
+        writes: &GradWrites,
         x: &[E],
         targets: &[u32],
         loss: XentLoss,
@@ -146,11 +154,11 @@ impl<E: Element> LmHead<E> {
             None => (layout.view_mut(grads, self.weight), None),
         };
         // The fp32 logits' gradient against widened inputs; the 16-bit gradients are summed in fp32, rounded once.
-        let (width, dlogits) = (self.width, &self.out);
+        let (width, dlogits, mode) = (self.width, &self.out, writes.of(self.weight));
         store(dx, Contents::Accumulate, |dx| {
-            store(dw, Contents::Accumulate, |dw| {
-                store_opt(db, Contents::Accumulate, |db| {
-                    linear_backward(Some(dx), dw, db, dlogits, &x, &weight, WeightLayout::OutIn, n, width, v)
+            store(dw, mode, |dw| {
+                store_opt(db, mode, |db| {
+                    linear_backward(Some(dx), dw, db, mode, dlogits, &x, &weight, WeightLayout::OutIn, n, width, v)
                 })
             })
         });

@@ -1,6 +1,6 @@
 //! A standalone LayerNorm layer (GPT-2's final `ln_f`).
 
-use crate::layer::{sized, Batch, Layer, Scratch};
+use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
@@ -56,6 +56,7 @@ impl<E: Element> Layer<E> for LayerNorm {
         layout: &ParamLayout,
         params: &[E],
         grads: &mut [E],
+        writes: &GradWrites,
         batch: &Batch,
         input: &[E],
         _output: &[E],
@@ -65,6 +66,7 @@ impl<E: Element> Layer<E> for LayerNorm {
     ) {
         let [dw, db] = layout.views_mut(grads, self.params);
         let w = layout.view(params, self.params[0]);
-        layernorm_backward(dinput, dw, db, dout, input, w, &self.mean, &self.rstd, batch.rows(), self.width);
+        let (mean, rstd, mode) = (&self.mean, &self.rstd, writes.of(self.params[0]));
+        layernorm_backward(dinput, dw, db, mode, dout, input, w, mean, rstd, batch.rows(), self.width);
     }
 }

@@ -1,6 +1,6 @@
 //! One layer of a stacked `nn.LSTM(batch_first=True)`, names `lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`.
 
-use crate::layer::{sized, Batch, Layer, Scratch};
+use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
@@ -69,6 +69,7 @@ impl<E: Element> Layer<E> for Lstm<E> {
         layout: &ParamLayout,
         params: &[E],
         grads: &mut [E],
+        writes: &GradWrites,
         batch: &Batch,
         input: &[E],
         output: &[E],
@@ -85,6 +86,7 @@ impl<E: Element> Layer<E> for Lstm<E> {
             dw_hh,
             db_ih,
             db_hh,
+            writes.of(self.params[0]),
             &mut self.scratch,
             dout,
             input,
