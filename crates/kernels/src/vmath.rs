@@ -132,6 +132,20 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `Σ (x - shift)²` with 16 interleaved partial sums.
+#[inline(always)]
+pub fn sum_squared_deviations(x: &[f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; SUM_LANES];
+    let chunks = x.chunks_exact(SUM_LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| (v - shift) * (v - shift)).sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += (v - shift) * (v - shift);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Lanes of [`add_squares`]: two AVX-512 registers of f64.
 pub const SQUARE_LANES: usize = 16;
 
