@@ -147,7 +147,7 @@ struct ForwardBuffers {
 }
 
 /// Padding of the rows of [`ForwardBuffers::ring`], one cache line. In `out` the rows of `h_{t-1}` that a step
-/// reads are `T·H` floats apart, a multiple of 4 KB, so all of them (and the `W_hh` rows, also 4 KB apart) fall in
+/// reads are `T·H` floats apart, for the seed LSTM 128 KB: all of them (and the `W_hh` rows, 4 KB apart) fall in
 /// one L1 set and evict each other; a row stride one line longer than `H` spreads them over distinct sets
 /// (measured in isolation: 244 -> 192 µs per seed-LSTM step).
 const RING_PAD: usize = 16;
