@@ -598,13 +598,16 @@ impl<E: Element> Engine<E> {
         let (owned, numel) = (zero.owned(), zero.numel);
         // The fp32 partition and sum are accumulators, zeroed as they are read; the model's own buffer is
         // overwritten by the next window's first backward.
+        let zero_read = reduced != Reduced::Local;
         master.update(&mut params[zero.owned()], |weights| match reduced {
-            Reduced::Partition => optimizer.apply(layout, weights, grad_partition, true, grad_scale, owned, lr, betas),
+            Reduced::Partition => {
+                optimizer.apply(layout, weights, grad_partition, zero_read, grad_scale, owned, lr, betas)
+            }
             Reduced::Local => {
-                optimizer.apply(layout, weights, &mut grads[..numel], false, grad_scale, owned, lr, betas)
+                optimizer.apply(layout, weights, &mut grads[..numel], zero_read, grad_scale, owned, lr, betas)
             }
             Reduced::Accumulated => {
-                optimizer.apply(layout, weights, &mut grad_accum[..numel], true, grad_scale, owned, lr, betas)
+                optimizer.apply(layout, weights, &mut grad_accum[..numel], zero_read, grad_scale, owned, lr, betas)
             }
         });
         if zero.sharded() {

@@ -119,9 +119,9 @@ impl Optimizer {
     /// (unscaling and clipping in one multiply, semantics §2.6; 16-bit gradients are widened piece by piece, so no
     /// fp32 copy of all gradients exists). With `zero_grads` (an accumulator the next window adds into) each piece
     /// of `grads` is zeroed right after its update, while it is in cache, which saves a separate pass; a buffer the
-    /// next window's first backward overwrites is left as it is. Tensors cut by the
-    /// partition boundary are stepped piecewise, which is exact for the element-wise rules (Lamb's per-tensor
-    /// trust ratio is not, so the engine refuses Lamb with ZeRO).
+    /// next window's first backward overwrites is left as it is. Tensors cut by the partition boundary are stepped
+    /// piecewise, which is exact for the element-wise rules (Lamb's per-tensor trust ratio is not, so the engine
+    /// refuses Lamb with ZeRO).
     #[allow(clippy::too_many_arguments)]
     pub fn apply<G: Element>(
         &mut self,

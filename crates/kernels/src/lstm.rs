@@ -263,8 +263,9 @@ unsafe fn backward_units(
         cell_backward(dg, g, &saved.cell[row..][..width], c_prev, &saved.dout[row..][..width], dh_next, dc_next);
     }
     if step > 0 {
-        let mine = buf.partials.get().add(partial(step % 2, block, 0));
-        part(buf.partials, partial(step % 2, block, 0), b * h).fill(0.0);
+        let mine = part(buf.partials, partial(step % 2, block, 0), b * h);
+        mine.fill(0.0);
+        let mine = mine.as_mut_ptr();
         for q in 0..4 {
             for r0 in (0..b).step_by(SKINNY) {
                 let m = SKINNY.min(b - r0);

@@ -29,8 +29,8 @@ impl Batch<'_> {
 /// Contract: `forward` overwrites `output` (`[B, T, output_width]`); `backward` *adds* into `dinput`, and into or
 /// over its parameters' gradients as [`GradWrites`] says for each: adding serves gradient accumulation and a
 /// shared (tied) parameter's later writers; overwriting lets a window's first backward skip a zeroing pass over
-/// the gradients. `backward` uses the activations of the latest `forward`. Parameters, activations and gradients are stored as `E`; the
-/// kernels compute in fp32.
+/// the gradients. `backward` uses the activations of the latest `forward`. Parameters, activations and gradients
+/// are stored as `E`; the kernels compute in fp32.
 pub trait Layer<E: Element = f32>: Send {
     /// A short name for reports, e.g. `h.3` or `lstm.l2`.
     fn name(&self) -> &str;
