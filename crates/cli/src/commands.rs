@@ -150,7 +150,7 @@ fn mib(bytes: usize) -> String {
     format!("{:>10.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// Prints the predicted bytes per rank for ZeRO stages 0-2 (the ZeRO paper's model plus activations).
+/// Prints the predicted bytes per rank for ZeRO stages 0-3 (the ZeRO paper's model plus activations).
 pub fn estimate(argv: &[String]) -> Result<(), String> {
     use rustspeed_engine::memory::{estimate as predict, Workload};
     use rustspeed_engine::zero::ZeroStage;
@@ -183,8 +183,8 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
         p.name,
         storage.name()
     );
-    println!("stage  parameters  gradients    staging     master  optimizer  activations      total");
-    for (n, stage) in [ZeroStage::Stage0, ZeroStage::Stage1, ZeroStage::Stage2].into_iter().enumerate() {
+    println!("stage  parameters  gradients    staging   gathered     master  optimizer  activations      total");
+    for (n, stage) in ZeroStage::ALL.into_iter().enumerate() {
         let m = predict(
             &config,
             params,
@@ -199,10 +199,11 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
             },
         );
         println!(
-            "{n:>5}  {} {} {} {} {}  {}  {}",
+            "{n:>5}  {} {} {} {} {} {}  {}  {}",
             mib(m.parameters),
             mib(m.gradients),
             mib(m.gradient_staging),
+            mib(m.gathered_parameters),
             mib(m.master_weights),
             mib(m.optimizer_state),
             mib(m.activations),

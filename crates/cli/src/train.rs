@@ -269,7 +269,11 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
     let mut loader = Loader::new(&data.train, b, t, s.seed, rank, world).map_err(|e| format!("training data: {e}"))?;
     let ckpt_dir = s.out.join(CHECKPOINT_DIR);
     if s.resume {
-        let client = engine.load_checkpoint(&ckpt_dir).map_err(|e| format!("--resume: {e}"))?;
+        let resumed = engine.load_checkpoint(&ckpt_dir).map_err(|e| format!("--resume: {e}"))?;
+        if rank == 0 && !resumed.changes.is_empty() {
+            eprintln!("resuming with changes from the saved run: {}", resumed.changes.join("; "));
+        }
+        let client = resumed.client_state;
         let state = LoaderState::from_json(&client["loader"]).map_err(|e| format!("--resume: data position: {e}"))?;
         loader.restore(&state).map_err(|e| format!("--resume: {e}"))?;
     }

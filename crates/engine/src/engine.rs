@@ -8,21 +8,22 @@
 //! `Engine<E>` stores the model copy (parameters, activations, gradients) as `E`: f32, or fp16/bf16 over fp32
 //! master weights ([`crate::precision`]). The caller picks `E` from the config's [`crate::StorageType`].
 
+use crate::backward::{Reduction, WholeBackward};
 use crate::error::EngineError;
+use crate::grads::{non_finite_flags, sum_of_squares, Gradients, Reduced};
 use crate::memory::MemoryReport;
 use crate::optimizer::Optimizer;
 use crate::precision::{check_storage, MasterWeights, Precision};
-use crate::reduce::{accumulate, gather_params, reduce_piece, release_zeroed};
+use crate::reduce::gather_params;
 use crate::setup::Setup;
+use crate::sharded::{run_pass, Limits, Residency, ShardedParams};
 use crate::zero::{ZeroPlan, ZeroStage};
-use rayon::prelude::*;
-use rustspeed_comm::background::Background;
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
-use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, first_non_finite, Contents, Element};
-use rustspeed_kernels::vmath::{add_squares, SQUARE_LANES};
-use rustspeed_nn::Model;
+use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, Element};
+use rustspeed_nn::{Model, Pass};
 use rustspeed_optim::LrSchedule;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -101,22 +102,23 @@ struct Window {
     last_loss: f32,
 }
 
+/// The parameters a rank holds, by ZeRO stage.
+pub(crate) enum ModelCopy<E> {
+    /// Stages 0-2: every parameter as `E`, padded to the plan's `W · S` (the model reads the first `P`), and the
+    /// fp32 master weights of the owned range (separate in 16-bit storage only).
+    Whole { params: Vec<E>, master: MasterWeights },
+    /// Stage 3: the fp32 masters of this rank's shares of every group; groups are gathered per use.
+    Sharded(ShardedParams<E>),
+}
+
 pub struct Engine<E: Element = f32> {
     pub(crate) model: Model<E>,
-    /// The model copy of the parameters, padded to the ZeRO plan's `W · S` (the model reads the first `P`).
-    pub(crate) params: Vec<E>,
-    /// fp32 master weights of the owned range (16-bit storage only).
-    pub(crate) master: MasterWeights,
-    /// This micro-step's (stage 2) or window's (stages 0, 1) local gradients, padded like `params`.
-    pub(crate) grads: Vec<E>,
-    /// Reduced fp32 gradients of the owned partition (stages 1, 2); empty at stage 0.
-    grad_partition: Vec<f32>,
-    /// The window's gradients summed in fp32 over micro-steps, padded like `params` (16-bit storage at stages 0
-    /// and 1 when `data_types.grad_accum_dtype` is fp32, DeepSpeed's default for bf16 without ZeRO); else empty.
-    /// `grads` then holds one micro-step's gradients at a time.
-    grad_accum: Vec<f32>,
+    pub(crate) copy: ModelCopy<E>,
+    pub(crate) grads: Gradients<E>,
     /// The all-gather's buffer (stages 1, 2), reused across steps.
     gather_buffer: Vec<f32>,
+    /// Stage 3: the most gathered parameters and gradient buffers resident during any pass so far.
+    residency: Residency,
     pub(crate) precision: Precision,
     /// Each layer's parameter ranges, in the order the backward reaches them (head first), to name the layer
     /// whose gradients went non-finite.
@@ -132,80 +134,6 @@ pub struct Engine<E: Element = f32> {
     pub(crate) config: DeepSpeedConfig,
     phase: EnginePhase,
     window: Window,
-}
-
-/// Where the window's reduced gradients are at the step: the fp32 partition (ZeRO stages 1, 2), the local 16-bit
-/// or fp32 buffer (stage 0), or the fp32 sum over micro-steps (stage 0 with fp32 accumulation of 16-bit gradients).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reduced {
-    Partition,
-    Local,
-    Accumulated,
-}
-
-/// Elements per task of the parallel passes over the flat buffers below.
-const FLAT_CHUNK: usize = 1 << 16;
-
-/// `Σ x²` in f64, in parallel over fixed chunks whose partial sums are added in order, so the result does not
-/// depend on the thread count.
-fn sum_of_squares<G: Element>(x: &[G]) -> f64 {
-    let partial: Vec<f64> = x.par_chunks(FLAT_CHUNK).map(chunk_sum_of_squares).collect();
-    partial.iter().sum()
-}
-
-/// Elements widened to fp32 at a time (a stack buffer) by [`chunk_sum_of_squares`] and [`add_widened`].
-const WIDEN_RUN: usize = 1024;
-
-/// `Σ x²` of one chunk in f64, over `SQUARE_LANES` interleaved partial sums (a fixed order: deterministic). One
-/// chain of dependent f64 additions was bound by the adder's latency (26 ms for lstm-seed's 64M gradients).
-fn chunk_sum_of_squares<G: Element>(chunk: &[G]) -> f64 {
-    let mut lanes = [0.0f64; SQUARE_LANES];
-    let mut tail = 0.0f64;
-    match G::as_f32(chunk) {
-        Some(x) => tail += add_squares(&mut lanes, x),
-        None => {
-            let mut wide = [0.0f32; WIDEN_RUN];
-            for run in chunk.chunks(WIDEN_RUN) {
-                let wide = &mut wide[..run.len()];
-                G::widen_run(wide, run);
-                tail += add_squares(&mut lanes, wide);
-            }
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
-}
-
-fn zero_fill<G: Element>(x: &mut [G]) {
-    x.par_chunks_mut(FLAT_CHUNK).for_each(|c| c.fill(G::default()));
-}
-
-/// `sum[i] += f32(grads[i])`: a micro-step's 16-bit gradients into the fp32 accumulator.
-fn add_widened<G: Element>(sum: &mut [f32], grads: &[G]) {
-    sum.par_chunks_mut(FLAT_CHUNK).zip(grads.par_chunks(FLAT_CHUNK)).for_each(|(s, g)| {
-        let mut wide = [0.0f32; WIDEN_RUN];
-        for (s, g) in s.chunks_mut(WIDEN_RUN).zip(g.chunks(WIDEN_RUN)) {
-            let wide = &mut wide[..g.len()];
-            G::widen_run(wide, g);
-            s.iter_mut().zip(wide.iter()).for_each(|(s, &w)| *s += w);
-        }
-    });
-}
-
-/// 1.0 for each owner whose parameters' gradients (over the owned range `owned`, `grads[0]` being parameter
-/// `owned.start`) hold an inf or NaN.
-fn non_finite_flags<G: Element>(grads: &[G], owned: &Range<usize>, owners: &[(String, Vec<Range<usize>>)]) -> Vec<f32> {
-    let hit = |r: &Range<usize>| {
-        let (lo, hi) = (r.start.max(owned.start), r.end.min(owned.end));
-        lo < hi && first_non_finite(&grads[lo - owned.start..hi - owned.start]).is_some()
-    };
-    owners.iter().map(|(_, ranges)| if ranges.iter().any(hit) { 1.0 } else { 0.0 }).collect()
-}
-
-/// How gradients are reduced over ranks (`zero_optimization.overlap_comm`, `reduce_bucket_size`).
-#[derive(Clone, Copy, Debug)]
-struct Reduction {
-    overlap: bool,
-    bucket: usize,
 }
 
 /// DeepSpeed's epsilon in the clipping coefficient `clip / (‖g‖ + 1e-6)`.
@@ -233,31 +161,30 @@ impl<E: Element> Engine<E> {
             return Err(EngineError::Config(format!("{} parameters given, the model has {numel}", params.len())));
         }
         let Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32 } =
-            Setup::choose(&config, model.layout(), comm.rank(), comm.world_size())?;
+            Setup::choose(&config, model.layout(), model.groups(), comm.rank(), comm.world_size())?;
         check_storage::<E>(&precision)?;
-        params.resize(zero.padded(), 0.0);
         comm.broadcast(&mut params, 0)?;
-        let mut copy = vec![E::default(); params.len()];
-        cast_from_f32(&mut copy, &params);
+        let copy = match zero.shards_params() {
+            true => ModelCopy::Sharded(ShardedParams::new(&zero, &params, Limits::of(&config.zero_optimization))),
+            false => {
+                params.resize(zero.padded(), 0.0);
+                let mut copy = vec![E::default(); params.len()];
+                cast_from_f32(&mut copy, &params);
+                ModelCopy::Whole { master: MasterWeights::new(&copy[zero.owned()]), params: copy }
+            }
+        };
         drop(params);
-        let partition_len = if zero.sharded() { zero.partition } else { 0 };
         let reduction = Reduction {
             overlap: config.zero_optimization.overlap_comm(),
             bucket: config.zero_optimization.reduce_bucket_size as usize,
         };
         let grad_owners = grad_owners(&model);
-        let accumulate_len = match accumulate_in_fp32 && zero.stage != ZeroStage::Stage2 {
-            true => copy.len(),
-            false => 0,
-        };
         Ok(Engine {
-            grad_accum: vec![0.0; accumulate_len],
-            master: MasterWeights::new(&copy[zero.owned()]),
-            grads: vec![E::default(); copy.len()],
-            params: copy,
+            grads: Gradients::new(&zero, accumulate_in_fp32),
+            copy,
             model,
-            grad_partition: vec![0.0; partition_len],
             gather_buffer: Vec::new(),
+            residency: Residency::default(),
             precision,
             grad_owners,
             reduction,
@@ -278,20 +205,24 @@ impl<E: Element> Engine<E> {
         &self.model
     }
 
-    /// The model copy of the parameters (`P` of them; the padding is not part of the model).
-    pub fn params(&self) -> &[E] {
-        &self.params[..self.zero.numel]
+    /// The model copy of the parameters (`P` of them; the padding is not part of the model). At stage 3 a
+    /// collective that gathers every group: every rank calls it.
+    pub fn params(&self) -> Result<Cow<'_, [E]>, EngineError> {
+        match &self.copy {
+            ModelCopy::Whole { params, .. } => Ok(Cow::Borrowed(&params[..self.zero.numel])),
+            ModelCopy::Sharded(sharded) => Ok(Cow::Owned(sharded.gather_all(&*self.comm, &self.zero)?)),
+        }
     }
 
-    /// The model copy's parameters as fp32 (exact), e.g. for sampling or saving.
-    pub fn params_f32(&self) -> Vec<f32> {
+    /// The model copy's parameters as fp32 (exact), e.g. for sampling or saving (a collective at stage 3).
+    pub fn params_f32(&self) -> Result<Vec<f32>, EngineError> {
         let mut wide = vec![0.0; self.zero.numel];
-        cast_to_f32(&mut wide, self.params());
-        wide
+        cast_to_f32(&mut wide, &self.params()?);
+        Ok(wide)
     }
 
-    pub fn zero_plan(&self) -> ZeroPlan {
-        self.zero
+    pub fn zero_plan(&self) -> &ZeroPlan {
+        &self.zero
     }
 
     pub fn precision(&self) -> &Precision {
@@ -301,17 +232,23 @@ impl<E: Element> Engine<E> {
     /// Bytes this rank holds for parameters, gradients, master weights and optimizer state, read off its buffers.
     pub fn memory(&self) -> MemoryReport {
         let (e, f) = (std::mem::size_of::<E>(), std::mem::size_of::<f32>());
-        let (gradients, staging) = match self.zero.stage {
-            ZeroStage::Stage0 => (self.grads.len() * e, 0),
-            ZeroStage::Stage1 => (self.grads.len() * e + self.grad_partition.len() * f, 0),
-            ZeroStage::Stage2 => (self.grad_partition.len() * f, self.grads.len() * e),
+        let (gradients, staging) = self.grads.bytes(self.zero.stage);
+        // Stage 3 in fp32: the masters are the parameters (as at the other stages in fp32).
+        let (parameters, master_weights) = match &self.copy {
+            ModelCopy::Whole { params, master } => (params.len() * e, master.separate().len() * f),
+            ModelCopy::Sharded(sharded) if E::IS_F32 => (sharded.master.len() * f, 0),
+            ModelCopy::Sharded(sharded) => (sharded.persistent_len() * e, sharded.master.len() * f),
         };
-        let gradients = gradients + self.grad_accum.len() * f;
+        let persistent = match &self.copy {
+            ModelCopy::Sharded(sharded) if E::IS_F32 => sharded.persistent_len() * e,
+            _ => 0,
+        };
         MemoryReport {
-            parameters: self.params.len() * e,
+            parameters: parameters + persistent,
             gradients,
-            gradient_staging: staging,
-            master_weights: self.master.separate().len() * f,
+            gradient_staging: staging + self.residency.gradients * e,
+            gathered_parameters: self.residency.gathered * e,
+            master_weights,
             optimizer_state: self.optimizer.slots().map(|(_, s)| s.len()).sum::<usize>() * f,
             activations: 0,
         }
@@ -365,10 +302,7 @@ impl<E: Element> Engine<E> {
         self.expect_phase("forward", EnginePhase::Ready, "step() (or construction)")?;
         let b = tokens.len() / t.max(1);
         let start = Instant::now();
-        let loss = self
-            .model
-            .forward(&self.params[..self.zero.numel], tokens, Some(targets), b, t)?
-            .expect("targets give a loss");
+        let loss = self.run_forward(tokens, Some(targets), b, t)?.expect("targets give a loss");
         self.window.timings.forward += start.elapsed();
         if !loss.mean.is_finite() && !matches!(self.precision, Precision::Fp16(_)) {
             let source = match self.model.first_non_finite_output() {
@@ -386,69 +320,60 @@ impl<E: Element> Engine<E> {
         Ok(loss.mean)
     }
 
+    /// The model's forward over this rank's model copy (gathering each group at stage 3).
+    fn run_forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<rustspeed_kernels::xent::XentLoss>, EngineError> {
+        let Engine { model, copy, zero, comm, reduction, residency, .. } = self;
+        match copy {
+            ModelCopy::Whole { params, .. } => Ok(model.forward(&params[..zero.numel], tokens, targets, b, t)?),
+            ModelCopy::Sharded(sharded) => {
+                let (loss, peak) =
+                    run_pass(model, &**comm, zero, sharded, Pass::Forward, None, reduction.bucket, |m, g| {
+                        m.forward_from(g, tokens, targets, b, t)
+                    })?;
+                residency.note(peak);
+                Ok(loss)
+            }
+        }
+    }
+
     /// Accumulates `∂(scale · loss / GAS)/∂params` of the latest forward (`scale`: the fp16 loss scale, else 1);
-    /// at ZeRO stage 2 also reduce-scatters them into this rank's gradient partition (averaged over ranks).
+    /// at ZeRO stages 2 and 3 also reduce-scatters them into this rank's gradient partition (averaged over ranks).
     pub fn backward(&mut self) -> Result<(), EngineError> {
         self.expect_phase("backward", EnginePhase::Forwarded, "forward()")?;
         let gas = self.batch.gradient_accumulation_steps as f32;
         let dloss = (self.precision.loss_scale() / gas as f64) as f32;
         let start = Instant::now();
         // Gradients are reduced over ranks in this backward when the window ends (stages 0 and 1) or on every
-        // micro-step (stage 2), layer by layer on a communication thread with `overlap_comm`.
-        let reduce = self.zero.stage == ZeroStage::Stage2 || self.is_gradient_accumulation_boundary();
-        let accumulate_wide = !self.grad_accum.is_empty();
-        // The buffer the backward writes starts over (is overwritten, not first zeroed) when it holds nothing of
-        // this window: at its first micro-step, and on every micro-step where it only stages this micro-step's
-        // gradients (stage 2 reduces them right away; fp32 accumulation adds them into the fp32 sum).
+        // micro-step (stages 2 and 3), layer by layer on a communication thread with `overlap_comm` (always at
+        // stage 3, whose groups exist only while their layers run).
+        let reduce = matches!(self.zero.stage, ZeroStage::Stage2 | ZeroStage::Stage3)
+            || self.is_gradient_accumulation_boundary();
         let window_start = self.counters.micro_steps.is_multiple_of(self.batch.gradient_accumulation_steps as u64);
-        let contents = match window_start || self.zero.stage == ZeroStage::Stage2 || accumulate_wide {
-            true => Contents::Overwrite,
-            false => Contents::Accumulate,
-        };
-        let p = self.zero.numel;
-        let Engine { model, params, grads, grad_partition, grad_accum, zero, comm, reduction, .. } = self;
-        let (params, grads, comm, zero, bucket) = (&params[..p], &mut grads[..p], &**comm, *zero, reduction.bucket);
-        let mut backward = |grads| model.backward_with(params, grads, dloss, contents, &mut |_, _| {});
-        match (reduce, reduction.overlap && !accumulate_wide) {
-            // fp32 accumulation: each micro-step's 16-bit gradients are added into the fp32 sum, which is what
-            // the boundary reduces (after the backward: no overlap in this mode).
-            (_, false) if accumulate_wide => {
-                backward(grads)?;
-                add_widened(&mut grad_accum[..p], grads);
-                if reduce {
-                    accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, &mut grad_accum[..p])?);
-                }
+        let Engine { model, copy, grads, zero, comm, reduction, residency, .. } = self;
+        match (copy, grads) {
+            (ModelCopy::Sharded(sharded), Gradients::Sharded { partition }) => {
+                let bucket = reduction.bucket;
+                let (_, peak) =
+                    run_pass(model, &**comm, zero, sharded, Pass::Backward, Some(partition), bucket, |m, g| {
+                        m.backward_from(g, dloss)
+                    })?;
+                residency.note(peak);
             }
-            (false, _) => backward(grads)?,
-            (true, false) => {
-                backward(grads)?;
-                accumulate(grad_partition, reduce_piece(comm, &zero, bucket, 0, grads)?);
-                if zero.stage == ZeroStage::Stage2 {
-                    release_zeroed(grads);
-                }
+            (ModelCopy::Whole { params, .. }, Gradients::Replicated { local, sum }) => {
+                let whole = WholeBackward { model, params, zero, comm: &**comm, reduction: *reduction, dloss };
+                whole.run(local, sum.as_deref_mut(), &mut [], reduce, window_start)?
             }
-            (true, true) => std::thread::scope(|scope| -> Result<(), EngineError> {
-                // Each finished piece is reduced on the communication thread while the backward goes on.
-                let background = Background::start(scope, comm);
-                let mut pending = Vec::new();
-                let backward = model.backward_with(params, grads, dloss, contents, &mut |offset, piece| {
-                    pending.push(background.submit(move |c| {
-                        let shares = reduce_piece(c, &zero, bucket, offset, piece)?;
-                        // Stage 2 keeps no gradients outside the partition: the reduced piece's memory goes.
-                        if zero.stage == ZeroStage::Stage2 {
-                            release_zeroed(piece);
-                        }
-                        Ok(shares)
-                    }));
-                });
-                // Wait for every submitted reduction even after an error, so that none is left running.
-                let reduced: Vec<_> = pending.into_iter().map(|h| h.wait()).collect();
-                backward?;
-                for shares in reduced {
-                    accumulate(grad_partition, shares?);
-                }
-                Ok(())
-            })?,
+            (ModelCopy::Whole { params, .. }, Gradients::Partitioned { local, sum, partition }) => {
+                let whole = WholeBackward { model, params, zero, comm: &**comm, reduction: *reduction, dloss };
+                whole.run(local, sum.as_deref_mut(), partition, reduce, window_start)?
+            }
+            _ => unreachable!("Setup chooses the model copy and the gradient buffers for one stage"),
         }
         self.window.timings.backward += start.elapsed();
         self.window.loss_sum += self.window.last_loss as f64 / gas as f64;
@@ -466,7 +391,6 @@ impl<E: Element> Engine<E> {
             return Ok(None);
         }
         let start = Instant::now();
-        let zero = self.zero;
         let step = self.counters.global_steps + 1;
         // 1. The window's gradients, multiplied by the loss scale, were reduced over ranks (averaged) by
         //    backward(): in place at stage 0, into this rank's fp32 partition at stages 1 and 2.
@@ -508,12 +432,7 @@ impl<E: Element> Engine<E> {
         //    The model's gradient buffer needs no zeroing: the next window's first backward overwrites it. The
         //    optimizer zeroed the accumulators it read (the fp32 sum or partition) while they were in cache; the
         //    rest is zeroed here: after a skipped step, and stage 1's fp32 sum (reduced into the partition).
-        if skipped || zero.stage == ZeroStage::Stage1 {
-            zero_fill(&mut self.grad_accum);
-        }
-        if skipped {
-            zero_fill(&mut self.grad_partition);
-        }
+        self.grads.clear_unread(skipped);
         let mut window = std::mem::take(&mut self.window);
         let mut loss = [window.loss_sum as f32];
         self.comm.all_reduce(&mut loss, ReduceOp::Avg)?;
@@ -530,28 +449,20 @@ impl<E: Element> Engine<E> {
             skipped,
             loss_scale: scale,
             overflow_layer,
-            tokens: window.tokens * zero.world as u64,
+            tokens: window.tokens * self.zero.world as u64,
             timings: window.timings,
         }))
     }
 
-    /// Which buffer holds the window's reduced gradients when the step reads them.
-    fn reduced(&self) -> Reduced {
-        match (self.zero.sharded(), self.grad_accum.is_empty()) {
-            (true, _) => Reduced::Partition,
-            (false, true) => Reduced::Local,
-            (false, false) => Reduced::Accumulated,
-        }
-    }
-
     /// ‖g‖ of the reduced, still scaled gradients over all ranks.
-    fn global_norm(&self) -> Result<f64, EngineError> {
-        let numel = self.zero.numel;
-        let sq = match self.reduced() {
-            Reduced::Local => return Ok(sum_of_squares(&self.grads[..numel]).sqrt()),
-            Reduced::Accumulated => return Ok(sum_of_squares(&self.grad_accum[..numel]).sqrt()),
-            Reduced::Partition => sum_of_squares(&self.grad_partition),
+    fn global_norm(&mut self) -> Result<f64, EngineError> {
+        let sq = match self.grads.reduced() {
+            Reduced::Stored(g) => sum_of_squares::<E>(g),
+            Reduced::Wide(g) => sum_of_squares(g),
         };
+        if !self.zero.sharded() {
+            return Ok(sq.sqrt());
+        }
         // The communicator sums fp32: a share beyond fp32's range (a norm above ~1e19) reads as an overflow.
         let mut sq = [sq as f32];
         self.comm.all_reduce(&mut sq, ReduceOp::Sum)?;
@@ -560,14 +471,13 @@ impl<E: Element> Engine<E> {
 
     /// The layer whose gradients hold an inf or NaN that the backward reached first, agreed over ranks (each
     /// rank checks its own partition, as DeepSpeed's overflow check).
-    fn non_finite_layer(&self) -> Result<String, EngineError> {
-        let (zero, owned) = (self.zero, self.zero.owned());
-        let mut flags = match self.reduced() {
-            Reduced::Partition => non_finite_flags(&self.grad_partition, &owned, &self.grad_owners),
-            Reduced::Local => non_finite_flags(&self.grads[..zero.numel], &owned, &self.grad_owners),
-            Reduced::Accumulated => non_finite_flags(&self.grad_accum[..zero.numel], &owned, &self.grad_owners),
+    fn non_finite_layer(&mut self) -> Result<String, EngineError> {
+        let segments = self.zero.segments();
+        let mut flags = match self.grads.reduced() {
+            Reduced::Stored(g) => non_finite_flags::<E>(g, &segments, &self.grad_owners),
+            Reduced::Wide(g) => non_finite_flags(g, &segments, &self.grad_owners),
         };
-        if zero.sharded() {
+        if self.zero.sharded() {
             self.comm.all_reduce(&mut flags, ReduceOp::Max)?;
         }
         let first = flags.iter().position(|&f| f > 0.0);
@@ -580,38 +490,39 @@ impl<E: Element> Engine<E> {
     #[doc(hidden)]
     pub fn inject_gradient(&mut self, index: usize, value: f32) -> Result<(), EngineError> {
         self.expect_phase("inject_gradient", EnginePhase::Backwarded, "backward()")?;
-        let owned = self.zero.owned();
-        match self.reduced() {
-            Reduced::Partition if owned.contains(&index) => self.grad_partition[index - owned.start] = value,
-            Reduced::Partition => {}
-            Reduced::Local => self.grads[index] = E::from_f32(value),
-            Reduced::Accumulated => self.grad_accum[index] = value,
+        let segment = self.zero.segments().into_iter().find(|s| s.layout.contains(&index));
+        let Some(segment) = segment else { return Ok(()) };
+        let at = segment.at + index - segment.layout.start;
+        match self.grads.reduced() {
+            Reduced::Stored(g) => g[at] = E::from_f32(value),
+            Reduced::Wide(g) => g[at] = value,
         }
         Ok(())
     }
 
     /// Phase 5 of [`Engine::step`].
     fn apply_optimizer(&mut self, grad_scale: f32, lr: f32, betas: Option<(f64, f64)>) -> Result<(), EngineError> {
-        let (zero, reduced) = (self.zero, self.reduced());
-        let Engine { model, params, grads, grad_partition, grad_accum, master, optimizer, .. } = self;
+        let segments = self.zero.segments();
+        let Engine { model, copy, grads, optimizer, zero, comm, gather_buffer, .. } = self;
         let layout = model.layout();
-        let (owned, numel) = (zero.owned(), zero.numel);
         // The fp32 partition and sum are accumulators, zeroed as they are read; the model's own buffer is
         // overwritten by the next window's first backward.
-        let zero_read = reduced != Reduced::Local;
-        master.update(&mut params[zero.owned()], |weights| match reduced {
-            Reduced::Partition => {
-                optimizer.apply(layout, weights, grad_partition, zero_read, grad_scale, owned, lr, betas)
+        let mut step = |weights: &mut [f32]| match grads.reduced() {
+            Reduced::Stored(g) => optimizer.apply(layout, weights, g, false, grad_scale, &segments, lr, betas),
+            Reduced::Wide(g) => optimizer.apply(layout, weights, g, true, grad_scale, &segments, lr, betas),
+        };
+        match copy {
+            ModelCopy::Whole { params, master } => {
+                master.update(&mut params[zero.owned()], step);
+                if zero.sharded() {
+                    gather_params(&**comm, zero, params, gather_buffer)?;
+                }
             }
-            Reduced::Local => {
-                optimizer.apply(layout, weights, &mut grads[..numel], zero_read, grad_scale, owned, lr, betas)
+            // Stage 3 keeps the masters only: a group's model copy is rounded from them as it is gathered.
+            ModelCopy::Sharded(sharded) => {
+                step(&mut sharded.master);
+                sharded.refresh_persistent(&**comm, zero)?;
             }
-            Reduced::Accumulated => {
-                optimizer.apply(layout, weights, &mut grad_accum[..numel], zero_read, grad_scale, owned, lr, betas)
-            }
-        });
-        if zero.sharded() {
-            gather_params(&*self.comm, &zero, &mut self.params, &mut self.gather_buffer)?;
         }
         Ok(())
     }
@@ -647,10 +558,7 @@ impl<E: Element> Engine<E> {
         )?;
         let (mut sum, mut count) = (0.0f64, 0usize);
         for (tokens, targets) in batches {
-            let loss = self
-                .model
-                .forward(&self.params[..self.zero.numel], tokens, Some(targets), tokens.len() / t, t)?
-                .expect("targets");
+            let loss = self.run_forward(tokens, Some(targets), tokens.len() / t, t)?.expect("targets");
             sum += loss.mean as f64;
             count += 1;
         }
@@ -676,22 +584,4 @@ fn grad_owners<E: Element>(model: &Model<E>) -> Vec<(String, Vec<Range<usize>>)>
         (name, ranges(l.params()))
     });
     std::iter::once(head).chain(layers).filter(|(_, r)| !r.is_empty()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sum_of_squares;
-
-    /// Reordered f64 sums of 200k squares of order one: relative differences near 1e-16 · √n, far below this.
-    const REORDER_RTOL: f64 = 1e-12;
-
-    #[test]
-    fn sum_of_squares_matches_a_plain_sum_and_ignores_the_thread_count() {
-        let x: Vec<f32> = (0..200_003).map(|i| ((i * 7919) % 1000) as f32 / 300.0 - 1.5).collect();
-        let plain: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
-        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
-        let (one, two) = (pool(1).install(|| sum_of_squares(&x)), pool(2).install(|| sum_of_squares(&x)));
-        assert_eq!(one.to_bits(), two.to_bits(), "the thread count changed the result");
-        assert!((one - plain).abs() <= REORDER_RTOL * plain, "{one} vs {plain}");
-    }
 }

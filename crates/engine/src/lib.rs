@@ -6,10 +6,12 @@
 //! step. [`checkpoint`] writes and verifies checkpoint directories; [`persist`] maps the engine's state onto
 //! them; [`generate`] samples text.
 
+mod backward;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod generate;
+mod grads;
 pub mod memory;
 pub mod model_spec;
 pub mod optimizer;
@@ -17,6 +19,7 @@ pub mod persist;
 pub mod precision;
 mod reduce;
 pub mod setup;
+pub mod sharded;
 pub mod zero;
 
 pub use engine::{Counters, Engine, EnginePhase, StepReport, StepTimings};

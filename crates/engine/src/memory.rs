@@ -28,6 +28,9 @@ pub struct MemoryReport {
     /// whole buffer is resident until the backward's reduction. At stages 0 and 1 the backward writes into the
     /// gradient buffer itself, counted above.
     pub gradient_staging: usize,
+    /// Stage 3: the most parameters gathered at once during a forward or backward (whole groups of the layers
+    /// running or prefetched), beyond the persistent ones counted in `parameters`.
+    pub gathered_parameters: usize,
     /// fp32 master weights separate from the parameters (none in fp32 training).
     pub master_weights: usize,
     /// Optimizer state (Adam: momentum and variance).
@@ -41,6 +44,7 @@ impl MemoryReport {
         self.parameters
             + self.gradients
             + self.gradient_staging
+            + self.gathered_parameters
             + self.master_weights
             + self.optimizer_state
             + self.activations
@@ -73,15 +77,25 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         StorageType::Fp32 => F32,
         StorageType::Fp16 | StorageType::Bf16 => 2,
     };
-    // (model-copy elements, fp32 gradient-partition elements, staging elements, owned elements)
+    // Stage 3 gathers one group at a time and prefetches the next; its gradient buffers are the group being
+    // written and the one being reduced: about two of the largest group each.
+    let live = 2 * largest_group(model);
+    // (model-copy elements, fp32 gradient-partition elements, staging elements, owned elements); at stage 3 the
+    // fp32 masters are the model's only copy (in fp32 training they are the parameters).
     let (parameters, grad_partition, staging, owned) = match w.stage {
         ZeroStage::Stage0 => (params, 0, 0, params),
         ZeroStage::Stage1 => (padded, part, 0, part),
         ZeroStage::Stage2 => (padded, part, padded, part),
+        ZeroStage::Stage3 => (0, part, live, part),
     };
     let local_gradients = match w.stage {
         ZeroStage::Stage0 | ZeroStage::Stage1 => parameters,
-        ZeroStage::Stage2 => 0,
+        ZeroStage::Stage2 | ZeroStage::Stage3 => 0,
+    };
+    let (parameter_bytes, master_bytes) = match (w.stage, e == F32) {
+        (ZeroStage::Stage3, true) => (owned * F32, 0),
+        (_, true) => (parameters * e, 0),
+        (_, false) => (parameters * e, owned * F32),
     };
     // The fp32 accumulator covers the local buffer at stages 0 and 1 (stage 2 accumulates in its fp32 partition).
     let accumulator = match (w.accumulate_in_fp32 && e != F32, w.stage) {
@@ -89,10 +103,11 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         _ => 0,
     };
     MemoryReport {
-        parameters: parameters * e,
+        parameters: parameter_bytes,
         gradients: local_gradients * e + (grad_partition + accumulator) * F32,
         gradient_staging: staging * e,
-        master_weights: if e == F32 { 0 } else { owned * F32 },
+        gathered_parameters: if w.stage == ZeroStage::Stage3 { live * e } else { 0 },
+        master_weights: master_bytes,
         optimizer_state: owned * w.optimizer_slots * F32,
         // The head's logits and their gradient are fp32 in every precision; the saved statistics (LayerNorm
         // mean/rstd, a few floats per row) are counted at the storage size.
@@ -101,6 +116,11 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
             (activation_floats(model, w.micro_batch, w.seq_len) - head) * e + head * F32
         },
     }
+}
+
+/// Elements of the model's largest parameter group (the unit stage 3 gathers).
+fn largest_group(model: &ModelConfig) -> usize {
+    model.build().map_or(0, |m| m.groups().iter().map(|g| g.len()).max().unwrap_or(0))
 }
 
 /// The output head's share of [`activation_floats`] for `n` rows: logits/probabilities and their gradient.

@@ -2,13 +2,13 @@
 //! itself is `rustspeed_optim`'s pure step functions, applied per parameter tensor so that weight decay follows
 //! each tensor's flag (and Lamb's trust ratio is per tensor, as DeepSpeed's).
 
+use crate::zero::Segment;
 use rayon::prelude::*;
 use rustspeed_kernels::cast::Element;
 use rustspeed_nn::ParamLayout;
 use rustspeed_optim::{
     adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
 };
-use std::ops::Range;
 
 /// The update rule with its configured hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -113,15 +113,15 @@ impl Optimizer {
         self.applied_steps = applied_steps;
     }
 
-    /// One step over the parameters in `owned` (the whole layout, or this rank's ZeRO partition) with learning
-    /// rate `lr` (and OneCycle's `betas`). `params` (fp32 master weights), `grads` and the state buffers cover
-    /// `owned` only: index 0 is parameter `owned.start`. The optimizer sees `grad_scale · grads` in fp32
-    /// (unscaling and clipping in one multiply, semantics §2.6; 16-bit gradients are widened piece by piece, so no
-    /// fp32 copy of all gradients exists). With `zero_grads` (an accumulator the next window adds into) each piece
-    /// of `grads` is zeroed right after its update, while it is in cache, which saves a separate pass; a buffer the
-    /// next window's first backward overwrites is left as it is. Tensors cut by the partition boundary are stepped
-    /// piecewise, which is exact for the element-wise rules (Lamb's per-tensor trust ratio is not, so the engine
-    /// refuses Lamb with ZeRO).
+    /// One step over the parameters in `segments` (the whole layout, or this rank's ZeRO partition) with learning
+    /// rate `lr` (and OneCycle's `betas`). `params` (fp32 master weights), `grads` and the state buffers cover the
+    /// partition: a segment's first parameter is at index `segment.at`. The optimizer sees `grad_scale · grads` in
+    /// fp32 (unscaling and clipping in one multiply, semantics §2.6; 16-bit gradients are widened piece by piece,
+    /// so no fp32 copy of all gradients exists). With `zero_grads` (an accumulator the next window adds into) each
+    /// piece of `grads` is zeroed right after its update, while it is in cache, which saves a separate pass; a
+    /// buffer the next window's first backward overwrites is left as it is. Tensors cut by a partition boundary
+    /// are stepped piecewise, which is exact for the element-wise rules (Lamb's per-tensor trust ratio is not, so
+    /// the engine refuses Lamb with ZeRO).
     #[allow(clippy::too_many_arguments)]
     pub fn apply<G: Element>(
         &mut self,
@@ -130,7 +130,7 @@ impl Optimizer {
         grads: &mut [G],
         zero_grads: bool,
         grad_scale: f32,
-        owned: Range<usize>,
+        segments: &[Segment],
         lr: f32,
         betas: Option<(f64, f64)>,
     ) {
@@ -139,44 +139,48 @@ impl Optimizer {
         // Carve the owned part of every tensor (and its gradient and state) into disjoint pieces, then update the
         // pieces in parallel. Element-wise rules split tensors into chunks; Lamb's trust ratio needs whole tensors.
         let mut pieces = Vec::new();
-        let mut rest_p = &mut params[..owned.len()];
-        let mut rest_g = &mut grads[..owned.len()];
-        let mut rest_slots: Vec<&mut [f32]> = self.slots.iter_mut().map(|s| &mut s[..owned.len()]).collect();
-        let mut at = owned.start;
+        let mut rest_p = params;
+        let mut rest_g = grads;
+        let mut rest_slots: Vec<&mut [f32]> = self.slots.iter_mut().map(|s| s.as_mut_slice()).collect();
+        // Index in the partition of the first element of the `rest` buffers.
+        let mut at = 0;
         let mut entries: Vec<_> = layout.entries().iter().collect();
         entries.sort_by_key(|e| e.offset);
-        for entry in entries {
-            let (start, end) = (entry.offset.max(owned.start), (entry.offset + entry.spec.numel()).min(owned.end));
-            if start >= end {
-                continue;
+        for segment in segments {
+            let owned = &segment.layout;
+            for entry in &entries {
+                let (start, end) = (entry.offset.max(owned.start), (entry.offset + entry.spec.numel()).min(owned.end));
+                if start >= end {
+                    continue;
+                }
+                let rule = self.rule.for_tensor(lr, betas, entry.spec.weight_decay);
+                let chunk = if matches!(rule, Rule::Lamb(_)) { end - start } else { OPTIMIZER_CHUNK };
+                // Skip to the tensor's place in the partition (past padding or another segment's gap).
+                let skip = segment.at + (start - owned.start) - at;
+                (_, rest_p) = std::mem::take(&mut rest_p).split_at_mut(skip);
+                (_, rest_g) = std::mem::take(&mut rest_g).split_at_mut(skip);
+                for s in rest_slots.iter_mut() {
+                    (_, *s) = std::mem::take(s).split_at_mut(skip);
+                }
+                let mut left = end - start;
+                while left > 0 {
+                    let len = chunk.min(left);
+                    let (p, rp) = std::mem::take(&mut rest_p).split_at_mut(len);
+                    let (g, rg) = std::mem::take(&mut rest_g).split_at_mut(len);
+                    let slots: Vec<&mut [f32]> = rest_slots
+                        .iter_mut()
+                        .map(|s| {
+                            let (head, tail) = std::mem::take(s).split_at_mut(len);
+                            *s = tail;
+                            head
+                        })
+                        .collect();
+                    pieces.push((rule, p, g, slots));
+                    (rest_p, rest_g) = (rp, rg);
+                    left -= len;
+                }
+                at = segment.at + (end - owned.start);
             }
-            let rule = self.rule.for_tensor(lr, betas, entry.spec.weight_decay);
-            let chunk = if matches!(rule, Rule::Lamb(_)) { end - start } else { OPTIMIZER_CHUNK };
-            // Skip any gap before the tensor (there is none in a contiguous layout).
-            let skip = start - at;
-            (_, rest_p) = std::mem::take(&mut rest_p).split_at_mut(skip);
-            (_, rest_g) = std::mem::take(&mut rest_g).split_at_mut(skip);
-            for s in rest_slots.iter_mut() {
-                (_, *s) = std::mem::take(s).split_at_mut(skip);
-            }
-            let mut left = end - start;
-            while left > 0 {
-                let len = chunk.min(left);
-                let (p, rp) = std::mem::take(&mut rest_p).split_at_mut(len);
-                let (g, rg) = std::mem::take(&mut rest_g).split_at_mut(len);
-                let slots: Vec<&mut [f32]> = rest_slots
-                    .iter_mut()
-                    .map(|s| {
-                        let (head, tail) = std::mem::take(s).split_at_mut(len);
-                        *s = tail;
-                        head
-                    })
-                    .collect();
-                pieces.push((rule, p, g, slots));
-                (rest_p, rest_g) = (rp, rg);
-                left -= len;
-            }
-            at = end;
         }
         pieces.into_par_iter().for_each(|(rule, p, grads, mut slots)| {
             let wide: Vec<f32>;

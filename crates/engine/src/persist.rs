@@ -3,24 +3,34 @@
 //!
 //! In fp16/bf16 the model file holds the 16-bit model copy (as fp32 tensors, exact) and the fp32 master weights
 //! are saved with the optimizer state, as the slot [`MASTER_SLOT`] (DeepSpeed keeps them in its optimizer
-//! states too); the manifest holds the loss scaler's state.
+//! states too); the manifest holds the loss scaler's state. At stage 3 every rank saves the masters of its
+//! partition whatever the precision, and the whole model file is written only with
+//! `stage3_gather_16bit_weights_on_model_save` (as DeepSpeed), since gathering it puts the whole model on rank 0.
+//!
+//! Loading reshards (DeepSpeed needs its offline `ds_to_universal` for this): the saved partitions are read
+//! through the saved plan's shards into whole-layout tensors, and the engine takes its own partition of them, so a
+//! checkpoint resumes at any world size, ZeRO stage and precision (through the fp32 masters).
 
 use crate::checkpoint::{self, Loaded};
-use crate::engine::{Counters, Engine};
+use crate::engine::{Counters, Engine, ModelCopy};
 use crate::error::EngineError;
 use crate::model_spec::ModelSpec;
+use crate::zero::{Shard, ZeroStage};
 use rustspeed_kernels::cast::{cast_from_f32, Element};
 use rustspeed_nn::io::{load_params, save_params};
 use rustspeed_nn::{Init, ParamLayout, ParamSpec};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// File of the parameters (state-dict names) inside a tag directory.
 pub const MODEL_FILE: &str = "model.safetensors";
 /// File of the optimizer state (`<slot>.<parameter name>`) inside a tag directory.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// The optimizer-state slot of the fp32 master weights (16-bit runs only).
+/// The optimizer-state slot of the fp32 master weights (16-bit runs, and every stage-3 run).
 pub const MASTER_SLOT: &str = "fp32_master";
+
+type Files = BTreeMap<String, Vec<u8>>;
 
 fn layout_json(layout: &ParamLayout) -> Value {
     layout.entries().iter().map(|e| json!({ "name": e.spec.name, "shape": e.spec.shape, "offset": e.offset })).collect()
@@ -34,62 +44,130 @@ pub struct Weights {
     pub dir: PathBuf,
 }
 
-/// Reads the model of checkpoint `tag` (default: `latest`) under `root`: the fp32 master weights of a 16-bit
-/// run (gathered from the optimizer partitions when sharded, as DeepSpeed's `zero_to_fp32`), else the parameters.
-pub fn load_weights(root: &Path, tag: Option<&str>) -> Result<Weights, EngineError> {
+/// What a checkpoint's partitions are: its world size, stage and shards, read from the manifest and checked
+/// against the layout before anything is allocated from them.
+struct SavedPlan {
+    world: usize,
+    stage: ZeroStage,
+    shards: Vec<Shard>,
+}
+
+impl SavedPlan {
+    fn read(manifest: &Value, numel: usize) -> Result<SavedPlan, String> {
+        let world = manifest["world_size"].as_u64().filter(|&w| w >= 1).ok_or("world_size is missing or 0")? as usize;
+        let stage = manifest["zero_stage"]
+            .as_u64()
+            .and_then(|s| ZeroStage::from_number(s as u8))
+            .ok_or("zero_stage is missing or not 0-3")?;
+        let shards = match manifest["shards"].as_array() {
+            Some(list) => list
+                .iter()
+                .map(|s| {
+                    let n =
+                        |i: usize| s[i].as_u64().map(|v| v as usize).ok_or(format!("shards entry {s} is malformed"));
+                    Ok(Shard { span: n(0)?..n(1)?, size: n(2)?, at: n(3)? })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+            // Checkpoints from before stage 3: one contiguous partition of `partition_size`.
+            None => {
+                let size = manifest["partition_size"].as_u64().ok_or("partition_size is missing")? as usize;
+                vec![Shard { span: 0..numel, size, at: 0 }]
+            }
+        };
+        // The shards must tile the layout in order, each rank's shares fitting the partition.
+        let (mut end, mut at) = (0, 0);
+        for s in &shards {
+            let covers = s.size.checked_mul(world).is_some_and(|c| c >= s.span.len());
+            if s.span.start != end || s.span.end < s.span.start || s.at != at || !covers || s.size > numel {
+                return Err(format!("its shards do not tile the {numel} parameters over {world} ranks"));
+            }
+            (end, at) = (s.span.end, at + s.size);
+        }
+        if end != numel {
+            return Err(format!("its shards cover {end} of the {numel} parameters"));
+        }
+        Ok(SavedPlan { world, stage, shards })
+    }
+
+    fn partition(&self) -> usize {
+        self.shards.iter().map(|s| s.size).sum()
+    }
+}
+
+/// Reads checkpoint `tag` (default: `latest`) under `root`.
+fn load_tag(root: &Path, tag: Option<&str>) -> Result<Loaded, EngineError> {
     let tag = match tag {
         Some(t) => t.to_string(),
         None => checkpoint::latest_tag(root)?,
     };
-    let Loaded { dir, manifest, files } = checkpoint::load(root, &tag)?;
+    checkpoint::load(root, &tag)
+}
+
+/// Reads the model of checkpoint `tag` (default: `latest`) under `root`: the fp32 master weights where the
+/// checkpoint has them (16-bit runs and stage 3, gathered from the partitions as DeepSpeed's `zero_to_fp32`),
+/// else the parameters.
+pub fn load_weights(root: &Path, tag: Option<&str>) -> Result<Weights, EngineError> {
+    let Loaded { dir, manifest, files } = load_tag(root, tag)?;
     let spec = ModelSpec::from_json(&manifest["model"])?;
     let model = spec.config.build()?;
-    let bytes = files
-        .get(MODEL_FILE)
-        .ok_or_else(|| EngineError::Checkpoint(format!("{} lacks {MODEL_FILE}", dir.display())))?;
-    let mut params = vec![0.0; model.num_params()];
-    load_params(model.layout(), &mut params, bytes, "", true)
-        .map_err(|e| EngineError::Checkpoint(format!("{}/{MODEL_FILE}: {e}", dir.display())))?;
-    if manifest["precision"] != json!("fp32") {
-        params = read_masters(&manifest, &files, model.layout())
-            .map_err(|e| EngineError::Checkpoint(format!("{}: {e}", dir.display())))?;
-    }
+    let bad = |msg: String| EngineError::Checkpoint(format!("{}: {msg}", dir.display()));
+    let plan = SavedPlan::read(&manifest, model.num_params()).map_err(bad)?;
+    let params = match saved_masters(&manifest, &plan) {
+        true => read_slots(&files, &plan, &[MASTER_SLOT], model.layout()).map_err(bad)?.remove(0),
+        false => read_model_file(&files, model.layout()).map_err(bad)?,
+    };
     Ok(Weights { spec, params, manifest, dir })
 }
 
-/// The whole model's fp32 master weights of a 16-bit checkpoint.
-fn read_masters(
-    manifest: &Value,
-    files: &std::collections::BTreeMap<String, Vec<u8>>,
-    layout: &ParamLayout,
-) -> Result<Vec<f32>, String> {
-    let mut masters = vec![0.0; layout.numel()];
-    if manifest["zero_stage"] == json!(0) {
-        let bytes = files.get(OPTIMIZER_FILE).ok_or(format!("{OPTIMIZER_FILE} is missing"))?;
-        load_params(layout, &mut masters, bytes, &format!("{MASTER_SLOT}."), false)
-            .map_err(|e| format!("{OPTIMIZER_FILE}: {e}"))?;
-        return Ok(masters);
-    }
-    let world = manifest["world_size"].as_u64().ok_or("world_size is missing")? as usize;
-    let partition = manifest["partition_size"].as_u64().ok_or("partition_size is missing")? as usize;
-    let mut all = Vec::with_capacity(world * partition);
-    for rank in 0..world {
-        let file = shard_file(rank);
-        let bytes = files.get(&file).ok_or(format!("{file} is missing"))?;
-        let mut one = ParamLayout::default();
-        one.push(ParamSpec::new(MASTER_SLOT, &[partition], Init::Zeros));
-        let mut values = vec![0.0; partition];
-        load_params(&one, &mut values, bytes, "", false).map_err(|e| format!("{file}: {e}"))?;
-        all.extend_from_slice(&values);
-    }
-    if all.len() < layout.numel() {
-        return Err(format!("{world} partitions of {partition} cannot hold {} parameters", layout.numel()));
-    }
-    masters.copy_from_slice(&all[..layout.numel()]);
-    Ok(masters)
+/// Whether the checkpoint's optimizer state holds the fp32 masters.
+fn saved_masters(manifest: &Value, plan: &SavedPlan) -> bool {
+    manifest["precision"] != json!("fp32") || plan.stage == ZeroStage::Stage3
 }
 
-/// File of rank `r`'s optimizer partition (ZeRO stages 1 and 2): one 1-D tensor per state slot.
+fn read_model_file(files: &Files, layout: &ParamLayout) -> Result<Vec<f32>, String> {
+    let bytes = files.get(MODEL_FILE).ok_or(format!("{MODEL_FILE} is missing"))?;
+    let mut params = vec![0.0; layout.numel()];
+    load_params(layout, &mut params, bytes, "", true).map_err(|e| format!("{MODEL_FILE}: {e}"))?;
+    Ok(params)
+}
+
+/// The whole-layout tensors of optimizer-state slots `names`, from the saved plan's files: the named tensors of
+/// stage 0's optimizer file, or each rank's partition mapped back through the shards.
+fn read_slots(files: &Files, plan: &SavedPlan, names: &[&str], layout: &ParamLayout) -> Result<Vec<Vec<f32>>, String> {
+    if plan.stage == ZeroStage::Stage0 {
+        let bytes = files.get(OPTIMIZER_FILE).ok_or(format!("{OPTIMIZER_FILE} is missing"))?;
+        return names
+            .iter()
+            .map(|slot| {
+                let mut buf = vec![0.0; layout.numel()];
+                load_params(layout, &mut buf, bytes, &format!("{slot}."), false)
+                    .map_err(|e| format!("{OPTIMIZER_FILE}: {e}"))?;
+                Ok(buf)
+            })
+            .collect();
+    }
+    let partition = plan.partition();
+    let mut whole = vec![vec![0.0; layout.numel()]; names.len()];
+    let mut one = ParamLayout::default();
+    for name in names {
+        one.push(ParamSpec::new(*name, &[partition], Init::Zeros));
+    }
+    let mut values = vec![0.0; one.numel()];
+    for rank in 0..plan.world {
+        let file = shard_file(rank);
+        let bytes = files.get(&file).ok_or(format!("{file} is missing"))?;
+        load_params(&one, &mut values, bytes, "", false).map_err(|e| format!("{file}: {e}"))?;
+        for (slot, saved) in whole.iter_mut().zip(values.chunks(partition)) {
+            for shard in &plan.shards {
+                let owned = shard.owned(rank);
+                slot[owned.clone()].copy_from_slice(&saved[shard.at..shard.at + owned.len()]);
+            }
+        }
+    }
+    Ok(whole)
+}
+
+/// File of rank `r`'s optimizer partition (ZeRO stages 1-3): one 1-D tensor per state slot.
 pub fn shard_file(rank: usize) -> String {
     format!("optimizer_rank{rank:03}.safetensors")
 }
@@ -105,28 +183,35 @@ fn flat_tensors(tensors: &[(&str, &[f32])]) -> Result<Vec<u8>, EngineError> {
     save_params(&layout, &values, "", None).map_err(EngineError::Io)
 }
 
+/// What a resume changed relative to the saved run, in words (empty when nothing did).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resumed {
+    /// The saved `client_state` (e.g. the data loader's position).
+    pub client_state: Value,
+    pub changes: Vec<String>,
+}
+
 impl<E: Element> Engine<E> {
-    /// The optimizer's state buffers and, in 16-bit runs, the fp32 master weights, as checkpoints store them.
+    /// The optimizer's state buffers and the fp32 masters where they are separate from the parameters (16-bit
+    /// runs) or the only whole copy (stage 3), as checkpoints store them: over this rank's partition.
     fn state_tensors(&self) -> Vec<(&str, &[f32])> {
-        let master = self.master.separate();
+        let master = match &self.copy {
+            ModelCopy::Whole { master, .. } => master.separate(),
+            ModelCopy::Sharded(sharded) => &sharded.master,
+        };
         let master = (!master.is_empty()).then_some((MASTER_SLOT, master));
         self.optimizer.slots().chain(master).collect()
     }
 
-    /// Slot names of [`Engine::state_tensors`].
-    fn state_names(&self) -> Vec<&'static str> {
-        let master = (!E::IS_F32).then_some(MASTER_SLOT);
-        self.optimizer.rule().slot_names().iter().copied().chain(master).collect()
-    }
-
     /// Saves a checkpoint tagged `global_step{N}` under `root` and points `latest` at it: a collective, called
-    /// by every rank. Rank 0 writes the parameters (the same on every rank) and, at stage 0, the optimizer state;
-    /// at stages 1 and 2 each rank writes its own optimizer partition. `client_state` (e.g. the data loader's
-    /// position) is stored in the manifest and returned by [`Engine::load_checkpoint`]. A rank that does not take
-    /// part makes the others fail at the communicator's timeout, naming it.
+    /// by every rank. Rank 0 writes the parameters (gathered at stage 3, and only with
+    /// `stage3_gather_16bit_weights_on_model_save`) and, at stage 0, the optimizer state; at stages 1-3 each rank
+    /// writes its own optimizer partition. `client_state` (e.g. the data loader's position) is stored in the
+    /// manifest and returned by [`Engine::load_checkpoint`]. A rank that does not take part makes the others fail
+    /// at the communicator's timeout, naming it.
     pub fn save_checkpoint(&self, root: &Path, spec: &ModelSpec, client_state: Value) -> Result<PathBuf, EngineError> {
         let tag = format!("global_step{}", self.counters.global_steps);
-        let (rank, zero) = (self.comm.rank(), self.zero);
+        let (rank, zero) = (self.comm.rank(), &self.zero);
         if rank == 0 {
             checkpoint::begin(root, &tag)?;
         }
@@ -136,15 +221,23 @@ impl<E: Element> Engine<E> {
         if zero.sharded() {
             checkpoint::write_file(&partial, &shard_file(rank), &flat_tensors(&slots)?)?;
         }
-        let mut files = vec![MODEL_FILE.to_string()];
-        if rank == 0 {
-            let layout = self.model.layout();
-            checkpoint::write_file(
-                &partial,
-                MODEL_FILE,
-                &save_params(layout, &self.params_f32(), "", None).map_err(EngineError::Io)?,
-            )?;
-            if !zero.sharded() && !slots.is_empty() {
+        let whole_model =
+            !zero.shards_params() || self.config.zero_optimization.stage3_gather_16bit_weights_on_model_save;
+        let params = match whole_model {
+            true => Some(self.params_f32()?),
+            false => None,
+        };
+        let mut files = Vec::new();
+        if let Some(params) = &params {
+            files.push(MODEL_FILE.to_string());
+            if rank == 0 {
+                let bytes = save_params(self.model.layout(), params, "", None).map_err(EngineError::Io)?;
+                checkpoint::write_file(&partial, MODEL_FILE, &bytes)?;
+            }
+        }
+        if !zero.sharded() && !slots.is_empty() {
+            if rank == 0 {
+                let layout = self.model.layout();
                 let mut names = ParamLayout::default();
                 let mut state = Vec::with_capacity(slots.len() * layout.numel());
                 for (slot, buf) in &slots {
@@ -153,13 +246,10 @@ impl<E: Element> Engine<E> {
                     }
                     state.extend_from_slice(buf);
                 }
-                checkpoint::write_file(
-                    &partial,
-                    OPTIMIZER_FILE,
-                    &save_params(&names, &state, "", None).map_err(EngineError::Io)?,
-                )?;
-                files.push(OPTIMIZER_FILE.to_string());
+                let bytes = save_params(&names, &state, "", None).map_err(EngineError::Io)?;
+                checkpoint::write_file(&partial, OPTIMIZER_FILE, &bytes)?;
             }
+            files.push(OPTIMIZER_FILE.to_string());
         }
         if zero.sharded() && !slots.is_empty() {
             files.extend((0..zero.world).map(shard_file));
@@ -174,12 +264,15 @@ impl<E: Element> Engine<E> {
 
     fn manifest(&self, spec: &ModelSpec, client_state: Value) -> Value {
         let c = self.counters;
+        let shards: Vec<Value> =
+            self.zero.shards.iter().map(|s| json!([s.span.start, s.span.end, s.size, s.at])).collect();
         json!({
             "model": spec.to_json(),
             "layout": layout_json(self.model.layout()),
             "world_size": self.zero.world,
             "zero_stage": self.zero.stage.number(),
             "partition_size": self.zero.partition,
+            "shards": shards,
             "precision": E::NAME,
             "loss_scaler": self.precision.scaler_json(),
             "counters": {
@@ -193,31 +286,18 @@ impl<E: Element> Engine<E> {
         })
     }
 
-    /// Restores parameters, optimizer state, counters and schedule from the `latest` checkpoint under `root`;
-    /// returns its client state. The checkpoint must be of the same model (names and shapes), world size, ZeRO
-    /// stage and precision.
-    pub fn load_checkpoint(&mut self, root: &Path) -> Result<Value, EngineError> {
-        let tag = checkpoint::latest_tag(root)?;
-        let Loaded { dir, manifest, files } = checkpoint::load(root, &tag)?;
+    /// Restores parameters, optimizer state, counters and schedule from the `latest` checkpoint under `root`. The
+    /// checkpoint must be of the same model (names and shapes) and optimizer; its world size, ZeRO stage and
+    /// precision may differ from this engine's (the state is resharded, and crosses precisions through the fp32
+    /// masters): the returned [`Resumed`] says what changed, with the saved client state.
+    pub fn load_checkpoint(&mut self, root: &Path) -> Result<Resumed, EngineError> {
+        let Loaded { dir, manifest, files } = load_tag(root, None)?;
         let bad = |msg: String| EngineError::Checkpoint(format!("{}: {msg}", dir.display()));
-        if manifest["layout"] != layout_json(self.model.layout()) {
+        let layout = self.model.layout();
+        if manifest["layout"] != layout_json(layout) {
             return Err(bad("its parameter layout differs from this model's (another preset or vocabulary?)".into()));
         }
-        let zero = self.zero;
-        if manifest["world_size"] != json!(zero.world) || manifest["zero_stage"] != json!(zero.stage.number()) {
-            return Err(bad(format!(
-                "it was written by {} rank(s) at ZeRO stage {}; this run has {} at stage {} (resuming on another world size or stage is not implemented yet)",
-                manifest["world_size"], manifest["zero_stage"], zero.world, zero.stage.number()
-            )));
-        }
-        if manifest["precision"] != json!(E::NAME) {
-            return Err(bad(format!("it was written in {}; this run trains in {}", manifest["precision"], E::NAME)));
-        }
-        let model_bytes = files.get(MODEL_FILE).ok_or_else(|| bad(format!("{MODEL_FILE} is missing")))?;
-        let mut params = vec![0.0; zero.numel];
-        load_params(self.model.layout(), &mut params, model_bytes, "", true)
-            .map_err(|e| bad(format!("{MODEL_FILE}: {e}")))?;
-
+        let plan = SavedPlan::read(&manifest, layout.numel()).map_err(bad)?;
         let names = self.optimizer.rule().slot_names();
         if manifest["optimizer"]["slots"] != json!(names) {
             return Err(bad(format!(
@@ -225,12 +305,29 @@ impl<E: Element> Engine<E> {
                 manifest["optimizer"]["slots"]
             )));
         }
-        let mut slots = match zero.sharded() {
-            true => self.read_shard(&files, &bad)?,
-            false => self.read_full_state(&files, &bad)?,
+        let saved_precision = manifest["precision"].as_str().unwrap_or("?").to_string();
+        let mut wanted: Vec<&str> = names.to_vec();
+        if saved_masters(&manifest, &plan) {
+            wanted.push(MASTER_SLOT);
+        }
+        let mut slots = read_slots(&files, &plan, &wanted, layout).map_err(bad)?;
+        let masters = match saved_masters(&manifest, &plan) {
+            true => slots.pop().expect("the master slot is read last"),
+            false => read_model_file(&files, layout).map_err(bad)?,
         };
         let mut precision = self.precision.clone();
-        precision.restore_scaler(&manifest["loss_scaler"]).map_err(bad)?;
+        let mut changes = Vec::new();
+        if saved_precision == E::NAME {
+            precision.restore_scaler(&manifest["loss_scaler"]).map_err(bad)?;
+        } else {
+            changes.push(format!("precision {saved_precision} -> {} (from the fp32 master weights)", E::NAME));
+        }
+        if plan.world != self.zero.world {
+            changes.push(format!("world size {} -> {}", plan.world, self.zero.world));
+        }
+        if plan.stage != self.zero.stage {
+            changes.push(format!("ZeRO stage {} -> {}", plan.stage.number(), self.zero.stage.number()));
+        }
         let counter =
             |key: &str| manifest["counters"][key].as_u64().ok_or_else(|| bad(format!("counters.{key} is missing")));
         let counters = Counters {
@@ -242,56 +339,45 @@ impl<E: Element> Engine<E> {
         let applied = manifest["optimizer"]["applied_steps"]
             .as_u64()
             .ok_or_else(|| bad("optimizer.applied_steps is missing".into()))?;
-        params.resize(zero.padded(), 0.0);
-        cast_from_f32(&mut self.params, &params);
-        if !E::IS_F32 {
-            self.master.restore(slots.pop().expect("the master slot is read last"));
-        }
+        self.restore(&masters, slots, applied)?;
         self.precision = precision;
-        self.optimizer.restore(slots, applied);
         self.counters = counters;
-        self.grads.fill(E::default());
-        Ok(manifest["client_state"].clone())
+        Ok(Resumed { client_state: manifest["client_state"].clone(), changes })
     }
 
-    fn read_full_state(
-        &self,
-        files: &std::collections::BTreeMap<String, Vec<u8>>,
-        bad: &dyn Fn(String) -> EngineError,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let layout = self.model.layout();
-        let names = self.state_names();
-        if names.is_empty() {
-            return Ok(Vec::new());
+    /// Takes this rank's part of whole-layout fp32 masters and optimizer slots: the model copy is rounded from
+    /// the masters (which is what a 16-bit run's copy always holds), the state covers the partition.
+    fn restore(&mut self, masters: &[f32], slots: Vec<Vec<f32>>, applied: u64) -> Result<(), EngineError> {
+        let segments = self.zero.segments();
+        let partition_of = |whole: &[f32]| {
+            let mut part = vec![0.0; self.zero.partition];
+            for s in &segments {
+                part[s.at..s.at + s.layout.len()].copy_from_slice(&whole[s.layout.clone()]);
+            }
+            part
+        };
+        let state: Vec<Vec<f32>> = slots.iter().map(|s| partition_of(s)).collect();
+        match &mut self.copy {
+            ModelCopy::Whole { params, master } => {
+                cast_from_f32(&mut params[..masters.len()], masters);
+                if !E::IS_F32 {
+                    let owned = self.zero.owned();
+                    let mut wide = vec![0.0; owned.len()];
+                    let valid = owned.start.min(masters.len())..owned.end.min(masters.len());
+                    wide[..valid.len()].copy_from_slice(&masters[valid]);
+                    master.restore(wide);
+                }
+            }
+            ModelCopy::Sharded(sharded) => {
+                sharded.master = partition_of(masters);
+                for (shard, copy) in self.zero.shards.iter().zip(sharded.persistent.iter_mut()) {
+                    if let Some(copy) = copy {
+                        cast_from_f32(copy, &masters[shard.span.clone()]);
+                    }
+                }
+            }
         }
-        let bytes = files.get(OPTIMIZER_FILE).ok_or_else(|| bad(format!("{OPTIMIZER_FILE} is missing")))?;
-        let mut slots = Vec::new();
-        for slot in names {
-            let mut buf = vec![0.0; layout.numel()];
-            load_params(layout, &mut buf, bytes, &format!("{slot}."), false)
-                .map_err(|e| bad(format!("{OPTIMIZER_FILE}: {e}")))?;
-            slots.push(buf);
-        }
-        Ok(slots)
-    }
-
-    fn read_shard(
-        &self,
-        files: &std::collections::BTreeMap<String, Vec<u8>>,
-        bad: &dyn Fn(String) -> EngineError,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let names = self.state_names();
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let file = shard_file(self.comm.rank());
-        let bytes = files.get(&file).ok_or_else(|| bad(format!("{file} is missing")))?;
-        let mut layout = ParamLayout::default();
-        names.iter().for_each(|n| {
-            layout.push(ParamSpec::new(*n, &[self.zero.partition], Init::Zeros));
-        });
-        let mut all = vec![0.0; layout.numel()];
-        load_params(&layout, &mut all, bytes, "", true).map_err(|e| bad(format!("{file}: {e}")))?;
-        Ok(all.chunks(self.zero.partition).map(|c| c.to_vec()).collect())
+        self.optimizer.restore(state, applied);
+        Ok(())
     }
 }

@@ -3,19 +3,39 @@
 //! and 2 reduce-scatter it, each rank receiving the part that falls in its partition. Every reduction averages
 //! over ranks, so the result is the gradient of the mean loss over the global batch.
 
-use crate::zero::ZeroPlan;
+use crate::zero::{Shard, ZeroPlan};
 use rustspeed_comm::{CommError, Communicator, ReduceOp};
 use rustspeed_kernels::cast::{cast_from_f32, load, store, Contents, Element};
 
 /// This rank's reduced share of one bucket: where it goes in the partition, and its values.
 pub(crate) type Share = (usize, Vec<f32>);
 
-/// Reduces `piece`, which starts at element `offset` of the gradient buffer. Stage 0 reduces it in place and
-/// returns nothing; sharded stages return this rank's shares, to be added into its partition ([`accumulate`]).
-/// 16-bit gradients travel as fp32 (exact) and are averaged in fp32; stage 0 rounds the average back into place.
+/// How a reduction spreads over the ranks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Spread<'a> {
+    /// Stage 0: every rank keeps the whole average (all-reduce in place).
+    Everywhere,
+    /// Stages 1-3: each rank keeps the average of the part of `shard` it owns (reduce-scatter).
+    Sharded { shard: &'a Shard, rank: usize, world: usize },
+}
+
+impl<'a> Spread<'a> {
+    /// The spread of gradients over the span of `shard` under `zero`.
+    pub(crate) fn of(zero: &ZeroPlan, shard: &'a Shard) -> Self {
+        match zero.sharded() {
+            false => Spread::Everywhere,
+            true => Spread::Sharded { shard, rank: zero.rank, world: zero.world },
+        }
+    }
+}
+
+/// Reduces `piece`, which starts at element `offset` of the layout (and may run into the shard's padding).
+/// Stage 0 reduces it in place and returns nothing; sharded stages return this rank's shares, to be added into
+/// its partition ([`accumulate`]). 16-bit gradients travel as fp32 (exact) and are averaged in fp32; stage 0
+/// rounds the average back into place.
 pub(crate) fn reduce_piece<E: Element>(
     comm: &dyn Communicator,
-    zero: &ZeroPlan,
+    spread: Spread,
     bucket: usize,
     offset: usize,
     piece: &mut [E],
@@ -23,10 +43,10 @@ pub(crate) fn reduce_piece<E: Element>(
     let bucket = bucket.max(1);
     let mut shares = Vec::new();
     for (k, chunk) in piece.chunks_mut(bucket).enumerate() {
-        if !zero.sharded() {
+        let Spread::Sharded { shard, rank, world } = spread else {
             store(chunk, Contents::Accumulate, |chunk| comm.all_reduce(chunk, ReduceOp::Avg))?;
             continue;
-        }
+        };
         let wide;
         let chunk: &[f32] = match E::as_f32(chunk) {
             Some(chunk) => chunk,
@@ -35,15 +55,16 @@ pub(crate) fn reduce_piece<E: Element>(
                 &wide
             }
         };
-        let (start, end) = (offset + k * bucket, offset + k * bucket + chunk.len());
-        let s = zero.partition;
-        // The chunk splits into consecutive pieces by owner (partitions are contiguous and in rank order).
-        let counts: Vec<usize> =
-            (0..zero.world).map(|r| end.min((r + 1) * s).saturating_sub(start.max(r * s))).collect();
-        let mut mine = vec![0.0; counts[zero.rank]];
+        // Positions relative to the shard's span; the chunk splits into consecutive pieces by owner (shares are
+        // contiguous and in rank order).
+        let start = offset + k * bucket - shard.span.start;
+        let end = start + chunk.len();
+        let s = shard.size;
+        let counts: Vec<usize> = (0..world).map(|r| end.min((r + 1) * s).saturating_sub(start.max(r * s))).collect();
+        let mut mine = vec![0.0; counts[rank]];
         comm.reduce_scatter(chunk, &counts, &mut mine, ReduceOp::Avg)?;
         if !mine.is_empty() {
-            shares.push((start.max(zero.rank * s) - zero.rank * s, mine));
+            shares.push((shard.at + start.max(rank * s) - rank * s, mine));
         }
     }
     Ok(shares)

@@ -8,6 +8,7 @@ use crate::zero::{ZeroPlan, ZeroStage};
 use rustspeed_config::{BatchSizes, DataType, DeepSpeedConfig, OptimizerConfig, SchedulerConfig};
 use rustspeed_nn::ParamLayout;
 use rustspeed_optim::{AdamHyper, LambHyper, LionHyper, LrSchedule, SgdHyper, WarmupType};
+use std::ops::Range;
 
 /// What [`crate::Engine::new`] runs with.
 pub struct Setup {
@@ -28,19 +29,13 @@ impl Setup {
     pub fn choose(
         config: &DeepSpeedConfig,
         layout: &ParamLayout,
+        groups: &[Range<usize>],
         rank: usize,
         world: usize,
     ) -> Result<Setup, EngineError> {
-        let stage = match config.zero_optimization.stage {
-            0 => ZeroStage::Stage0,
-            1 => ZeroStage::Stage1,
-            2 => ZeroStage::Stage2,
-            n => {
-                return Err(EngineError::Unsupported(format!(
-                    "zero_optimization.stage {n} — stages 0, 1 and 2 run in this build (stage 3 does not yet)"
-                )))
-            }
-        };
+        let n = config.zero_optimization.stage;
+        let stage = ZeroStage::from_number(n)
+            .ok_or_else(|| EngineError::Config(format!("zero_optimization.stage {n}: must be 0, 1, 2 or 3")))?;
         let batch = config.batch_sizes(world).map_err(|e| EngineError::Config(e.to_string()))?;
         let rule = match &config.optimizer {
             Some(opt) => rule_of(opt),
@@ -59,11 +54,12 @@ impl Setup {
                 "fp16.fp16_master_weights_and_grads (fp16 master weights); rustspeed keeps fp32 master weights — remove the key".into(),
             ));
         }
-        let zero = ZeroPlan::new(stage, layout.numel(), rank, world);
+        let zero = ZeroPlan::new(stage, groups, layout.numel(), rank, world);
         let precision = Precision::of(config, zero.sharded(), matches!(rule, Rule::Adam(_)));
         let accumulate_in_fp32 = accumulation_in_fp32(config, precision.storage(), stage)?;
         check_communication_type(config)?;
-        let optimizer = Optimizer::new(rule, zero.owned().len());
+        check_offload(config)?;
+        let optimizer = Optimizer::new(rule, zero.partition);
         Ok(Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32 })
     }
 }
@@ -116,13 +112,31 @@ fn check_communication_type(config: &DeepSpeedConfig) -> Result<(), EngineError>
 }
 
 /// DeepSpeed's rule for optimizers under ZeRO: Adam-family (and Lion) are tested, others need
+/// ZeRO-Offload and ZeRO-Infinity move tensors from an accelerator to host memory or NVMe. This engine trains in
+/// host memory, so `"device": "cpu"` (or `"none"`) is where everything already is and changes nothing; NVMe
+/// offload is not implemented and is refused by name.
+fn check_offload(config: &DeepSpeedConfig) -> Result<(), EngineError> {
+    use rustspeed_config::OffloadDevice;
+    let z = &config.zero_optimization;
+    let devices = [
+        ("offload_optimizer", z.offload_optimizer.as_ref().map(|o| o.device)),
+        ("offload_param", z.offload_param.as_ref().map(|o| o.device)),
+    ];
+    match devices.iter().find(|(_, d)| *d == Some(OffloadDevice::Nvme)) {
+        Some((key, _)) => Err(EngineError::Unsupported(format!(
+            "zero_optimization.{key}.device \"nvme\" (ZeRO-Infinity); this engine keeps its state in host memory — use \"cpu\" or remove the block"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `zero_allow_untested_optimizer`. Lamb's per-tensor trust ratio needs whole tensors, which a partition cuts,
 /// so rustspeed refuses it under ZeRO.
 fn check_zero_optimizer(rule: &Rule, config: &DeepSpeedConfig) -> Result<(), EngineError> {
     match rule {
         Rule::Adam(_) | Rule::Lion(_) => Ok(()),
         Rule::Lamb(_) => Err(EngineError::Unsupported(
-            "Lamb with ZeRO stage 1 or 2 (its trust ratio needs whole tensors); use stage 0 or another optimizer".into(),
+            "Lamb with ZeRO stages 1-3 (its trust ratio needs whole tensors); use stage 0 or another optimizer".into(),
         )),
         Rule::Sgd(_) if config.zero_allow_untested_optimizer => Ok(()),
         Rule::Sgd(_) => Err(EngineError::Config(

@@ -1,4 +1,4 @@
-//! Data parallelism and ZeRO stages 0-2 on the `threads` communicator against the single-rank run: the same
+//! Data parallelism and ZeRO stages 0-3 on the `threads` communicator against the single-rank run: the same
 //! global batches, split over ranks and micro-steps as the distributed sampler does, give the same losses and
 //! parameters (up to the order of fp32 sums).
 
@@ -49,8 +49,16 @@ fn config(stage: u8, gas: usize, optimizer: &str) -> DeepSpeedConfig {
     config_with(stage, gas, optimizer, "")
 }
 
+/// Stage 3 with every group sharded (DeepSpeed's default persistence threshold of 1e5 elements would keep these
+/// tiny models' groups whole on every rank).
+const SHARD_ALL: &str = r#", "stage3_param_persistence_threshold": 0"#;
+
 /// `zero`: extra `zero_optimization` keys, e.g. `, "overlap_comm": true`.
 fn config_with(stage: u8, gas: usize, optimizer: &str, zero: &str) -> DeepSpeedConfig {
+    let zero = match stage {
+        3 if !zero.contains("persistence") => format!("{zero}{SHARD_ALL}"),
+        _ => zero.to_string(),
+    };
     DeepSpeedConfig::from_json_str(&format!(
         r#"{{"train_batch_size": {GLOBAL_BATCH}, "gradient_accumulation_steps": {gas}, "gradient_clipping": 1.0,
             "zero_optimization": {{"stage": {stage}{zero}}}, "zero_allow_untested_optimizer": true,
@@ -69,7 +77,7 @@ fn train_rank(
     optimizer: &str,
     stage: u8,
     gas: usize,
-    overlap: bool,
+    zero: &str,
     comm: ThreadComm,
 ) -> (Vec<f32>, Vec<f32>) {
     let (rank, world) = (rustspeed_comm::Communicator::rank(&comm), rustspeed_comm::Communicator::world_size(&comm));
@@ -77,13 +85,8 @@ fn train_rank(
     // Only rank 0's initialization counts: the engine broadcasts it. Other ranks start from another seed to
     // prove that.
     let params = m.layout().init_params(7 + rank as u64);
-    let mut engine = Engine::with_communicator(
-        m,
-        params,
-        config_with(stage, gas, optimizer, if overlap { OVERLAP } else { "" }),
-        Box::new(comm),
-    )
-    .unwrap();
+    let mut engine =
+        Engine::with_communicator(m, params, config_with(stage, gas, optimizer, zero), Box::new(comm)).unwrap();
     let micro = engine.batch_sizes().micro_batch_size;
     let losses = (0..STEPS)
         .map(|step| {
@@ -104,7 +107,7 @@ fn train_rank(
             report.unwrap().loss
         })
         .collect();
-    (losses, engine.params().to_vec())
+    (losses, engine.params().unwrap().to_vec())
 }
 
 /// How a group runs: random delays before collectives, overlapped bucketed reduction.
@@ -124,15 +127,26 @@ fn train_group(
     gas: usize,
     mode: Mode,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
+    train_group_with(model, optimizer, stage, world, gas, mode, if mode.overlap { OVERLAP } else { "" })
+}
+
+/// [`train_group`] with extra `zero_optimization` keys `zero`.
+fn train_group_with(
+    model: &ModelConfig,
+    optimizer: &str,
+    stage: u8,
+    world: usize,
+    gas: usize,
+    mode: Mode,
+    zero: &str,
+) -> Vec<(Vec<f32>, Vec<f32>)> {
     let comms = ThreadGroup::new(world, TIMEOUT);
     if mode.delays {
         comms.iter().for_each(|c| c.inject_delays(Duration::from_micros(500), 3));
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|c| s.spawn(move || train_rank(model, optimizer, stage, gas, mode.overlap, c)))
-            .collect();
+        let handles: Vec<_> =
+            comms.into_iter().map(|c| s.spawn(move || train_rank(model, optimizer, stage, gas, zero, c))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
@@ -161,17 +175,38 @@ fn check_matrix(mode: Mode, stages: &[u8], worlds: &[usize], gases: &[usize]) {
 
 #[test]
 fn every_stage_world_size_and_accumulation_matches_one_rank() {
-    check_matrix(PLAIN, &[0, 1, 2], &[1, 2, 4], &[1, 2]);
+    check_matrix(PLAIN, &[0, 1, 2, 3], &[1, 2, 4], &[1, 2]);
 }
 
 #[test]
 fn overlapped_bucketed_reduction_matches_one_rank() {
-    check_matrix(Mode { delays: false, overlap: true }, &[0, 1, 2], &[2, 4], &[1, 2]);
+    check_matrix(Mode { delays: false, overlap: true }, &[0, 1, 2, 3], &[2, 4], &[1, 2]);
 }
 
 #[test]
 fn random_delays_before_collectives_change_nothing() {
-    check_matrix(Mode { delays: true, overlap: true }, &[0, 1, 2], &[4], &[2]);
+    check_matrix(Mode { delays: true, overlap: true }, &[0, 1, 2, 3], &[4], &[2]);
+}
+
+/// Stage 3 under tight residency limits (nothing prefetched, nothing kept for reuse, one group live) and with
+/// the small groups persistent on every rank: the same training as one rank.
+#[test]
+fn stage_3_limits_and_persistence_change_nothing() {
+    let tight = r#", "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0,
+        "stage3_max_live_parameters": 0, "stage3_max_reuse_distance": 0, "reduce_bucket_size": 7"#;
+    let persistent = r#", "stage3_param_persistence_threshold": 100"#;
+    let eager = r#", "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 1000000"#;
+    for (name, model, optimizer) in models() {
+        let reference = train_group_with(&model, optimizer, 0, 1, 1, PLAIN, "").remove(0);
+        for zero in [tight, persistent, eager] {
+            let ranks = train_group_with(&model, optimizer, 3, 2, 2, Mode { delays: true, overlap: true }, zero);
+            for (a, b) in ranks[0].0.iter().zip(&reference.0) {
+                assert!((a - b).abs() <= LOSS_RTOL * b.abs(), "{name} {zero}: {a} vs {b}");
+            }
+            let worst = ranks[1].1.iter().zip(&reference.1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst <= PARAM_ATOL, "{name} {zero}: parameters differ by {worst}");
+        }
+    }
 }
 
 /// Trains `steps` steps on ranks of a group, optionally resuming from and/or saving to `dir`; returns rank 0's
@@ -229,7 +264,7 @@ fn run_with_checkpoint(
 
 #[test]
 fn sharded_checkpoints_resume_exactly_on_the_same_world_size() {
-    for stage in [0u8, 1, 2] {
+    for stage in [0u8, 1, 2, 3] {
         let dir = std::env::temp_dir().join(format!("rustspeed-zero-ckpt-{stage}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let straight = run_with_checkpoint(stage, 2, 0..6, None, None);
@@ -239,14 +274,6 @@ fn sharded_checkpoints_resume_exactly_on_the_same_world_size() {
         if stage > 0 {
             assert!(dir.join("global_step3/optimizer_rank001.safetensors").exists());
         }
-        // Another world size is refused with a clear error.
-        let m = models()[0].1.build().unwrap();
-        let params = m.layout().init_params(7);
-        let mut single =
-            Engine::with_communicator(m, params, config(stage, 1, models()[0].2), Box::new(rustspeed_comm::SingleRank))
-                .unwrap();
-        let err = single.load_checkpoint(&dir).unwrap_err().to_string();
-        assert!(err.contains("written by 2 rank(s)"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

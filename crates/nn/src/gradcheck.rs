@@ -8,7 +8,7 @@
 
 use crate::layer::{Batch, GradWrites, Layer};
 use crate::model::Model;
-use crate::param::ParamLayout;
+use crate::param::{ParamLayout, Window, WindowMut};
 use rustspeed_kernels::cast::Contents;
 use rustspeed_kernels::rng::Rng;
 
@@ -93,19 +93,25 @@ pub fn check_layer(
     let out_len = batch.rows() * layer.output_width();
     let w: Vec<f32> = (0..out_len).map(|_| rng.normal() as f32).collect();
     let mut out = vec![0.0; out_len];
+    // The layer sees only its own parameters' span of the flat buffer, as under ZeRO stage 3 (a layer that read
+    // outside its group would panic here).
+    let span = crate::model::span(layout, layer.params()).unwrap_or(0..0);
+    fn window<'p>(params: &'p [f32], span: &std::ops::Range<usize>) -> Window<'p, f32> {
+        Window { base: span.start, data: &params[span.clone()] }
+    }
     let mut objective = |layer: &mut dyn Layer, params: &[f32], input: &[f32]| {
-        layer.forward(layout, params, batch, input, &mut out);
+        layer.forward(layout, &window(params, &span), batch, input, &mut out);
         out.iter().zip(&w).map(|(&o, &w)| o as f64 * w as f64).sum::<f64>()
     };
 
     let mut output = vec![0.0; out_len];
-    layer.forward(layout, params, batch, input, &mut output);
+    layer.forward(layout, &window(params, &span), batch, input, &mut output);
     let mut grads = vec![0.0; params.len()];
     let mut dinput = vec![0.0; input.len()];
     layer.backward(
         layout,
-        params,
-        &mut grads,
+        &window(params, &span),
+        &mut WindowMut { base: span.start, data: &mut grads[span.clone()] },
         &GradWrites::all(Contents::Accumulate, layout.entries().len()),
         batch,
         input,

@@ -1,7 +1,7 @@
 //! The layer abstraction: a model is an ordered list of layers, each reading the previous layer's output
 //! (`[B, T, width]`, stored as the model's element type `E`: fp32, fp16 or bf16) and the batch's token ids, over parameters that live in the model's flat buffer.
 
-use crate::param::{ParamId, ParamLayout};
+use crate::param::{ParamId, ParamLayout, Window, WindowMut};
 use rustspeed_kernels::cast::{Contents, Element};
 
 /// The token ids of one micro-batch, `B` sequences of `T` tokens, row-major `[B, T]`.
@@ -43,7 +43,7 @@ pub trait Layer<E: Element = f32>: Send {
     fn output_width(&self) -> usize;
 
     /// Computes `output` from `input` (the previous layer's output; empty for the first layer) and the batch.
-    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, input: &[E], output: &mut [E]);
+    fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, input: &[E], output: &mut [E]);
 
     /// Adds the gradients of `dot(output, dout)` into `dinput`, and writes them into the layer's slots of `grads`
     /// as `writes` says (adding, or overwriting everything of that parameter). `input` and `output` are those of
@@ -52,8 +52,8 @@ pub trait Layer<E: Element = f32>: Send {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[E],
-        grads: &mut [E],
+        params: &Window<'_, E>,
+        grads: &mut WindowMut<'_, E>,
         writes: &GradWrites,
         batch: &Batch,
         input: &[E],

@@ -16,6 +16,6 @@ pub mod param;
 
 pub use error::ModelError;
 pub use layer::{Batch, GradWrites, Layer, Scratch};
-pub use model::{Model, Phase};
+pub use model::{Model, ParamSource, Pass, Phase};
 pub use models::{preset, GptConfig, LstmConfig, ModelConfig, Preset, PRESETS};
-pub use param::{Init, ParamId, ParamLayout, ParamSpec};
+pub use param::{Flat, FlatMut, Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};

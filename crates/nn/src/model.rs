@@ -6,9 +6,10 @@
 use crate::error::ModelError;
 use crate::layer::{zeroed, Batch, GradWrites, Layer, Scratch};
 use crate::layers::{HeadOutput, LmHead};
-use crate::param::{ParamId, ParamLayout};
+use crate::param::{ParamId, ParamLayout, Window, WindowMut};
 use rustspeed_kernels::cast::{first_non_finite, Contents, Element};
 use rustspeed_kernels::xent::XentLoss;
+use std::ops::Range;
 
 /// Where the model is in its forward/backward cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,13 @@ pub struct Model<E: Element = f32> {
     adding: GradWrites,
     starting_head: GradWrites,
     starting_layers: Vec<GradWrites>,
+    /// Parameter groups (ZeRO-3's unit of gathering, FSDP2's parameter group): each layer's parameters, then the
+    /// head's own; contiguous spans that tile the layout in order.
+    groups: Vec<Range<usize>>,
+    /// The group each layer reads (`None` for a layer without parameters), and the head's (its own, or the group
+    /// that holds its tied weight).
+    layer_groups: Vec<Option<usize>>,
+    head_group: usize,
     tokens: Vec<u32>,
     targets: Vec<u32>,
     shape: (usize, usize),
@@ -74,6 +82,27 @@ impl<E: Element> Model<E> {
         let mut starting = GradWrites::starting(count, &writers);
         let starting_head = starting.remove(0);
         starting.reverse();
+        let mut groups = Vec::new();
+        let layer_groups: Vec<Option<usize>> = layers
+            .iter()
+            .map(|l| {
+                span(&layout, l.params()).map(|r| {
+                    groups.push(r);
+                    groups.len() - 1
+                })
+            })
+            .collect();
+        if let Some(r) = span(&layout, head.params()) {
+            groups.push(r);
+        }
+        let mut end = 0;
+        for g in &groups {
+            assert_eq!(g.start, end, "parameter groups must tile the layout in order (a layer declared another's)");
+            end = g.end;
+        }
+        assert_eq!(end, layout.numel(), "parameters declared outside every layer");
+        let head_weight = layout.range(head.weight()).start;
+        let head_group = groups.iter().position(|g| g.contains(&head_weight)).expect("the head's weight is declared");
         Model {
             layout,
             layers,
@@ -86,6 +115,9 @@ impl<E: Element> Model<E> {
             adding: GradWrites::all(Contents::Accumulate, count),
             starting_head,
             starting_layers: starting,
+            groups,
+            layer_groups,
+            head_group,
             tokens: Vec::new(),
             targets: Vec::new(),
             shape: (0, 0),
@@ -120,6 +152,20 @@ impl<E: Element> Model<E> {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// The parameter groups: spans of the layout, each gathered as one unit under ZeRO stage 3.
+    pub fn groups(&self) -> &[Range<usize>] {
+        &self.groups
+    }
+
+    /// The groups in the order a forward reads them, then the order a backward does (a tied group appears
+    /// twice in each): the trace a gatherer prefetches along.
+    pub fn group_trace(&self) -> (Vec<usize>, Vec<usize>) {
+        let forward: Vec<usize> =
+            self.layer_groups.iter().flatten().copied().chain(std::iter::once(self.head_group)).collect();
+        let backward = forward.iter().rev().copied().collect();
+        (forward, backward)
     }
 
     /// Number of parameters.
@@ -164,28 +210,52 @@ impl<E: Element> Model<E> {
         t: usize,
     ) -> Result<Option<XentLoss>, ModelError> {
         self.check_buffer("parameter", params)?;
+        self.forward_from(&mut Whole(params), tokens, targets, b, t)
+    }
+
+    /// [`Model::forward`] with each group's parameters from `source`, asked for before and released after each
+    /// layer that reads them.
+    pub fn forward_from<S: ParamSource<E>>(
+        &mut self,
+        source: &mut S,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<XentLoss>, S::Error> {
         self.check_ids("tokens", tokens, b, t, None)?;
         if let Some(targets) = targets {
             self.check_ids("targets", targets, b, t, self.head.ignore_index())?;
         }
         if let Some(max) = self.max_seq_len.filter(|&max| t > max) {
-            return Err(ModelError::SequenceTooLong { t, block_size: max });
+            return Err(ModelError::SequenceTooLong { t, block_size: max }.into());
         }
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         self.targets.clear();
         self.targets.extend_from_slice(targets.unwrap_or(&[]));
         self.shape = (b, t);
+        self.phase = Phase::Idle;
         let batch = Batch { tokens, b, t };
         for i in 0..self.layers.len() {
             let (before, rest) = self.acts.split_at_mut(i);
             let input = before.last().map_or(&[][..], |v| v.as_slice());
             let out_len = batch.rows() * self.layers[i].output_width();
             rest[0].resize(out_len, E::default());
-            self.layers[i].forward(&self.layout, params, &batch, input, &mut rest[0]);
+            let group = self.layer_groups[i];
+            if let Some(g) = group {
+                source.before(g, Pass::Forward)?;
+            }
+            let params = group.map_or(Window { base: 0, data: &[] }, |g| source.params(g));
+            self.layers[i].forward(&self.layout, &params, &batch, input, &mut rest[0]);
+            if let Some(g) = group {
+                source.after(g, Pass::Forward, false)?;
+            }
         }
         let x = self.acts.last().map_or(&[][..], |v| v.as_slice());
-        self.loss = self.head.forward(&self.layout, params, x, batch.rows(), targets);
+        source.before(self.head_group, Pass::Forward)?;
+        self.loss = self.head.forward(&self.layout, &source.params(self.head_group), x, batch.rows(), targets);
+        source.after(self.head_group, Pass::Forward, false)?;
         self.phase = if self.loss.is_some() { Phase::Loss } else { Phase::Logits };
         Ok(self.loss)
     }
@@ -240,11 +310,11 @@ impl<E: Element> Model<E> {
                 on_ready(from, ready);
             }
         };
-        let head_grads: &mut [E] = pending;
+        let params = Window::whole(params);
         self.head.backward(
             layout,
-            params,
-            head_grads,
+            &params,
+            &mut WindowMut::whole(&mut *pending),
             writes(None),
             &self.acts[last],
             &self.targets,
@@ -265,12 +335,86 @@ impl<E: Element> Model<E> {
             assert!(end <= pending.len(), "layer {} declares parameters after a later layer's", layer.name());
             let (output, dout) = (&self.acts[i], &drest[0]);
             let writes = writes(Some(i));
-            layer.backward(layout, params, pending, writes, &batch, input, output, dout, dinput, &mut self.scratch);
+            let grads = &mut WindowMut::whole(&mut *pending);
+            layer.backward(layout, &params, grads, writes, &batch, input, output, dout, dinput, &mut self.scratch);
             if let Some(from) = first_offset(layer.params()) {
                 release(&mut pending, from, on_ready);
             }
         }
         release(&mut pending, 0, on_ready);
+        self.phase = Phase::Idle;
+        Ok(())
+    }
+
+    /// The backward of the latest forward with targets, with each group's parameters and gradient buffer from
+    /// `source` (ZeRO stage 3: gathered parameters, a gradient buffer per group). The backward starts the
+    /// gradients: each group's buffer is handed out holding anything, and its first writer overwrites it. After
+    /// the last layer that writes a group's gradients, [`ParamSource::after`] says they are final.
+    pub fn backward_from<S: ParamSource<E>>(&mut self, source: &mut S, dloss: f32) -> Result<(), S::Error> {
+        let loss = match (self.phase, self.loss) {
+            (Phase::Loss, Some(loss)) => loss,
+            (phase, _) => return Err(ModelError::Phase { called: "backward", state: phase.describe() }.into()),
+        };
+        let (b, t) = self.shape;
+        let batch = Batch { tokens: &self.tokens, b, t };
+        let n = batch.rows();
+        for (dact, layer) in self.dacts.iter_mut().zip(&self.layers) {
+            zeroed(dact, n * layer.output_width());
+        }
+        let (_, trace) = self.group_trace();
+        // A group's gradients are final after its last use in the backward.
+        let is_last = |k: usize| !trace[k + 1..].contains(&trace[k]);
+        let last = self.layers.len() - 1;
+        let layout = &self.layout;
+        let g = self.head_group;
+        source.before(g, Pass::Backward)?;
+        let (params, mut grads) = source.params_and_grads(g);
+        let (x, dx) = (&self.acts[last], &mut self.dacts[last]);
+        self.head.backward(layout, &params, &mut grads, &self.starting_head, x, &self.targets, loss, dloss, dx);
+        source.after(g, Pass::Backward, is_last(0))?;
+        let mut k = 1;
+        for i in (0..self.layers.len()).rev() {
+            let (dbefore, drest) = self.dacts.split_at_mut(i);
+            let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
+            let input = if i > 0 { self.acts[i - 1].as_slice() } else { &[] };
+            let (output, dout, writes) = (&self.acts[i], &drest[0], &self.starting_layers[i]);
+            let layer = &mut self.layers[i];
+            match self.layer_groups[i] {
+                Some(g) => {
+                    source.before(g, Pass::Backward)?;
+                    let (params, mut grads) = source.params_and_grads(g);
+                    layer.backward(
+                        layout,
+                        &params,
+                        &mut grads,
+                        writes,
+                        &batch,
+                        input,
+                        output,
+                        dout,
+                        dinput,
+                        &mut self.scratch,
+                    );
+                    source.after(g, Pass::Backward, is_last(k))?;
+                    k += 1;
+                }
+                None => {
+                    let (params, mut grads) = (Window { base: 0, data: &[] }, WindowMut { base: 0, data: &mut [] });
+                    layer.backward(
+                        layout,
+                        &params,
+                        &mut grads,
+                        writes,
+                        &batch,
+                        input,
+                        output,
+                        dout,
+                        dinput,
+                        &mut self.scratch,
+                    );
+                }
+            }
+        }
         self.phase = Phase::Idle;
         Ok(())
     }
@@ -289,4 +433,63 @@ impl<E: Element> Model<E> {
             None => first_non_finite(self.head.output()).map(|_| "head"),
         }
     }
+}
+
+/// Which pass runs a layer, for [`ParamSource`]'s hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    Backward,
+}
+
+/// Where a model's parameters (and, in a grouped backward, gradients) live while it runs: the whole flat buffers,
+/// or one gathered group at a time (ZeRO stage 3). The model calls `before` ahead of every layer that reads a
+/// group and `after` once it ran, so gathering, prefetching and release live in the source alone.
+pub trait ParamSource<E: Element> {
+    type Error: From<ModelError>;
+
+    /// A layer reading `group` is about to run in `pass`: make its parameters resident.
+    fn before(&mut self, group: usize, pass: Pass) -> Result<(), Self::Error>;
+
+    /// The resident parameters of `group` (between `before` and `after`).
+    fn params(&self, group: usize) -> Window<'_, E>;
+
+    /// `group`'s parameters and gradient buffer for a backward (between `before` and `after`).
+    fn params_and_grads(&mut self, group: usize) -> (Window<'_, E>, WindowMut<'_, E>);
+
+    /// A layer reading `group` ran in `pass`; in a backward, `grads_final` says no later layer writes the
+    /// group's gradients.
+    fn after(&mut self, group: usize, pass: Pass, grads_final: bool) -> Result<(), Self::Error>;
+}
+
+/// The whole flat parameter buffer as a [`ParamSource`] (forward only).
+struct Whole<'a, E>(&'a [E]);
+
+impl<E: Element> ParamSource<E> for Whole<'_, E> {
+    type Error = ModelError;
+
+    fn before(&mut self, _: usize, _: Pass) -> Result<(), ModelError> {
+        Ok(())
+    }
+
+    fn params(&self, _: usize) -> Window<'_, E> {
+        Window::whole(self.0)
+    }
+
+    fn params_and_grads(&mut self, _: usize) -> (Window<'_, E>, WindowMut<'_, E>) {
+        unreachable!("the whole-buffer source serves forwards only; backward_with takes the gradient buffer")
+    }
+
+    fn after(&mut self, _: usize, _: Pass, _: bool) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+/// The span of the layout that `ids` occupy (`None` without parameters); a layer's parameters are contiguous.
+pub(crate) fn span(layout: &ParamLayout, ids: &[ParamId]) -> Option<Range<usize>> {
+    let start = ids.iter().map(|&id| layout.range(id).start).min()?;
+    let end = ids.iter().map(|&id| layout.range(id).end).max()?;
+    let numel: usize = ids.iter().map(|&id| layout.range(id).len()).sum();
+    assert_eq!(end - start, numel, "a layer's parameters must be contiguous in the layout");
+    Some(start..end)
 }

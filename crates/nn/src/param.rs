@@ -103,19 +103,30 @@ impl ParamLayout {
         self.entries[id.0].range()
     }
 
-    pub fn view<'a, T>(&self, buf: &'a [T], id: ParamId) -> &'a [T] {
-        &buf[self.range(id)]
+    /// Parameter `id` of `buf`: the whole flat buffer, or a [`Window`] of it that holds `id` (a window that does
+    /// not is a bug of the caller, and panics).
+    pub fn view<'a, T: 'a>(&self, buf: impl Flat<'a, T>, id: ParamId) -> &'a [T] {
+        let (base, data) = buf.flat();
+        let r = self.range(id);
+        &data[r.start - base..r.end - base]
     }
 
-    pub fn view_mut<'a, T>(&self, buf: &'a mut [T], id: ParamId) -> &'a mut [T] {
-        &mut buf[self.range(id)]
+    pub fn view_mut<'a, T: 'a>(&self, buf: impl FlatMut<'a, T>, id: ParamId) -> &'a mut [T] {
+        let (base, data) = buf.flat_mut();
+        let r = self.range(id);
+        &mut data[r.start - base..r.end - base]
     }
 
     /// Disjoint mutable views of several parameters at once; `ids` must be distinct and in layout order (a
     /// layer passes the ids it declared, in declaration order).
-    pub fn views_mut<'a, T, const K: usize>(&self, buf: &'a mut [T], ids: [ParamId; K]) -> [&'a mut [T]; K] {
+    pub fn views_mut<'a, T: 'a, const K: usize>(
+        &self,
+        buf: impl FlatMut<'a, T>,
+        ids: [ParamId; K],
+    ) -> [&'a mut [T]; K] {
+        let (base, buf) = buf.flat_mut();
         let mut rest: &'a mut [T] = buf;
-        let mut pos = 0;
+        let mut pos = base;
         std::array::from_fn(|k| {
             let range = self.range(ids[k]);
             assert!(range.start >= pos, "views_mut: parameter ids must be distinct and in layout order");
@@ -145,5 +156,86 @@ impl ParamLayout {
             }
         }
         buf
+    }
+}
+
+/// The elements `[base, base + data.len())` of a flat buffer over a [`ParamLayout`]: what a layer reads when only
+/// its own parameter group is resident (ZeRO stage 3 gathers one group at a time), or the whole buffer (`base` 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a, T> {
+    pub base: usize,
+    pub data: &'a [T],
+}
+
+/// The mutable form of [`Window`]: a layer's gradients, in the whole buffer or in its group's own buffer.
+#[derive(Debug)]
+pub struct WindowMut<'a, T> {
+    pub base: usize,
+    pub data: &'a mut [T],
+}
+
+impl<'a, T> Window<'a, T> {
+    /// The whole flat buffer.
+    pub fn whole(data: &'a [T]) -> Self {
+        Window { base: 0, data }
+    }
+}
+
+impl<'a, T> WindowMut<'a, T> {
+    /// The whole flat buffer.
+    pub fn whole(data: &'a mut [T]) -> Self {
+        WindowMut { base: 0, data }
+    }
+}
+
+/// Something [`ParamLayout::view`] reads parameters from: `(base, elements)` of a flat buffer.
+pub trait Flat<'a, T> {
+    fn flat(self) -> (usize, &'a [T]);
+}
+
+/// Something [`ParamLayout::view_mut`] writes parameters into.
+pub trait FlatMut<'a, T> {
+    fn flat_mut(self) -> (usize, &'a mut [T]);
+}
+
+impl<'a, T> Flat<'a, T> for &'a [T] {
+    fn flat(self) -> (usize, &'a [T]) {
+        (0, self)
+    }
+}
+
+impl<'a, T> Flat<'a, T> for &'a Vec<T> {
+    fn flat(self) -> (usize, &'a [T]) {
+        (0, self)
+    }
+}
+
+impl<'a, T> Flat<'a, T> for Window<'a, T> {
+    fn flat(self) -> (usize, &'a [T]) {
+        (self.base, self.data)
+    }
+}
+
+impl<'a, 'b: 'a, T> Flat<'a, T> for &'a Window<'b, T> {
+    fn flat(self) -> (usize, &'a [T]) {
+        (self.base, self.data)
+    }
+}
+
+impl<'a, T> FlatMut<'a, T> for &'a mut [T] {
+    fn flat_mut(self) -> (usize, &'a mut [T]) {
+        (0, self)
+    }
+}
+
+impl<'a, T> FlatMut<'a, T> for &'a mut Vec<T> {
+    fn flat_mut(self) -> (usize, &'a mut [T]) {
+        (0, self)
+    }
+}
+
+impl<'a, 'b: 'a, T> FlatMut<'a, T> for &'a mut WindowMut<'b, T> {
+    fn flat_mut(self) -> (usize, &'a mut [T]) {
+        (self.base, &mut *self.data)
     }
 }

@@ -1,7 +1,7 @@
 //! Token embedding, optionally plus a learned position embedding (GPT-2's `wte` + `wpe`).
 
 use crate::layer::{Batch, GradWrites, Layer, Scratch};
-use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
 
@@ -50,7 +50,7 @@ impl<E: Element> Layer<E> for Embedding {
         self.width
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, _input: &[E], output: &mut [E]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, _input: &[E], output: &mut [E]) {
         token_forward(output, batch.tokens, layout.view(params, self.token), self.width);
         if let Some(pos) = self.position {
             position_forward(output, layout.view(params, pos), batch.b, batch.t, self.width);
@@ -60,8 +60,8 @@ impl<E: Element> Layer<E> for Embedding {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        _params: &[E],
-        grads: &mut [E],
+        _params: &Window<'_, E>,
+        grads: &mut WindowMut<'_, E>,
         writes: &GradWrites,
         batch: &Batch,
         _input: &[E],
@@ -70,7 +70,7 @@ impl<E: Element> Layer<E> for Embedding {
         _dinput: &mut [E],
         _scratch: &mut Scratch<E>,
     ) {
-        let token_grad = layout.view_mut(grads, self.token);
+        let token_grad = layout.view_mut(&mut *grads, self.token);
         token_backward(token_grad, writes.of(self.token), dout, batch.tokens, self.width);
         if let Some(pos) = self.position {
             position_backward(layout.view_mut(grads, pos), writes.of(pos), dout, batch.b, batch.t, self.width);

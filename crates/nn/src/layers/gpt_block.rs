@@ -3,7 +3,7 @@
 //! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
 
 use crate::layer::{sized, zeroed, Batch, GradWrites, Layer, Scratch};
-use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use rustspeed_kernels::cast::{add_into, Element};
 use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
@@ -96,7 +96,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
         self.c
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, x: &[E], out: &mut [E]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, x: &[E], out: &mut [E]) {
         let (n, c) = (batch.rows(), self.c);
         let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
         let (p, s) = (self.p, &mut self.saved);
@@ -132,8 +132,8 @@ impl<E: Element> Layer<E> for GptBlock<E> {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[E],
-        grads: &mut [E],
+        params: &Window<'_, E>,
+        grads: &mut WindowMut<'_, E>,
         writes: &GradWrites,
         batch: &Batch,
         x: &[E],

@@ -3,7 +3,7 @@
 //! tied to the token embedding (GPT-2).
 
 use crate::layer::GradWrites;
-use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::{load, store, store_opt, Contents, Element};
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
 use rustspeed_kernels::xent::{softmax_xent_backward_in_place, softmax_xent_forward, XentLoss};
@@ -102,7 +102,7 @@ impl<E: Element> LmHead<E> {
     pub fn forward(
         &mut self,
         layout: &ParamLayout,
-        params: &[E],
+        params: &Window<'_, E>,
         x: &[E],
         n: usize,
         targets: Option<&[u32]>,
@@ -127,8 +127,8 @@ impl<E: Element> LmHead<E> {
     pub fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[E],
-        grads: &mut [E],
+        params: &Window<'_, E>,
+        grads: &mut WindowMut<'_, E>,
         writes: &GradWrites,
         x: &[E],
         targets: &[u32],

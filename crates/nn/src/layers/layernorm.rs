@@ -1,7 +1,7 @@
 //! A standalone LayerNorm layer (GPT-2's final `ln_f`).
 
 use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
-use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
 
@@ -36,7 +36,7 @@ impl<E: Element> Layer<E> for LayerNorm {
         self.width
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, input: &[E], output: &mut [E]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, input: &[E], output: &mut [E]) {
         let n = batch.rows();
         let [w, b] = self.params;
         layernorm_forward(
@@ -54,8 +54,8 @@ impl<E: Element> Layer<E> for LayerNorm {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[E],
-        grads: &mut [E],
+        params: &Window<'_, E>,
+        grads: &mut WindowMut<'_, E>,
         writes: &GradWrites,
         batch: &Batch,
         input: &[E],

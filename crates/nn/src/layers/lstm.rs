@@ -1,7 +1,7 @@
 //! One layer of a stacked `nn.LSTM(batch_first=True)`, names `lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`.
 
 use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
-use crate::param::{Init, ParamId, ParamLayout, ParamSpec};
+use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
 
@@ -56,7 +56,7 @@ impl<E: Element> Layer<E> for Lstm<E> {
         self.hidden
     }
 
-    fn forward(&mut self, layout: &ParamLayout, params: &[E], batch: &Batch, input: &[E], output: &mut [E]) {
+    fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, input: &[E], output: &mut [E]) {
         let shape = self.shape(batch);
         let n = batch.rows();
         let [w_ih, w_hh, b_ih, b_hh] = self.params.map(|id| layout.view(params, id));
@@ -67,8 +67,8 @@ impl<E: Element> Layer<E> for Lstm<E> {
     fn backward(
         &mut self,
         layout: &ParamLayout,
-        params: &[E],
-        grads: &mut [E],
+        params: &Window<'_, E>,
+        grads: &mut WindowMut<'_, E>,
         writes: &GradWrites,
         batch: &Batch,
         input: &[E],

@@ -1,0 +1,400 @@
+//! ZeRO stage 3's parameters (DeepSpeed's stage 3, PyTorch FSDP2): each rank keeps the fp32 master weights of
+//! its share of every parameter group ([`crate::zero`]) and nothing else of the model, except the groups small
+//! enough to stay whole on every rank (`stage3_param_persistence_threshold`, as DeepSpeed's persistent
+//! parameters). A forward or backward runs with a [`Gatherer`]: before a layer runs, its group is all-gathered
+//! (on the communication thread, the next groups of the trace prefetched while the current one computes); after
+//! it, the group is released unless it is read again soon (`stage3_max_reuse_distance`) and the live total allows
+//! (`stage3_max_live_parameters`). In a backward each group's gradients go to a buffer of their own, which is
+//! reduce-scattered into the rank's fp32 gradient partition as soon as the group's last writer finished, then
+//! dropped: no buffer of the whole model's parameters or gradients exists.
+
+use crate::error::EngineError;
+use crate::reduce::{accumulate, reduce_piece, Share, Spread};
+use crate::zero::{Shard, ZeroPlan};
+use rustspeed_comm::background::{Background, Handle};
+use rustspeed_comm::{CommError, Communicator};
+use rustspeed_config::ZeroConfig;
+use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, Element};
+use rustspeed_nn::{Model, ParamSource, Pass, Window, WindowMut};
+use std::collections::VecDeque;
+
+/// What stage 3 keeps resident, from `zero_optimization` (in elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `stage3_prefetch_bucket_size`: elements of the groups ahead in the trace gathered while one computes.
+    pub prefetch: usize,
+    /// `stage3_max_live_parameters`: gathered elements resident at once, beyond which nothing is prefetched or
+    /// kept for reuse (the group a layer needs is gathered whatever its size).
+    pub max_live: usize,
+    /// `stage3_max_reuse_distance`: a released group read again within this many elements of other groups'
+    /// parameters is kept instead.
+    pub max_reuse: usize,
+    /// `stage3_param_persistence_threshold`: groups smaller than this stay whole on every rank...
+    pub persistence: usize,
+    /// ...while the persistent groups' total stays within `stage3_model_persistence_threshold`.
+    pub model_persistence: usize,
+}
+
+impl Limits {
+    pub fn of(config: &ZeroConfig) -> Self {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Limits {
+            prefetch: n(config.stage3_prefetch_bucket_size),
+            max_live: n(config.stage3_max_live_parameters),
+            max_reuse: n(config.stage3_max_reuse_distance),
+            persistence: n(config.stage3_param_persistence_threshold),
+            model_persistence: n(config.stage3_model_persistence_threshold),
+        }
+    }
+}
+
+/// A rank's stage-3 model state.
+pub(crate) struct ShardedParams<E> {
+    /// fp32 master weights of the partition (the parameters themselves in fp32 training); padding holds 0.
+    pub master: Vec<f32>,
+    /// Per group: its whole model copy when it persists on every rank (refreshed after each applied step).
+    pub persistent: Vec<Option<Vec<E>>>,
+    pub limits: Limits,
+}
+
+impl<E: Element> ShardedParams<E> {
+    /// This rank's state from the whole model (`params`, fp32, the same on every rank): the masters of its
+    /// shares, taken from the storage-type copy (16-bit runs round first, as DeepSpeed's `module.half()`), and
+    /// the persistent groups whole.
+    pub fn new(zero: &ZeroPlan, params: &[f32], limits: Limits) -> Self {
+        let mut master = vec![0.0; zero.partition];
+        let rounded = |values: &[f32]| {
+            let mut copy = vec![E::default(); values.len()];
+            cast_from_f32(&mut copy, values);
+            copy
+        };
+        for segment in zero.segments() {
+            let copy = rounded(&params[segment.layout.clone()]);
+            cast_to_f32(&mut master[segment.at..segment.at + copy.len()], &copy);
+        }
+        let mut budget = limits.model_persistence;
+        let persistent = zero
+            .shards
+            .iter()
+            .map(|shard| {
+                let n = shard.span.len();
+                (n < limits.persistence && n <= budget).then(|| {
+                    budget -= n;
+                    rounded(&params[shard.span.clone()])
+                })
+            })
+            .collect();
+        ShardedParams { master, persistent, limits }
+    }
+
+    /// Elements of the persistent groups' whole copies.
+    pub fn persistent_len(&self) -> usize {
+        self.persistent.iter().flatten().map(|p| p.len()).sum()
+    }
+
+    /// Brings every persistent group's whole copy up to date with the masters (after an applied step).
+    pub fn refresh_persistent(&mut self, comm: &dyn Communicator, zero: &ZeroPlan) -> Result<(), CommError> {
+        for (shard, copy) in zero.shards.iter().zip(self.persistent.iter_mut()) {
+            if let Some(copy) = copy {
+                *copy = gather_span(comm, shard, zero.world, &self.master[shard.at..shard.at + shard.size])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole model as `E` (a collective: every rank gathers every group).
+    pub fn gather_all(&self, comm: &dyn Communicator, zero: &ZeroPlan) -> Result<Vec<E>, CommError> {
+        let mut all = Vec::with_capacity(zero.numel);
+        for (shard, copy) in zero.shards.iter().zip(&self.persistent) {
+            match copy {
+                Some(copy) => all.extend_from_slice(copy),
+                None => all.extend(gather_span::<E>(comm, shard, zero.world, self.mine(shard))?),
+            }
+        }
+        Ok(all)
+    }
+
+    fn mine(&self, shard: &Shard) -> &[f32] {
+        &self.master[shard.at..shard.at + shard.size]
+    }
+}
+
+/// `shard`'s whole span as `E`, from every rank's fp32 share `mine`: the shares travel as fp32 and are rounded
+/// once on arrival, which gives the values of a 16-bit copy rounded from the masters.
+pub(crate) fn gather_span<E: Element>(
+    comm: &dyn Communicator,
+    shard: &Shard,
+    world: usize,
+    mine: &[f32],
+) -> Result<Vec<E>, CommError> {
+    let n = shard.span.len();
+    let mut padded = vec![0.0f32; shard.size * world];
+    comm.all_gather(mine, &shard.counts(world), &mut padded)?;
+    let mut out = vec![E::default(); n];
+    cast_from_f32(&mut out, &padded[..n]);
+    Ok(out)
+}
+
+/// Where one group's gathered parameters are during a pass.
+enum Slot<E> {
+    Released,
+    InFlight(Handle<Vec<E>>),
+    Resident(Vec<E>),
+}
+
+/// What a pass kept resident at most, in elements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Residency {
+    /// Gathered parameters of non-persistent groups (in flight or resident).
+    pub gathered: usize,
+    /// Per-group gradient buffers (being written or being reduced).
+    pub gradients: usize,
+}
+
+impl Residency {
+    /// Keeps the larger of each count.
+    pub fn note(&mut self, other: Residency) {
+        self.gathered = self.gathered.max(other.gathered);
+        self.gradients = self.gradients.max(other.gradients);
+    }
+}
+
+/// Runs `pass` of `model` (its forward or backward, as `run` calls it) with a [`Gatherer`] over a communication
+/// thread of its own; a backward adds its gradients into `partition`. Returns what `run` returned and what the
+/// pass kept resident at most.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_pass<E: Element, T>(
+    model: &mut Model<E>,
+    comm: &dyn Communicator,
+    zero: &ZeroPlan,
+    params: &ShardedParams<E>,
+    pass: Pass,
+    partition: Option<&mut [f32]>,
+    bucket: usize,
+    run: impl FnOnce(&mut Model<E>, &mut Gatherer<'_, '_, E>) -> Result<T, EngineError>,
+) -> Result<(T, Residency), EngineError> {
+    let (forward, backward) = model.group_trace();
+    let trace = match pass {
+        Pass::Forward => forward,
+        Pass::Backward => backward,
+    };
+    std::thread::scope(|scope| {
+        let background = Background::start(scope, comm);
+        let mut gatherer = Gatherer::new(&background, zero, params, trace, partition, bucket);
+        let result = run(model, &mut gatherer);
+        // Wait for everything in flight whether or not the pass failed, then report the pass's own error first.
+        let finished = gatherer.finish();
+        let value = result?;
+        Ok((value, finished?))
+    })
+}
+
+/// Gradient reductions in flight beyond which the backward waits for the oldest: bounds the gradient buffers
+/// resident while the communication thread catches up.
+const MAX_PENDING_REDUCTIONS: usize = 2;
+
+/// One forward or backward of a stage-3 model: serves each group's parameters (and gradient buffer) to the
+/// model as a [`ParamSource`], issuing every collective on the communication thread in trace order (the same
+/// on every rank, since each decision depends only on sizes and limits).
+pub(crate) struct Gatherer<'s, 'env, E: Element> {
+    background: &'s Background<'env>,
+    zero: &'s ZeroPlan,
+    params: &'env ShardedParams<E>,
+    trace: Vec<usize>,
+    cursor: usize,
+    slots: Vec<Slot<E>>,
+    /// Elements of non-persistent groups gathered or in flight.
+    live: usize,
+    grads: Vec<Option<Vec<E>>>,
+    grads_live: usize,
+    /// The fp32 gradient partition the reductions add into (backward only), the bucket size, and the
+    /// reductions in flight with the size of the buffer each holds.
+    partition: Option<&'s mut [f32]>,
+    bucket: usize,
+    reductions: VecDeque<(Handle<Vec<Share>>, usize)>,
+    pub peak: Residency,
+}
+
+impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
+    /// A gatherer for a pass that reads groups in `trace` order; a backward passes the gradient partition.
+    pub fn new(
+        background: &'s Background<'env>,
+        zero: &'s ZeroPlan,
+        params: &'env ShardedParams<E>,
+        trace: Vec<usize>,
+        partition: Option<&'s mut [f32]>,
+        bucket: usize,
+    ) -> Self {
+        let groups = zero.shards.len();
+        Gatherer {
+            background,
+            zero,
+            params,
+            trace,
+            cursor: 0,
+            slots: (0..groups).map(|_| Slot::Released).collect(),
+            live: 0,
+            grads: (0..groups).map(|_| None).collect(),
+            grads_live: 0,
+            partition,
+            bucket,
+            reductions: VecDeque::new(),
+            peak: Residency::default(),
+        }
+    }
+
+    fn len(&self, group: usize) -> usize {
+        self.zero.shards[group].span.len()
+    }
+
+    fn note_peak(&mut self) {
+        self.peak.gathered = self.peak.gathered.max(self.live);
+        self.peak.gradients = self.peak.gradients.max(self.grads_live);
+    }
+
+    /// Queues the all-gather of `group` on the communication thread.
+    fn submit_gather(&mut self, group: usize) {
+        let shard = self.zero.shards[group].clone();
+        let world = self.zero.world;
+        let mine = &self.params.master[shard.at..shard.at + shard.size];
+        self.slots[group] = Slot::InFlight(self.background.submit(move |c| gather_span(c, &shard, world, mine)));
+        self.live += self.len(group);
+        self.note_peak();
+    }
+
+    /// Gathers ahead along the trace after position `self.cursor`, within the prefetch bucket and the live limit.
+    fn prefetch(&mut self) {
+        let mut ahead = 0;
+        for k in self.cursor + 1..self.trace.len() {
+            let g = self.trace[k];
+            if self.params.persistent[g].is_some() || !matches!(self.slots[g], Slot::Released) {
+                continue;
+            }
+            let n = self.len(g);
+            if ahead + n > self.params.limits.prefetch || self.live + n > self.params.limits.max_live {
+                break;
+            }
+            ahead += n;
+            self.submit_gather(g);
+        }
+    }
+
+    /// Releases groups kept for reuse until `group` fits under `stage3_max_live_parameters` (or none is left):
+    /// a layer's own group is gathered whatever the limit, and nothing else may push the total past it.
+    fn evict_for(&mut self, group: usize) {
+        let n = self.len(group);
+        for g in 0..self.slots.len() {
+            if self.live + n <= self.params.limits.max_live {
+                break;
+            }
+            if g != group && matches!(self.slots[g], Slot::Resident(_)) {
+                self.slots[g] = Slot::Released;
+                self.live -= self.len(g);
+            }
+        }
+    }
+
+    /// Elements of other groups read between now and `group`'s next use in the trace, if it has one.
+    fn reuse_distance(&self, group: usize) -> Option<usize> {
+        let next = self.trace[self.cursor..].iter().position(|&g| g == group)?;
+        Some(self.trace[self.cursor..self.cursor + next].iter().map(|&g| self.len(g)).sum())
+    }
+
+    /// Waits for every reduction in flight beyond `keep` and adds its shares into the partition.
+    fn drain_reductions(&mut self, keep: usize) -> Result<(), EngineError> {
+        while self.reductions.len() > keep {
+            let (handle, n) = self.reductions.pop_front().expect("a reduction in flight");
+            let shares = handle.wait()?;
+            self.grads_live -= n;
+            let partition = self.partition.as_deref_mut().expect("reductions run in a backward");
+            accumulate(partition, shares);
+        }
+        Ok(())
+    }
+
+    /// Ends the pass: waits for everything in flight (also after an error, so that nothing is left running) and
+    /// adds the last reductions into the partition.
+    pub fn finish(mut self) -> Result<Residency, EngineError> {
+        for slot in std::mem::take(&mut self.slots) {
+            if let Slot::InFlight(handle) = slot {
+                handle.wait()?;
+            }
+        }
+        self.drain_reductions(0)?;
+        Ok(self.peak)
+    }
+}
+
+impl<E: Element> ParamSource<E> for Gatherer<'_, '_, E> {
+    type Error = EngineError;
+
+    fn before(&mut self, group: usize, _pass: Pass) -> Result<(), EngineError> {
+        debug_assert_eq!(self.trace.get(self.cursor), Some(&group), "the model left its group trace");
+        if self.params.persistent[group].is_none() {
+            if matches!(self.slots[group], Slot::Released) {
+                self.evict_for(group);
+                self.submit_gather(group);
+            }
+            if matches!(self.slots[group], Slot::InFlight(_)) {
+                // Prefetch first, so that the next groups travel while this one is awaited and computed.
+                self.prefetch();
+                let Slot::InFlight(handle) = std::mem::replace(&mut self.slots[group], Slot::Released) else {
+                    unreachable!("matched above")
+                };
+                self.slots[group] = Slot::Resident(handle.wait()?);
+            }
+        }
+        self.cursor += 1;
+        Ok(())
+    }
+
+    fn params(&self, group: usize) -> Window<'_, E> {
+        let base = self.zero.shards[group].span.start;
+        match (&self.params.persistent[group], &self.slots[group]) {
+            (Some(copy), _) | (None, Slot::Resident(copy)) => Window { base, data: copy },
+            _ => unreachable!("group {group} read before it was gathered"),
+        }
+    }
+
+    fn params_and_grads(&mut self, group: usize) -> (Window<'_, E>, WindowMut<'_, E>) {
+        let base = self.zero.shards[group].span.start;
+        if self.grads[group].is_none() {
+            // Written before read: the group's first writer in the backward overwrites it.
+            self.grads[group] = Some(vec![E::default(); self.len(group)]);
+            self.grads_live += self.len(group);
+            self.note_peak();
+        }
+        let params = match (&self.params.persistent[group], &self.slots[group]) {
+            (Some(copy), _) | (None, Slot::Resident(copy)) => copy.as_slice(),
+            _ => unreachable!("group {group} read before it was gathered"),
+        };
+        let grads = self.grads[group].as_mut().expect("allocated above");
+        (Window { base, data: params }, WindowMut { base, data: grads })
+    }
+
+    fn after(&mut self, group: usize, _pass: Pass, grads_final: bool) -> Result<(), EngineError> {
+        if self.params.persistent[group].is_none() {
+            let keep = self.reuse_distance(group).is_some_and(|d| d <= self.params.limits.max_reuse)
+                && self.live <= self.params.limits.max_live;
+            if !keep {
+                self.slots[group] = Slot::Released;
+                self.live -= self.len(group);
+            }
+        }
+        if grads_final {
+            let mut grads = self.grads[group].take().expect("a final group was written");
+            let shard = self.zero.shards[group].clone();
+            let (rank, world, bucket) = (self.zero.rank, self.zero.world, self.bucket);
+            let held = grads.len();
+            let handle = self.background.submit(move |c| {
+                // The padding of the span reduces as zeros.
+                grads.resize(shard.size * world, E::default());
+                let spread = Spread::Sharded { shard: &shard, rank, world };
+                reduce_piece(c, spread, bucket, shard.span.start, &mut grads)
+            });
+            self.reductions.push_back((handle, held));
+            self.drain_reductions(MAX_PENDING_REDUCTIONS)?;
+        }
+        Ok(())
+    }
+}
