@@ -1,12 +1,13 @@
-//! The backward of ZeRO stages 0-2, over the whole model copy and a gradient buffer of the whole layout: the
-//! gradients are reduced over ranks at the window's last micro-step (stages 0 and 1) or every micro-step
-//! (stage 2), in `reduce_bucket_size` buckets, after the backward or, with `overlap_comm`, piece by piece on the
-//! communication thread while the backward of the earlier layers runs.
+//! The backward of ZeRO stages 0 and 1, over the whole model copy and a gradient buffer of the whole layout
+//! that accumulates the window: the gradients are reduced over ranks at the window's last micro-step, in
+//! `reduce_bucket_size` buckets, after the backward or, with `overlap_comm`, piece by piece on the communication
+//! thread while the backward of the earlier layers runs. (Stages 2 and 3 reduce every micro-step from per-group
+//! buffers: [`crate::sharded`].)
 
 use crate::error::EngineError;
 use crate::grads::add_widened;
-use crate::reduce::{accumulate, reduce_piece, release_zeroed, Spread};
-use crate::zero::{ZeroPlan, ZeroStage};
+use crate::reduce::{accumulate, reduce_piece, Spread};
+use crate::zero::ZeroPlan;
 use rustspeed_comm::background::Background;
 use rustspeed_comm::Communicator;
 use rustspeed_kernels::cast::{Contents, Element};
@@ -32,7 +33,7 @@ pub(crate) struct WholeBackward<'a, E: Element> {
 impl<E: Element> WholeBackward<'_, E> {
     /// The backward into `local`; with `sum` (fp32 accumulation of 16-bit gradients) each micro-step is added
     /// into it; when `reduce`, the window's gradients are reduced: in place at stage 0, into `partition` at
-    /// stages 1 and 2. `window_start`: this is the window's first micro-step.
+    /// stage 1. `window_start`: this is the window's first micro-step.
     pub fn run(
         self,
         local: &mut [E],
@@ -43,11 +44,10 @@ impl<E: Element> WholeBackward<'_, E> {
     ) -> Result<(), EngineError> {
         let WholeBackward { model, params, zero, comm, reduction, dloss } = self;
         let p = zero.numel;
-        let stage2 = zero.stage == ZeroStage::Stage2;
         // The buffer the backward writes starts over (is overwritten, not first zeroed) when it holds nothing of
         // this window: at its first micro-step, and on every micro-step where it only stages this micro-step's
-        // gradients (stage 2 reduces them right away; fp32 accumulation adds them into the fp32 sum).
-        let contents = match window_start || stage2 || sum.is_some() {
+        // gradients (fp32 accumulation adds them into the fp32 sum).
+        let contents = match window_start || sum.is_some() {
             true => Contents::Overwrite,
             false => Contents::Accumulate,
         };
@@ -68,23 +68,13 @@ impl<E: Element> WholeBackward<'_, E> {
             (None, true, false) => {
                 backward(grads)?;
                 accumulate(partition, reduce_piece(comm, spread, bucket, 0, grads)?);
-                if stage2 {
-                    release_zeroed(grads);
-                }
             }
             (None, true, true) => std::thread::scope(|scope| -> Result<(), EngineError> {
                 // Each finished piece is reduced on the communication thread while the backward goes on.
                 let background = Background::start(scope, comm);
                 let mut pending = Vec::new();
                 let backward = model.backward_with(params, grads, dloss, contents, &mut |offset, piece| {
-                    pending.push(background.submit(move |c| {
-                        let shares = reduce_piece(c, spread, bucket, offset, piece)?;
-                        // Stage 2 keeps no gradients outside the partition: the reduced piece's memory goes.
-                        if stage2 {
-                            release_zeroed(piece);
-                        }
-                        Ok(shares)
-                    }));
+                    pending.push(background.submit(move |c| reduce_piece(c, spread, bucket, offset, piece)));
                 });
                 // Wait for every submitted reduction even after an error, so that none is left running.
                 let reduced: Vec<_> = pending.into_iter().map(|h| h.wait()).collect();

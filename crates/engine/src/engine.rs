@@ -16,8 +16,8 @@ use crate::optimizer::Optimizer;
 use crate::precision::{check_storage, MasterWeights, Precision};
 use crate::reduce::gather_params;
 use crate::setup::Setup;
-use crate::sharded::{run_pass, Limits, Residency, ShardedParams};
-use crate::zero::{ZeroPlan, ZeroStage};
+use crate::sharded::{run_pass, Limits, Residency, Resident, ShardedParams};
+use crate::zero::ZeroPlan;
 use rustspeed_comm::{Communicator, ReduceOp, SingleRank};
 use rustspeed_config::{BatchSizes, DeepSpeedConfig};
 use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, Element};
@@ -232,7 +232,7 @@ impl<E: Element> Engine<E> {
     /// Bytes this rank holds for parameters, gradients, master weights and optimizer state, read off its buffers.
     pub fn memory(&self) -> MemoryReport {
         let (e, f) = (std::mem::size_of::<E>(), std::mem::size_of::<f32>());
-        let (gradients, staging) = self.grads.bytes(self.zero.stage);
+        let gradients = self.grads.bytes();
         // Stage 3 in fp32: the masters are the parameters (as at the other stages in fp32).
         let (parameters, master_weights) = match &self.copy {
             ModelCopy::Whole { params, master } => (params.len() * e, master.separate().len() * f),
@@ -246,7 +246,7 @@ impl<E: Element> Engine<E> {
         MemoryReport {
             parameters: parameters + persistent,
             gradients,
-            gradient_staging: staging + self.residency.gradients * e,
+            gradient_staging: self.residency.gradients * e,
             gathered_parameters: self.residency.gathered * e,
             master_weights,
             optimizer_state: self.optimizer.slots().map(|(_, s)| s.len()).sum::<usize>() * f,
@@ -332,8 +332,9 @@ impl<E: Element> Engine<E> {
         match copy {
             ModelCopy::Whole { params, .. } => Ok(model.forward(&params[..zero.numel], tokens, targets, b, t)?),
             ModelCopy::Sharded(sharded) => {
+                let params = Resident::Sharded(sharded);
                 let (loss, peak) =
-                    run_pass(model, &**comm, zero, sharded, Pass::Forward, None, reduction.bucket, |m, g| {
+                    run_pass(model, &**comm, zero, params, Pass::Forward, None, reduction.bucket, |m, g| {
                         m.forward_from(g, tokens, targets, b, t)
                     })?;
                 residency.note(peak);
@@ -349,18 +350,21 @@ impl<E: Element> Engine<E> {
         let gas = self.batch.gradient_accumulation_steps as f32;
         let dloss = (self.precision.loss_scale() / gas as f64) as f32;
         let start = Instant::now();
-        // Gradients are reduced over ranks in this backward when the window ends (stages 0 and 1) or on every
-        // micro-step (stages 2 and 3), layer by layer on a communication thread with `overlap_comm` (always at
-        // stage 3, whose groups exist only while their layers run).
-        let reduce = matches!(self.zero.stage, ZeroStage::Stage2 | ZeroStage::Stage3)
-            || self.is_gradient_accumulation_boundary();
+        // Gradients are reduced over ranks in this backward when the window ends (stages 0 and 1: with
+        // `overlap_comm` layer by layer on a communication thread), or on every micro-step as soon as each
+        // group's are final (stages 2 and 3, whose per-group gradient buffers exist only until they are reduced).
+        let reduce = self.is_gradient_accumulation_boundary();
         let window_start = self.counters.micro_steps.is_multiple_of(self.batch.gradient_accumulation_steps as u64);
         let Engine { model, copy, grads, zero, comm, reduction, residency, .. } = self;
         match (copy, grads) {
-            (ModelCopy::Sharded(sharded), Gradients::Sharded { partition }) => {
+            (copy, Gradients::Grouped { partition }) => {
+                let params = match copy {
+                    ModelCopy::Sharded(sharded) => Resident::Sharded(sharded),
+                    ModelCopy::Whole { params, .. } => Resident::Whole(&params[..zero.numel]),
+                };
                 let bucket = reduction.bucket;
                 let (_, peak) =
-                    run_pass(model, &**comm, zero, sharded, Pass::Backward, Some(partition), bucket, |m, g| {
+                    run_pass(model, &**comm, zero, params, Pass::Backward, Some(partition), bucket, |m, g| {
                         m.backward_from(g, dloss)
                     })?;
                 residency.note(peak);

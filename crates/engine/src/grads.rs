@@ -14,13 +14,13 @@ pub(crate) enum Gradients<E> {
     /// micro-step. With fp32 accumulation of 16-bit gradients (`data_types.grad_accum_dtype`, DeepSpeed's default
     /// for bf16 without ZeRO) each micro-step's are added into `sum`, which the boundary reduces instead.
     Replicated { local: Vec<E>, sum: Option<Vec<f32>> },
-    /// Stages 1 and 2: the backward writes `local` (padded to `W · S`; stage 1: the window, or each micro-step
-    /// before it is added into the fp32 `sum`; stage 2: one micro-step, each piece released once reduced), which
-    /// is reduce-scattered into this rank's fp32 `partition` (`S`).
+    /// Stage 1: the backward writes `local` (padded to `W · S`; the window, or each micro-step before it is added
+    /// into the fp32 `sum`), which the window's last micro-step reduce-scatters into this rank's fp32 `partition`.
     Partitioned { local: Vec<E>, sum: Option<Vec<f32>>, partition: Vec<f32> },
-    /// Stage 3: each group's gradients live in a buffer of their own during the backward only
-    /// ([`crate::sharded::Gatherer`]), reduce-scattered into the fp32 `partition` as the backward finishes them.
-    Sharded { partition: Vec<f32> },
+    /// Stages 2 and 3: each group's gradients live in a buffer of their own during the backward only
+    /// ([`crate::sharded::Gatherer`]), reduce-scattered into the fp32 `partition` as soon as the backward
+    /// finishes them, every micro-step: no buffer of the whole model's gradients exists.
+    Grouped { partition: Vec<f32> },
 }
 
 /// The window's reduced gradients as the step reads them: the 16-bit or fp32 model buffer (stage 0), or an fp32
@@ -36,13 +36,13 @@ impl<E: Element> Gradients<E> {
         let sum = || accumulate_in_fp32.then(|| vec![0.0; zero.padded()]);
         match zero.stage {
             ZeroStage::Stage0 => Gradients::Replicated { local: vec![E::default(); zero.numel], sum: sum() },
-            // Stage 2 accumulates in its fp32 partition whatever the accumulation type.
-            ZeroStage::Stage1 | ZeroStage::Stage2 => Gradients::Partitioned {
+            ZeroStage::Stage1 => Gradients::Partitioned {
                 local: vec![E::default(); zero.padded()],
-                sum: if zero.stage == ZeroStage::Stage1 { sum() } else { None },
+                sum: sum(),
                 partition: vec![0.0; zero.partition],
             },
-            ZeroStage::Stage3 => Gradients::Sharded { partition: vec![0.0; zero.partition] },
+            // Stages 2 and 3 accumulate in their fp32 partition whatever the accumulation type.
+            ZeroStage::Stage2 | ZeroStage::Stage3 => Gradients::Grouped { partition: vec![0.0; zero.partition] },
         }
     }
 
@@ -51,7 +51,7 @@ impl<E: Element> Gradients<E> {
         match self {
             Gradients::Replicated { local, sum: None } => Reduced::Stored(local),
             Gradients::Replicated { sum: Some(sum), .. } => Reduced::Wide(sum),
-            Gradients::Partitioned { partition, .. } | Gradients::Sharded { partition } => Reduced::Wide(partition),
+            Gradients::Partitioned { partition, .. } | Gradients::Grouped { partition } => Reduced::Wide(partition),
         }
     }
 
@@ -67,23 +67,20 @@ impl<E: Element> Gradients<E> {
                     zero_fill(partition);
                 }
             }
-            Gradients::Sharded { partition } if skipped => zero_fill(partition),
-            Gradients::Sharded { .. } => {}
+            Gradients::Grouped { partition } if skipped => zero_fill(partition),
+            Gradients::Grouped { .. } => {}
         }
     }
 
-    /// Bytes held across micro-steps for the optimizer, and bytes of a buffer that only stages one micro-step
-    /// (stage 2's `local`).
-    pub fn bytes(&self, stage: ZeroStage) -> (usize, usize) {
+    /// Bytes held across micro-steps for the optimizer (the per-group buffers of stages 2 and 3 exist only
+    /// during a backward; the engine measures them).
+    pub fn bytes(&self) -> usize {
         let (e, f) = (std::mem::size_of::<E>(), std::mem::size_of::<f32>());
         let sum_len = |sum: &Option<Vec<f32>>| sum.as_ref().map_or(0, |s| s.len());
         match self {
-            Gradients::Replicated { local, sum } => (local.len() * e + sum_len(sum) * f, 0),
-            Gradients::Partitioned { local, sum, partition } => match stage {
-                ZeroStage::Stage2 => (partition.len() * f, local.len() * e),
-                _ => (local.len() * e + (sum_len(sum) + partition.len()) * f, 0),
-            },
-            Gradients::Sharded { partition } => (partition.len() * f, 0),
+            Gradients::Replicated { local, sum } => local.len() * e + sum_len(sum) * f,
+            Gradients::Partitioned { local, sum, partition } => local.len() * e + (sum_len(sum) + partition.len()) * f,
+            Gradients::Grouped { partition } => partition.len() * f,
         }
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! ZeRO (Rajbhandari et al. 2020, §5) counts, for Ψ parameters over N_d ranks with mixed-precision Adam:
 //! 2Ψ (fp16 parameters) + 2Ψ (fp16 gradients) + KΨ (fp32 master + momentum + variance, K = 12), and shards the
-//! K term at stage 1, also the gradients at stage 2. rustspeed's fp16/bf16 mode holds exactly that at stage 0
-//! (2 + 2 + 4 + 8 bytes per parameter with Adam); its reduced gradient partition at stages 1 and 2 is fp32 (4Ψ/N
-//! instead of 2Ψ/N). In fp32 the parameters *are* the master weights: 4Ψ parameters + 4Ψ gradients +
-//! (4 · slots)Ψ optimizer state, sharded the same way.
+//! K term at stage 1, also the gradients at stage 2, also the parameters at stage 3 (16Ψ/N in all). rustspeed's
+//! fp16/bf16 mode holds exactly that at stage 0 (2 + 2 + 4 + 8 bytes per parameter with Adam); its reduced
+//! gradient partition at stages 1-3 is fp32 (4Ψ/N instead of 2Ψ/N), and stage 3 keeps no 16-bit shard besides
+//! the fp32 masters (a gathered group is rounded from them), so stage 3 holds 4 + 4 + 8 = 16Ψ/N. In fp32 the
+//! parameters *are* the master weights: 4Ψ parameters + 4Ψ gradients + (4 · slots)Ψ optimizer state, sharded the
+//! same way. Stages 2 and 3 add the per-group gradient buffers of the layers in flight, stage 3 the gathered
+//! groups: a few layers' worth, measured by the engine as it runs.
 
 use crate::precision::StorageType;
 use crate::zero::ZeroStage;
@@ -20,13 +23,12 @@ pub struct MemoryReport {
     /// The model's parameters as the forward reads them.
     pub parameters: usize,
     /// Gradients kept across micro-steps for the optimizer: the full buffer at stage 0; at stage 1 the full
-    /// local buffer plus the reduced partition; at stage 2 only the partition.
+    /// local buffer plus the reduced partition; at stages 2 and 3 only the partition.
     pub gradients: usize,
-    /// Stage 2: the address space of the buffer the backward writes one micro-step's gradients into before they
-    /// are reduce-scattered. Its pages are returned to the operating system as soon as each piece is reduced
-    /// (`madvise`), so with `overlap_comm` only the pieces being computed or reduced are resident; without it the
-    /// whole buffer is resident until the backward's reduction. At stages 0 and 1 the backward writes into the
-    /// gradient buffer itself, counted above.
+    /// Stages 2 and 3: the most bytes of per-group gradient buffers resident at once during a backward (the
+    /// groups being written and those being reduce-scattered on the communication thread); the engine reports
+    /// what it measured in the passes so far. At stages 0 and 1 the backward writes into the gradient buffer
+    /// itself, counted above.
     pub gradient_staging: usize,
     /// Stage 3: the most parameters gathered at once during a forward or backward (whole groups of the layers
     /// running or prefetched), beyond the persistent ones counted in `parameters`.
@@ -77,15 +79,15 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         StorageType::Fp32 => F32,
         StorageType::Fp16 | StorageType::Bf16 => 2,
     };
-    // Stage 3 gathers one group at a time and prefetches the next; its gradient buffers are the group being
-    // written and the one being reduced: about two of the largest group each.
+    // Stage 3 gathers one group at a time and prefetches the next; the gradient buffers of stages 2 and 3 are the
+    // group being written and the one being reduced: about two of the largest group each.
     let live = 2 * largest_group(model);
     // (model-copy elements, fp32 gradient-partition elements, staging elements, owned elements); at stage 3 the
     // fp32 masters are the model's only copy (in fp32 training they are the parameters).
     let (parameters, grad_partition, staging, owned) = match w.stage {
         ZeroStage::Stage0 => (params, 0, 0, params),
         ZeroStage::Stage1 => (padded, part, 0, part),
-        ZeroStage::Stage2 => (padded, part, padded, part),
+        ZeroStage::Stage2 => (padded, part, live, part),
         ZeroStage::Stage3 => (0, part, live, part),
     };
     let local_gradients = match w.stage {

@@ -77,35 +77,6 @@ pub(crate) fn accumulate(partition: &mut [f32], shares: Vec<Share>) {
     }
 }
 
-/// Leaves `buf` reading as zeros and gives its memory back to the operating system: the whole pages inside it
-/// are released with `madvise(MADV_DONTNEED)` (private anonymous pages, which a `Vec`'s are, read back as fresh
-/// zero pages, faulted in only when written again); the partial pages at either end are zeroed in place.
-/// Stage 2 calls this on each piece of the staging buffer once it is reduced, so that only the gradients still
-/// being computed or reduced are resident. Elsewhere, or if `madvise` fails, a plain zero fill.
-pub(crate) fn release_zeroed<E: Element>(buf: &mut [E]) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
-        let start = buf.as_mut_ptr() as usize;
-        let end = start + std::mem::size_of_val(buf);
-        let (first, last) = (start.next_multiple_of(page), end / page * page);
-        if last > first {
-            let f = std::mem::size_of::<E>();
-            // SAFETY: [first, last) lies inside `buf`, which this function borrows exclusively; the pages are
-            // private anonymous memory of the allocation, so after MADV_DONTNEED they read as zeros, which is
-            // a valid bit pattern (0.0) of f32, fp16 and bf16 alike.
-            let rc = unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED) };
-            if rc == 0 {
-                buf[..(first - start) / f].fill(E::default());
-                buf[(last - start) / f..].fill(E::default());
-                return;
-            }
-        }
-    }
-    buf.fill(E::default());
-}
-
 /// Elements of each rank's partition per all-gather of 16-bit parameters (which travel as fp32): bounds the
 /// temporary fp32 buffer to `world · GATHER_CHUNK` elements.
 const GATHER_CHUNK: usize = 1 << 20;
@@ -137,24 +108,4 @@ pub(crate) fn gather_params<E: Element>(
         at += len;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::release_zeroed;
-
-    #[test]
-    fn released_buffers_read_as_zeros_at_any_alignment() {
-        let mut buf: Vec<f32> = (0..100_000).map(|i| i as f32 + 1.0).collect();
-        for (lo, hi) in [(0, 100_000), (3, 99_991), (1024, 1030), (5000, 70_001)] {
-            buf.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32 + 1.0);
-            release_zeroed(&mut buf[lo..hi]);
-            assert!(buf[lo..hi].iter().all(|&x| x == 0.0), "[{lo}, {hi}) not zeroed");
-            assert!(buf[..lo].iter().enumerate().all(|(i, &x)| x == i as f32 + 1.0), "before {lo} touched");
-            assert!(buf[hi..].iter().enumerate().all(|(i, &x)| x == (hi + i) as f32 + 1.0), "after {hi} touched");
-            // Released pages are usable again.
-            buf[lo..hi].iter_mut().for_each(|x| *x += 2.0);
-            assert!(buf[lo..hi].iter().all(|&x| x == 2.0));
-        }
-    }
 }

@@ -17,6 +17,7 @@ use rustspeed_config::ZeroConfig;
 use rustspeed_kernels::cast::{cast_from_f32, cast_to_f32, Element};
 use rustspeed_nn::{Model, ParamSource, Pass, Window, WindowMut};
 use std::collections::VecDeque;
+use std::ops::Range;
 
 /// What stage 3 keeps resident, from `zero_optimization` (in elements).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +136,14 @@ pub(crate) fn gather_span<E: Element>(
     Ok(out)
 }
 
+/// The parameters a pass reads: stage 3's shards (each group gathered per use, or persistent), or the whole
+/// model copy of stage 2, whose backward still gives each group's gradients a buffer of their own.
+#[derive(Clone, Copy)]
+pub(crate) enum Resident<'env, E> {
+    Sharded(&'env ShardedParams<E>),
+    Whole(&'env [E]),
+}
+
 /// Where one group's gathered parameters are during a pass.
 enum Slot<E> {
     Released,
@@ -167,7 +176,7 @@ pub(crate) fn run_pass<E: Element, T>(
     model: &mut Model<E>,
     comm: &dyn Communicator,
     zero: &ZeroPlan,
-    params: &ShardedParams<E>,
+    params: Resident<'_, E>,
     pass: Pass,
     partition: Option<&mut [f32]>,
     bucket: usize,
@@ -180,7 +189,8 @@ pub(crate) fn run_pass<E: Element, T>(
     };
     std::thread::scope(|scope| {
         let background = Background::start(scope, comm);
-        let mut gatherer = Gatherer::new(&background, zero, params, trace, partition, bucket);
+        let groups = model.groups().to_vec();
+        let mut gatherer = Gatherer::new(&background, zero, params, groups, trace, partition, bucket);
         let result = run(model, &mut gatherer);
         // Wait for everything in flight whether or not the pass failed, then report the pass's own error first.
         let finished = gatherer.finish();
@@ -199,7 +209,9 @@ const MAX_PENDING_REDUCTIONS: usize = 2;
 pub(crate) struct Gatherer<'s, 'env, E: Element> {
     background: &'s Background<'env>,
     zero: &'s ZeroPlan,
-    params: &'env ShardedParams<E>,
+    /// The model's parameter groups (spans of the layout).
+    groups: Vec<Range<usize>>,
+    params: Resident<'env, E>,
     trace: Vec<usize>,
     cursor: usize,
     slots: Vec<Slot<E>>,
@@ -215,26 +227,45 @@ pub(crate) struct Gatherer<'s, 'env, E: Element> {
     pub peak: Residency,
 }
 
+/// `group`'s parameters: the whole model copy (stage 2), or the group's persistent or gathered copy (stage 3).
+fn window<'a, E: Element>(
+    params: Resident<'a, E>,
+    slots: &'a [Slot<E>],
+    groups: &[Range<usize>],
+    group: usize,
+) -> Window<'a, E> {
+    let base = groups[group].start;
+    match params {
+        Resident::Whole(all) => Window::whole(all),
+        Resident::Sharded(sharded) => match (&sharded.persistent[group], &slots[group]) {
+            (Some(copy), _) | (None, Slot::Resident(copy)) => Window { base, data: copy },
+            _ => unreachable!("group {group} read before it was gathered"),
+        },
+    }
+}
+
 impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
     /// A gatherer for a pass that reads groups in `trace` order; a backward passes the gradient partition.
     pub fn new(
         background: &'s Background<'env>,
         zero: &'s ZeroPlan,
-        params: &'env ShardedParams<E>,
+        params: Resident<'env, E>,
+        groups: Vec<Range<usize>>,
         trace: Vec<usize>,
         partition: Option<&'s mut [f32]>,
         bucket: usize,
     ) -> Self {
-        let groups = zero.shards.len();
+        let count = groups.len();
         Gatherer {
             background,
             zero,
+            groups,
             params,
             trace,
             cursor: 0,
-            slots: (0..groups).map(|_| Slot::Released).collect(),
+            slots: (0..count).map(|_| Slot::Released).collect(),
             live: 0,
-            grads: (0..groups).map(|_| None).collect(),
+            grads: (0..count).map(|_| None).collect(),
             grads_live: 0,
             partition,
             bucket,
@@ -244,7 +275,22 @@ impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
     }
 
     fn len(&self, group: usize) -> usize {
-        self.zero.shards[group].span.len()
+        self.groups[group].len()
+    }
+
+    /// The stage-3 parameters of a group gathered per use (not persistent), if it is one.
+    fn gathered_per_use(&self, group: usize) -> Option<&'env ShardedParams<E>> {
+        match self.params {
+            Resident::Sharded(sharded) if sharded.persistent[group].is_none() => Some(sharded),
+            _ => None,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        match self.params {
+            Resident::Sharded(sharded) => sharded.limits,
+            Resident::Whole(_) => unreachable!("a whole model copy gathers nothing"),
+        }
     }
 
     fn note_peak(&mut self) {
@@ -252,11 +298,11 @@ impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
         self.peak.gradients = self.peak.gradients.max(self.grads_live);
     }
 
-    /// Queues the all-gather of `group` on the communication thread.
-    fn submit_gather(&mut self, group: usize) {
+    /// Queues the all-gather of stage-3 group `group` on the communication thread.
+    fn submit_gather(&mut self, group: usize, sharded: &'env ShardedParams<E>) {
         let shard = self.zero.shards[group].clone();
         let world = self.zero.world;
-        let mine = &self.params.master[shard.at..shard.at + shard.size];
+        let mine = &sharded.master[shard.at..shard.at + shard.size];
         self.slots[group] = Slot::InFlight(self.background.submit(move |c| gather_span(c, &shard, world, mine)));
         self.live += self.len(group);
         self.note_peak();
@@ -267,15 +313,16 @@ impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
         let mut ahead = 0;
         for k in self.cursor + 1..self.trace.len() {
             let g = self.trace[k];
-            if self.params.persistent[g].is_some() || !matches!(self.slots[g], Slot::Released) {
+            let Some(sharded) = self.gathered_per_use(g) else { continue };
+            if !matches!(self.slots[g], Slot::Released) {
                 continue;
             }
             let n = self.len(g);
-            if ahead + n > self.params.limits.prefetch || self.live + n > self.params.limits.max_live {
+            if ahead + n > sharded.limits.prefetch || self.live + n > sharded.limits.max_live {
                 break;
             }
             ahead += n;
-            self.submit_gather(g);
+            self.submit_gather(g, sharded);
         }
     }
 
@@ -284,7 +331,7 @@ impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
     fn evict_for(&mut self, group: usize) {
         let n = self.len(group);
         for g in 0..self.slots.len() {
-            if self.live + n <= self.params.limits.max_live {
+            if self.live + n <= self.limits().max_live {
                 break;
             }
             if g != group && matches!(self.slots[g], Slot::Resident(_)) {
@@ -330,10 +377,10 @@ impl<E: Element> ParamSource<E> for Gatherer<'_, '_, E> {
 
     fn before(&mut self, group: usize, _pass: Pass) -> Result<(), EngineError> {
         debug_assert_eq!(self.trace.get(self.cursor), Some(&group), "the model left its group trace");
-        if self.params.persistent[group].is_none() {
+        if let Some(sharded) = self.gathered_per_use(group) {
             if matches!(self.slots[group], Slot::Released) {
                 self.evict_for(group);
-                self.submit_gather(group);
+                self.submit_gather(group, sharded);
             }
             if matches!(self.slots[group], Slot::InFlight(_)) {
                 // Prefetch first, so that the next groups travel while this one is awaited and computed.
@@ -349,33 +396,26 @@ impl<E: Element> ParamSource<E> for Gatherer<'_, '_, E> {
     }
 
     fn params(&self, group: usize) -> Window<'_, E> {
-        let base = self.zero.shards[group].span.start;
-        match (&self.params.persistent[group], &self.slots[group]) {
-            (Some(copy), _) | (None, Slot::Resident(copy)) => Window { base, data: copy },
-            _ => unreachable!("group {group} read before it was gathered"),
-        }
+        window(self.params, &self.slots, &self.groups, group)
     }
 
     fn params_and_grads(&mut self, group: usize) -> (Window<'_, E>, WindowMut<'_, E>) {
-        let base = self.zero.shards[group].span.start;
+        let base = self.groups[group].start;
         if self.grads[group].is_none() {
             // Written before read: the group's first writer in the backward overwrites it.
             self.grads[group] = Some(vec![E::default(); self.len(group)]);
             self.grads_live += self.len(group);
             self.note_peak();
         }
-        let params = match (&self.params.persistent[group], &self.slots[group]) {
-            (Some(copy), _) | (None, Slot::Resident(copy)) => copy.as_slice(),
-            _ => unreachable!("group {group} read before it was gathered"),
-        };
+        let params = window(self.params, &self.slots, &self.groups, group);
         let grads = self.grads[group].as_mut().expect("allocated above");
-        (Window { base, data: params }, WindowMut { base, data: grads })
+        (params, WindowMut { base, data: grads })
     }
 
     fn after(&mut self, group: usize, _pass: Pass, grads_final: bool) -> Result<(), EngineError> {
-        if self.params.persistent[group].is_none() {
-            let keep = self.reuse_distance(group).is_some_and(|d| d <= self.params.limits.max_reuse)
-                && self.live <= self.params.limits.max_live;
+        if let Some(sharded) = self.gathered_per_use(group) {
+            let keep = self.reuse_distance(group).is_some_and(|d| d <= sharded.limits.max_reuse)
+                && self.live <= sharded.limits.max_live;
             if !keep {
                 self.slots[group] = Slot::Released;
                 self.live -= self.len(group);
@@ -383,14 +423,21 @@ impl<E: Element> ParamSource<E> for Gatherer<'_, '_, E> {
         }
         if grads_final {
             let mut grads = self.grads[group].take().expect("a final group was written");
-            let shard = self.zero.shards[group].clone();
-            let (rank, world, bucket) = (self.zero.rank, self.zero.world, self.bucket);
+            // Stage 3 shards each group on its own (its padding reduces as zeros); stage 2's group is a piece of
+            // the one contiguous partition.
+            let (shard, padded) = match self.params {
+                Resident::Sharded(_) => (self.zero.shards[group].clone(), true),
+                Resident::Whole(_) => (self.zero.shards[0].clone(), false),
+            };
+            let (rank, world, bucket, offset) =
+                (self.zero.rank, self.zero.world, self.bucket, self.groups[group].start);
             let held = grads.len();
             let handle = self.background.submit(move |c| {
-                // The padding of the span reduces as zeros.
-                grads.resize(shard.size * world, E::default());
+                if padded {
+                    grads.resize(shard.size * world, E::default());
+                }
                 let spread = Spread::Sharded { shard: &shard, rank, world };
-                reduce_piece(c, spread, bucket, shard.span.start, &mut grads)
+                reduce_piece(c, spread, bucket, offset, &mut grads)
             });
             self.reductions.push_back((handle, held));
             self.drain_reductions(MAX_PENDING_REDUCTIONS)?;

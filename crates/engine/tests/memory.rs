@@ -77,10 +77,10 @@ fn check_accounting<E: Element>(storage: StorageType) {
                     micro_batch: 1,
                     seq_len: 8,
                 };
-                // Stage 3's gathered groups and gradient buffers are measured by the engine while it runs (none
-                // before the first pass); the estimate predicts them separately.
+                // The gathered groups (stage 3) and per-group gradient buffers (stages 2, 3) are measured by the
+                // engine while it runs (none before the first pass); the estimate predicts them separately.
                 let predicted = match n {
-                    3 => MemoryReport {
+                    2 | 3 => MemoryReport {
                         activations: 0,
                         gathered_parameters: 0,
                         gradient_staging: 0,
@@ -136,20 +136,20 @@ fn the_estimate_follows_the_zero_paper_for_gpt2_small() {
     assert_eq!(s0.activations, 4 * (12 * block + n * c + n * c + 2 * n + 2 * n * v));
 }
 
-/// Stage 3 over 2 ranks: after training, the most gathered parameters resident at once stay within
-/// `stage3_max_live_parameters` (or the largest group, which a layer needs whatever the limit), and the
+/// Stages 2 and 3 over 2 ranks: after training, the most gathered parameters resident at once (stage 3) stay
+/// within `stage3_max_live_parameters` (or the largest group, which a layer needs whatever the limit), and the
 /// per-group gradient buffers stay a few groups (the one being written, the tied embedding's, the reductions in
 /// flight), far from a whole-model buffer.
 #[test]
-fn stage_3_gathers_within_the_configured_limits() {
+fn stages_2_and_3_hold_a_few_groups_within_the_configured_limits() {
     let model = ModelConfig::Gpt(GptConfig { vocab_size: 65, block_size: 16, n_layer: 8, n_head: 2, n_embd: 16 });
     let built = model.build().unwrap();
     let largest = built.groups().iter().map(|g| g.len()).max().unwrap();
     let params = built.num_params();
-    for limit in [0usize, 2 * largest, 1_000_000_000] {
+    for (stage, limit) in [(2, 0), (3, 0usize), (3, 2 * largest), (3, 1_000_000_000)] {
         let json = format!(
             r#"{{"train_batch_size": 2, "optimizer": {{"type": "Adam"}},
-                "zero_optimization": {{"stage": 3, "stage3_param_persistence_threshold": 0,
+                "zero_optimization": {{"stage": {stage}, "stage3_param_persistence_threshold": 0,
                 "stage3_max_live_parameters": {limit}, "stage3_prefetch_bucket_size": 1000000000}}}}"#
         );
         let comms = ThreadGroup::new(2, Duration::from_secs(60));
@@ -177,8 +177,13 @@ fn stage_3_gathers_within_the_configured_limits() {
         });
         for m in reports {
             let gathered = m.gathered_parameters / 4;
-            assert!(gathered >= largest, "limit {limit}: the largest group was never gathered ({gathered})");
-            assert!(gathered <= limit.max(largest), "limit {limit}: {gathered} elements gathered at once");
+            match stage {
+                2 => assert_eq!(gathered, 0, "stage 2 keeps its whole model copy"),
+                _ => {
+                    assert!(gathered >= largest, "limit {limit}: the largest group was never gathered ({gathered})");
+                    assert!(gathered <= limit.max(largest), "limit {limit}: {gathered} elements gathered at once");
+                }
+            }
             let staged = m.gradient_staging / 4;
             assert!(staged > 0 && staged <= 4 * largest, "limit {limit}: {staged} gradient elements at once");
             assert!(4 * largest < params / 2, "the model has too few groups to show it");
