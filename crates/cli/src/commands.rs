@@ -144,6 +144,7 @@ const ESTIMATE_OPTS: &[Opt] = &[
     opt("seq-len", "T", "tokens per sequence (default: the GPT context, 64 for LSTMs)"),
     opt("optimizer", "NAME", "adam | lamb | lion | sgd | sgd-momentum (default adam)"),
     opt("precision", "TYPE", "fp32 | fp16 | bf16: storage of parameters, gradients, activations (default fp32)"),
+    switch("activation-checkpointing", "recompute each block's activations in the backward"),
 ];
 
 fn mib(bytes: usize) -> String {
@@ -194,6 +195,7 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
                 storage,
                 accumulate_in_fp32: rustspeed_engine::setup::default_accumulates_in_fp32(storage, stage),
                 optimizer_slots: slots,
+                activation_checkpointing: a.flag("activation-checkpointing"),
                 micro_batch: b,
                 seq_len: t,
             },

@@ -16,8 +16,10 @@
 //! * DeepSpeed blocks rustspeed does not implement are accepted only when they ask for nothing: `amp`,
 //!   `autotuning`, `comet`, `comms_logger`, `csv_monitor`, `curriculum_learning`, `data_efficiency`,
 //!   `eigenvalue`, `elasticity`, `flops_profiler`, `hybrid_engine`, `nebula`, `progressive_layer_drop`,
-//!   `tensorboard`, `torch_autocast`, `wandb` with `enabled` false or absent; `activation_checkpointing`,
-//!   `checkpoint`, `aio`, `pipeline` with every key at DeepSpeed's default. Otherwise: "not supported by rustspeed".
+//!   `tensorboard`, `torch_autocast`, `wandb` with `enabled` false or absent; `checkpoint`, `aio`, `pipeline`
+//!   with every key at DeepSpeed's default. Otherwise: "not supported by rustspeed".
+//! * `activation_checkpointing` turns activation checkpointing on by its presence (DeepSpeed leaves that to the
+//!   model's code; rustspeed owns its models); its keys that need model parallelism or a profiler are refused.
 //! * Integer keys accept whole numbers in any JSON spelling (`8`, `8.0`, `5e8`, as DeepSpeed's own docs write bucket
 //!   sizes); fractions are refused.
 //! * `"auto"` (Hugging Face Transformers' placeholder) means "the default" inside blocks, as in DeepSpeed's
@@ -101,6 +103,7 @@
 //! `stage3_gather_fp16_weights_on_model_save` for `stage3_gather_16bit_weights_on_model_save`.
 
 mod batch;
+mod checkpointing;
 mod duplicates;
 mod error;
 mod optimizer;
@@ -116,6 +119,7 @@ use std::path::Path;
 use serde_json::Value;
 
 pub use batch::BatchSizes;
+pub use checkpointing::ActivationCheckpointingConfig;
 pub use error::ConfigError;
 pub use optimizer::{AdamConfig, AdamKind, LambConfig, LionConfig, OptimizerConfig, SgdConfig, SUPPORTED_OPTIMIZERS};
 pub use precision::{Bf16Config, Fp16Config};
@@ -178,6 +182,9 @@ pub struct DeepSpeedConfig {
     pub graph_harvesting: bool,
     /// `data_types.grad_accum_dtype` (default None = the model's precision, fp32 for bf16 without ZeRO).
     pub grad_accum_dtype: Option<DataType>,
+    /// `activation_checkpointing` (default None = off; the block's presence turns it on, see
+    /// [`ActivationCheckpointingConfig`]).
+    pub activation_checkpointing: Option<ActivationCheckpointingConfig>,
 }
 
 impl Default for DeepSpeedConfig {
@@ -208,6 +215,7 @@ impl Default for DeepSpeedConfig {
             vocabulary_size: None,
             graph_harvesting: false,
             grad_accum_dtype: None,
+            activation_checkpointing: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::checkpointing::ActivationCheckpointingConfig;
 use crate::error::ConfigError;
 use crate::optimizer::OptimizerConfig;
 use crate::precision::{Bf16Config, Fp16Config};
@@ -113,6 +114,10 @@ pub(crate) fn parse(map: &Map<String, Value>) -> Result<DeepSpeedConfig, ConfigE
         vocabulary_size: top.opt_usize("vocabulary_size", 1)?,
         graph_harvesting: top.bool_or("graph_harvesting", false)?,
         grad_accum_dtype: data_types_grad_accum_dtype,
+        activation_checkpointing: match top.block("activation_checkpointing", r#""activation_checkpointing": {}"#)? {
+            Some(block) => Some(ActivationCheckpointingConfig::parse(block)?),
+            None => None,
+        },
     };
     check_unimplemented_blocks(&top)?;
     check_combinations(&config)?;
@@ -227,6 +232,9 @@ pub(crate) fn to_json(config: &DeepSpeedConfig) -> Value {
     put("graph_harvesting", json!(config.graph_harvesting));
     if let Some(dtype) = config.grad_accum_dtype {
         put("data_types", json!({"grad_accum_dtype": dtype.name()}));
+    }
+    if let Some(checkpointing) = &config.activation_checkpointing {
+        put("activation_checkpointing", checkpointing.to_json());
     }
     Value::Object(map)
 }

@@ -29,16 +29,8 @@ const SWITCHED_BLOCKS: [&str; 16] = [
 ];
 
 /// Blocks without a switch, with DeepSpeed's default for each key (semantics §1.7–1.11).
-fn default_valued_blocks() -> [(&'static str, Value); 4] {
+fn default_valued_blocks() -> [(&'static str, Value); 3] {
     [
-        (
-            "activation_checkpointing",
-            json!({
-                "partition_activations": false, "cpu_checkpointing": false,
-                "contiguous_memory_optimization": false, "number_checkpoints": null,
-                "synchronize_checkpoint_boundary": false, "profile": false,
-            }),
-        ),
         (
             "checkpoint",
             json!({

@@ -28,6 +28,18 @@ fn empty_config_has_deepspeeds_top_level_defaults() {
 }
 
 #[test]
+fn activation_checkpointing_is_on_when_its_block_is_present() {
+    assert_eq!(parse("{}").activation_checkpointing, None);
+    let c = parse(
+        r#"{"activation_checkpointing": {"partition_activations": false, "number_checkpoints": null,
+            "cpu_checkpointing": true, "synchronize_checkpoint_boundary": true}}"#,
+    );
+    let on = c.activation_checkpointing.expect("the block turns it on");
+    assert!(on.cpu_checkpointing && on.synchronize_checkpoint_boundary && !on.profile);
+    assert!(parse(r#"{"activation_checkpointing": {}}"#).activation_checkpointing.is_some());
+}
+
+#[test]
 fn fp16_defaults() {
     for text in ["{}", r#"{"fp16": {}}"#, r#"{"fp16": {"enabled": false}}"#] {
         let f = parse(text).fp16;
@@ -265,7 +277,6 @@ fn unimplemented_blocks_are_accepted_when_disabled_or_default() {
         r#"{"tensorboard": {"enabled": false, "output_path": "logs/"}, "wandb": {}, "csv_monitor": {"enabled": false},
             "flops_profiler": {"enabled": false, "profile_step": 1}, "comms_logger": {"enabled": false},
             "elasticity": {"enabled": false}, "amp": {"enabled": false},
-            "activation_checkpointing": {"partition_activations": false, "number_checkpoints": null},
             "checkpoint": {"tag_validation": "warn"}, "aio": {"block_size": 1048576}, "pipeline": {}}"#,
     );
     assert_eq!(c, DeepSpeedConfig::default());

@@ -262,6 +262,11 @@ fn enabled_unimplemented_blocks_are_not_supported() {
         unknown(r#"{"activation_checkpointing": {"cpu_checkpointin": false}}"#),
         ("activation_checkpointing.cpu_checkpointin".to_string(), Some("cpu_checkpointing".to_string()))
     );
+    for key in ["contiguous_memory_optimization\": true", "number_checkpoints\": 4", "profile\": true"] {
+        let m = message(&format!(r#"{{"activation_checkpointing": {{"{key}}}}}"#));
+        let name = key.split('"').next().unwrap();
+        assert!(m.starts_with(&format!("`activation_checkpointing.{name}` is not supported")), "{m}");
+    }
     assert!(message(r#"{"amp": true}"#).starts_with("`amp` must be an object"));
 }
 

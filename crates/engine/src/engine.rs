@@ -119,6 +119,8 @@ pub struct Engine<E: Element = f32> {
     gather_buffer: Vec<f32>,
     /// Stage 3: the most gathered parameters and gradient buffers resident during any pass so far.
     residency: Residency,
+    /// The most activation bytes the model held at once during any pass so far.
+    activation_peak: usize,
     pub(crate) precision: Precision,
     /// Each layer's parameter ranges, in the order the backward reaches them (head first), to name the layer
     /// whose gradients went non-finite.
@@ -160,8 +162,10 @@ impl<E: Element> Engine<E> {
         if params.len() != numel {
             return Err(EngineError::Config(format!("{} parameters given, the model has {numel}", params.len())));
         }
-        let Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32 } =
+        let Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32, activation_checkpointing } =
             Setup::choose(&config, model.layout(), model.groups(), comm.rank(), comm.world_size())?;
+        let mut model = model;
+        model.set_activation_checkpointing(activation_checkpointing);
         check_storage::<E>(&precision)?;
         comm.broadcast(&mut params, 0)?;
         let copy = match zero.shards_params() {
@@ -185,6 +189,7 @@ impl<E: Element> Engine<E> {
             model,
             gather_buffer: Vec::new(),
             residency: Residency::default(),
+            activation_peak: 0,
             precision,
             grad_owners,
             reduction,
@@ -250,7 +255,7 @@ impl<E: Element> Engine<E> {
             gathered_parameters: self.residency.gathered * e,
             master_weights,
             optimizer_state: self.optimizer.slots().map(|(_, s)| s.len()).sum::<usize>() * f,
-            activations: 0,
+            activations: self.activation_peak,
         }
     }
 
@@ -304,6 +309,7 @@ impl<E: Element> Engine<E> {
         let start = Instant::now();
         let loss = self.run_forward(tokens, Some(targets), b, t)?.expect("targets give a loss");
         self.window.timings.forward += start.elapsed();
+        self.activation_peak = self.activation_peak.max(self.model.take_activation_peak());
         if !loss.mean.is_finite() && !matches!(self.precision, Precision::Fp16(_)) {
             let source = match self.model.first_non_finite_output() {
                 Some(layer) => format!("the first non-finite output is {layer}'s"),
@@ -380,6 +386,7 @@ impl<E: Element> Engine<E> {
             _ => unreachable!("Setup chooses the model copy and the gradient buffers for one stage"),
         }
         self.window.timings.backward += start.elapsed();
+        self.activation_peak = self.activation_peak.max(self.model.take_activation_peak());
         self.window.loss_sum += self.window.last_loss as f64 / gas as f64;
         self.phase = EnginePhase::Backwarded;
         Ok(())

@@ -37,7 +37,9 @@ pub struct MemoryReport {
     pub master_weights: usize,
     /// Optimizer state (Adam: momentum and variance).
     pub optimizer_state: usize,
-    /// Saved activations of one micro-batch (estimates only; 0 in the engine's own accounting).
+    /// Activations of one micro-batch: the layers' outputs and their gradients, what the layers keep for their
+    /// backward (with activation checkpointing only the layer being recomputed), the head's logits. The engine
+    /// reports the most it measured at once in its passes so far.
     pub activations: usize,
 }
 
@@ -65,6 +67,8 @@ pub struct Workload {
     pub accumulate_in_fp32: bool,
     /// Optimizer state slots per parameter (Adam 2, Lion 1, SGD with momentum 1).
     pub optimizer_slots: usize,
+    /// Activation checkpointing (`activation_checkpointing` given).
+    pub activation_checkpointing: bool,
     /// Micro-batch `B` and sequence length `T`, for activations.
     pub micro_batch: usize,
     pub seq_len: usize,
@@ -115,7 +119,8 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         // mean/rstd, a few floats per row) are counted at the storage size.
         activations: {
             let head = head_floats(model, w.micro_batch * w.seq_len);
-            (activation_floats(model, w.micro_batch, w.seq_len) - head) * e + head * F32
+            let floats = activation_floats(model, w.micro_batch, w.seq_len, w.activation_checkpointing);
+            (floats - head) * e + head * F32
         },
     }
 }
@@ -131,8 +136,13 @@ fn head_floats(model: &ModelConfig, n: usize) -> usize {
 }
 
 /// Floats of activations saved for the backward (and the head's logits and their gradient), from the layers'
-/// definitions in `rustspeed_nn`.
-pub fn activation_floats(model: &ModelConfig, b: usize, t: usize) -> usize {
+/// definitions in `rustspeed_nn`. With activation checkpointing every block or LSTM layer keeps only its output
+/// (the next one's input), and one at a time holds the rest again while its backward runs.
+pub fn activation_floats(model: &ModelConfig, b: usize, t: usize, checkpointing: bool) -> usize {
+    let layers = |count: usize, each: usize, output: usize| match checkpointing {
+        true => count * output + (each - output),
+        false => count * each,
+    };
     let n = b * t;
     match model {
         ModelConfig::Gpt(c) => {
@@ -143,13 +153,13 @@ pub fn activation_floats(model: &ModelConfig, b: usize, t: usize) -> usize {
             let block = 16 * n * ch + 4 * n + b * c.n_head * t * t;
             // Embedding output, ln_f output + its mean/rstd, logits/probabilities and their gradient.
             let outer = n * ch + (n * ch + 2 * n) + 2 * n * c.vocab_size;
-            c.n_layer * block + outer
+            layers(c.n_layer, block, n * ch) + outer
         }
         ModelConfig::Lstm(c) => {
             // Per layer: hidden states (output), gates (4H), cell states (H).
             let layer = 6 * n * c.hidden_size;
             let outer = n * c.embedding_dim + 2 * n * c.vocab_size;
-            c.num_layers * layer + outer
+            layers(c.num_layers, layer, n * c.hidden_size) + outer
         }
     }
 }

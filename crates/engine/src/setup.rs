@@ -16,6 +16,8 @@ pub struct Setup {
     pub schedule: LrSchedule,
     pub batch: BatchSizes,
     pub zero: ZeroPlan,
+    /// `activation_checkpointing` given: layers recompute their activations in the backward.
+    pub activation_checkpointing: bool,
     pub precision: Precision,
     /// Whether 16-bit gradients are accumulated over micro-steps in an fp32 buffer (`data_types.grad_accum_dtype`).
     pub accumulate_in_fp32: bool,
@@ -60,7 +62,8 @@ impl Setup {
         check_communication_type(config)?;
         check_offload(config)?;
         let optimizer = Optimizer::new(rule, zero.partition);
-        Ok(Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32 })
+        let activation_checkpointing = config.activation_checkpointing.is_some();
+        Ok(Setup { optimizer, schedule, batch, zero, precision, accumulate_in_fp32, activation_checkpointing })
     }
 }
 

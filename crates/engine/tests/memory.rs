@@ -74,6 +74,7 @@ fn check_accounting<E: Element>(storage: StorageType) {
                     // DeepSpeed's default grad_accum_dtype: fp32 for bf16 without ZeRO, else the model's type.
                     accumulate_in_fp32: storage == StorageType::Bf16 && n == 0,
                     optimizer_slots: 2,
+                    activation_checkpointing: false,
                     micro_batch: 1,
                     seq_len: 8,
                 };
@@ -121,6 +122,7 @@ fn the_estimate_follows_the_zero_paper_for_gpt2_small() {
         storage: StorageType::Fp32,
         accumulate_in_fp32: false,
         optimizer_slots: 2,
+        activation_checkpointing: false,
         micro_batch: 4,
         seq_len: 256,
     };

@@ -46,21 +46,29 @@ fn global_batch(step: usize, vocab: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
 }
 
 fn config(stage: u8, gas: usize, optimizer: &str) -> DeepSpeedConfig {
-    config_with(stage, gas, optimizer, "")
+    config_with(stage, gas, optimizer, &Extra::default())
+}
+
+/// Keys added to the test config: inside `zero_optimization` (e.g. `, "overlap_comm": true`) and at the top
+/// level (e.g. `"activation_checkpointing": {}, `).
+#[derive(Clone, Copy, Default)]
+struct Extra<'a> {
+    zero: &'a str,
+    top: &'a str,
 }
 
 /// Stage 3 with every group sharded (DeepSpeed's default persistence threshold of 1e5 elements would keep these
 /// tiny models' groups whole on every rank).
 const SHARD_ALL: &str = r#", "stage3_param_persistence_threshold": 0"#;
 
-/// `zero`: extra `zero_optimization` keys, e.g. `, "overlap_comm": true`.
-fn config_with(stage: u8, gas: usize, optimizer: &str, zero: &str) -> DeepSpeedConfig {
+fn config_with(stage: u8, gas: usize, optimizer: &str, extra: &Extra) -> DeepSpeedConfig {
+    let (zero, top) = (extra.zero, extra.top);
     let zero = match stage {
         3 if !zero.contains("persistence") => format!("{zero}{SHARD_ALL}"),
         _ => zero.to_string(),
     };
     DeepSpeedConfig::from_json_str(&format!(
-        r#"{{"train_batch_size": {GLOBAL_BATCH}, "gradient_accumulation_steps": {gas}, "gradient_clipping": 1.0,
+        r#"{{{top}"train_batch_size": {GLOBAL_BATCH}, "gradient_accumulation_steps": {gas}, "gradient_clipping": 1.0,
             "zero_optimization": {{"stage": {stage}{zero}}}, "zero_allow_untested_optimizer": true,
             "optimizer": {optimizer}}}"#
     ))
@@ -77,7 +85,7 @@ fn train_rank(
     optimizer: &str,
     stage: u8,
     gas: usize,
-    zero: &str,
+    extra: &Extra,
     comm: ThreadComm,
 ) -> (Vec<f32>, Vec<f32>) {
     let (rank, world) = (rustspeed_comm::Communicator::rank(&comm), rustspeed_comm::Communicator::world_size(&comm));
@@ -86,7 +94,7 @@ fn train_rank(
     // prove that.
     let params = m.layout().init_params(7 + rank as u64);
     let mut engine =
-        Engine::with_communicator(m, params, config_with(stage, gas, optimizer, zero), Box::new(comm)).unwrap();
+        Engine::with_communicator(m, params, config_with(stage, gas, optimizer, extra), Box::new(comm)).unwrap();
     let micro = engine.batch_sizes().micro_batch_size;
     let losses = (0..STEPS)
         .map(|step| {
@@ -127,7 +135,8 @@ fn train_group(
     gas: usize,
     mode: Mode,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
-    train_group_with(model, optimizer, stage, world, gas, mode, if mode.overlap { OVERLAP } else { "" })
+    let zero = if mode.overlap { OVERLAP } else { "" };
+    train_group_with(model, optimizer, stage, world, gas, mode, &Extra { zero, top: "" })
 }
 
 /// [`train_group`] with extra `zero_optimization` keys `zero`.
@@ -138,7 +147,7 @@ fn train_group_with(
     world: usize,
     gas: usize,
     mode: Mode,
-    zero: &str,
+    extra: &Extra,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let comms = ThreadGroup::new(world, TIMEOUT);
     if mode.delays {
@@ -146,7 +155,7 @@ fn train_group_with(
     }
     std::thread::scope(|s| {
         let handles: Vec<_> =
-            comms.into_iter().map(|c| s.spawn(move || train_rank(model, optimizer, stage, gas, zero, c))).collect();
+            comms.into_iter().map(|c| s.spawn(move || train_rank(model, optimizer, stage, gas, extra, c))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
@@ -197,14 +206,29 @@ fn stage_3_limits_and_persistence_change_nothing() {
     let persistent = r#", "stage3_param_persistence_threshold": 100"#;
     let eager = r#", "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 1000000"#;
     for (name, model, optimizer) in models() {
-        let reference = train_group_with(&model, optimizer, 0, 1, 1, PLAIN, "").remove(0);
+        let reference = train_group_with(&model, optimizer, 0, 1, 1, PLAIN, &Extra::default()).remove(0);
         for zero in [tight, persistent, eager] {
-            let ranks = train_group_with(&model, optimizer, 3, 2, 2, Mode { delays: true, overlap: true }, zero);
+            let extra = Extra { zero, top: "" };
+            let ranks = train_group_with(&model, optimizer, 3, 2, 2, Mode { delays: true, overlap: true }, &extra);
             for (a, b) in ranks[0].0.iter().zip(&reference.0) {
                 assert!((a - b).abs() <= LOSS_RTOL * b.abs(), "{name} {zero}: {a} vs {b}");
             }
             let worst = ranks[1].1.iter().zip(&reference.1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(worst <= PARAM_ATOL, "{name} {zero}: parameters differ by {worst}");
+        }
+    }
+}
+
+/// Activation checkpointing recomputes what the backward needs: at every stage the same losses and parameters,
+/// bit for bit.
+#[test]
+fn activation_checkpointing_changes_nothing_at_any_stage() {
+    let on = Extra { zero: "", top: r#""activation_checkpointing": {"cpu_checkpointing": true}, "# };
+    for (name, model, optimizer) in models() {
+        for stage in [0, 1, 2, 3] {
+            let plain = train_group_with(&model, optimizer, stage, 2, 2, PLAIN, &Extra::default());
+            let checkpointed = train_group_with(&model, optimizer, stage, 2, 2, PLAIN, &on);
+            assert!(plain == checkpointed, "{name} stage {stage}: checkpointing changed the training");
         }
     }
 }

@@ -42,6 +42,14 @@ pub trait Layer<E: Element = f32>: Send {
     /// Width of one position of this layer's output.
     fn output_width(&self) -> usize;
 
+    /// Bytes of the activations this layer keeps from its latest forward for its backward (its output, which
+    /// the model keeps, not included).
+    fn saved_bytes(&self) -> usize;
+
+    /// Frees what [`Layer::saved_bytes`] counts. Activation checkpointing calls it after the forward; before the
+    /// backward the model runs the forward again on the same input, which restores it exactly.
+    fn release_saved(&mut self);
+
     /// Computes `output` from `input` (the previous layer's output; empty for the first layer) and the batch.
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, input: &[E], output: &mut [E]);
 
@@ -107,6 +115,11 @@ impl GradWrites {
 pub struct Scratch<E> {
     pub stored: Vec<E>,
     pub wide: Vec<f32>,
+}
+
+/// Bytes of the elements `buf` holds.
+pub(crate) fn bytes_of<T>(buf: &[T]) -> usize {
+    std::mem::size_of_val(buf)
 }
 
 /// Sets `buf` to `len` zeros, reusing its allocation.

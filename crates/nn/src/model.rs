@@ -57,6 +57,11 @@ pub struct Model<E: Element = f32> {
     /// that holds its tied weight).
     layer_groups: Vec<Option<usize>>,
     head_group: usize,
+    /// Activation checkpointing: each layer frees what it saved after its forward and recomputes it before its
+    /// backward, so that only the layers' inputs (the outputs in `acts`) live between the passes.
+    checkpointing: bool,
+    /// The most activation bytes held at once since [`Model::take_activation_peak`].
+    activation_peak: usize,
     tokens: Vec<u32>,
     targets: Vec<u32>,
     shape: (usize, usize),
@@ -118,6 +123,8 @@ impl<E: Element> Model<E> {
             groups,
             layer_groups,
             head_group,
+            checkpointing: false,
+            activation_peak: 0,
             tokens: Vec::new(),
             targets: Vec::new(),
             shape: (0, 0),
@@ -152,6 +159,27 @@ impl<E: Element> Model<E> {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Turns activation checkpointing on or off (DeepSpeed's `activation_checkpointing`): losses and gradients
+    /// are the same bit for bit; the forward's saved activations shrink to each layer's input.
+    pub fn set_activation_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    pub fn activation_checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// The most bytes of activations (layer outputs and their gradients, what layers saved for their backward,
+    /// the head's buffers) held at once since the last call, which starts a new count.
+    pub fn take_activation_peak(&mut self) -> usize {
+        std::mem::take(&mut self.activation_peak)
+    }
+
+    fn note_activations(&mut self) {
+        let held = held_activations(&self.acts, &self.dacts, &self.layers, &self.head);
+        self.activation_peak = self.activation_peak.max(held);
     }
 
     /// The parameter groups: spans of the layout, each gathered as one unit under ZeRO stage 3.
@@ -251,11 +279,16 @@ impl<E: Element> Model<E> {
             if let Some(g) = group {
                 source.after(g, Pass::Forward, false)?;
             }
+            self.note_activations();
+            if self.checkpointing {
+                self.layers[i].release_saved();
+            }
         }
         let x = self.acts.last().map_or(&[][..], |v| v.as_slice());
         source.before(self.head_group, Pass::Forward)?;
         self.loss = self.head.forward(&self.layout, &source.params(self.head_group), x, batch.rows(), targets);
         source.after(self.head_group, Pass::Forward, false)?;
+        self.note_activations();
         self.phase = if self.loss.is_some() { Phase::Loss } else { Phase::Logits };
         Ok(self.loss)
     }
@@ -327,6 +360,11 @@ impl<E: Element> Model<E> {
             release(&mut pending, from, on_ready);
         }
         for i in (0..self.layers.len()).rev() {
+            if self.checkpointing {
+                recompute(&mut *self.layers[i], layout, &params, &batch, &mut self.acts, i);
+                self.activation_peak =
+                    self.activation_peak.max(held_activations(&self.acts, &self.dacts, &self.layers, &self.head));
+            }
             let (dbefore, drest) = self.dacts.split_at_mut(i);
             let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
             let input = if i > 0 { self.acts[i - 1].as_slice() } else { &[] };
@@ -337,6 +375,9 @@ impl<E: Element> Model<E> {
             let writes = writes(Some(i));
             let grads = &mut WindowMut::whole(&mut *pending);
             layer.backward(layout, &params, grads, writes, &batch, input, output, dout, dinput, &mut self.scratch);
+            if self.checkpointing {
+                layer.release_saved();
+            }
             if let Some(from) = first_offset(layer.params()) {
                 release(&mut pending, from, on_ready);
             }
@@ -374,14 +415,23 @@ impl<E: Element> Model<E> {
         source.after(g, Pass::Backward, is_last(0))?;
         let mut k = 1;
         for i in (0..self.layers.len()).rev() {
+            let group = self.layer_groups[i];
+            if let Some(g) = group {
+                source.before(g, Pass::Backward)?;
+            }
+            if self.checkpointing {
+                let params = group.map_or(Window { base: 0, data: &[] }, |g| source.params(g));
+                recompute(&mut *self.layers[i], layout, &params, &batch, &mut self.acts, i);
+                self.activation_peak =
+                    self.activation_peak.max(held_activations(&self.acts, &self.dacts, &self.layers, &self.head));
+            }
             let (dbefore, drest) = self.dacts.split_at_mut(i);
             let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
             let input = if i > 0 { self.acts[i - 1].as_slice() } else { &[] };
             let (output, dout, writes) = (&self.acts[i], &drest[0], &self.starting_layers[i]);
             let layer = &mut self.layers[i];
-            match self.layer_groups[i] {
+            match group {
                 Some(g) => {
-                    source.before(g, Pass::Backward)?;
                     let (params, mut grads) = source.params_and_grads(g);
                     layer.backward(
                         layout,
@@ -413,6 +463,9 @@ impl<E: Element> Model<E> {
                         &mut self.scratch,
                     );
                 }
+            }
+            if self.checkpointing {
+                self.layers[i].release_saved();
             }
         }
         self.phase = Phase::Idle;
@@ -483,6 +536,33 @@ impl<E: Element> ParamSource<E> for Whole<'_, E> {
     fn after(&mut self, _: usize, _: Pass, _: bool) -> Result<(), ModelError> {
         Ok(())
     }
+}
+
+/// Activation checkpointing: runs layer `i`'s forward again on its input (`acts[i - 1]`), which restores what it
+/// released and rewrites its output `acts[i]` with the same values (the kernels are deterministic).
+fn recompute<E: Element>(
+    layer: &mut dyn Layer<E>,
+    layout: &ParamLayout,
+    params: &Window<'_, E>,
+    batch: &Batch,
+    acts: &mut [Vec<E>],
+    i: usize,
+) {
+    let (before, rest) = acts.split_at_mut(i);
+    let input = before.last().map_or(&[][..], |v| v.as_slice());
+    layer.forward(layout, params, batch, input, &mut rest[0]);
+}
+
+/// Bytes of activations held: layer outputs and their gradients, what the layers saved, the head's buffers.
+fn held_activations<E: Element>(
+    acts: &[Vec<E>],
+    dacts: &[Vec<E>],
+    layers: &[Box<dyn Layer<E>>],
+    head: &LmHead<E>,
+) -> usize {
+    acts.iter().chain(dacts).map(|a| std::mem::size_of_val(a.as_slice())).sum::<usize>()
+        + layers.iter().map(|l| l.saved_bytes()).sum::<usize>()
+        + head.saved_bytes()
 }
 
 /// The span of the layout that `ids` occupy (`None` without parameters); a layer's parameters are contiguous.

@@ -50,6 +50,12 @@ impl<E: Element> Layer<E> for Embedding {
         self.width
     }
 
+    fn saved_bytes(&self) -> usize {
+        0
+    }
+
+    fn release_saved(&mut self) {}
+
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, _input: &[E], output: &mut [E]) {
         token_forward(output, batch.tokens, layout.view(params, self.token), self.width);
         if let Some(pos) = self.position {

@@ -2,7 +2,7 @@
 //! `r = x + c_proj(attn(c_attn(ln_1(x))))`, `out = r + mlp.c_proj(gelu(mlp.c_fc(ln_2(r))))`.
 //! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
 
-use crate::layer::{sized, zeroed, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{bytes_of, sized, zeroed, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use rustspeed_kernels::cast::{add_into, Element};
@@ -94,6 +94,19 @@ impl<E: Element> Layer<E> for GptBlock<E> {
 
     fn output_width(&self) -> usize {
         self.c
+    }
+
+    fn saved_bytes(&self) -> usize {
+        let s = &self.saved;
+        [&s.ln1, &s.qkv, &s.att, &s.att_out, &s.resid, &s.ln2, &s.fc, &s.fc_gelu]
+            .iter()
+            .map(|v| bytes_of(v))
+            .sum::<usize>()
+            + [&s.ln1_mean, &s.ln1_rstd, &s.ln2_mean, &s.ln2_rstd].iter().map(|v| bytes_of(v)).sum::<usize>()
+    }
+
+    fn release_saved(&mut self) {
+        self.saved = Saved::default();
     }
 
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, x: &[E], out: &mut [E]) {

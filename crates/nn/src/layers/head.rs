@@ -76,6 +76,11 @@ impl<E: Element> LmHead<E> {
     }
 
     /// The weight the head reads: its own, or the tied token embedding.
+    /// Bytes of the head's buffers: the `[N, V]` logits (or probabilities, or their gradient) and the row losses.
+    pub fn saved_bytes(&self) -> usize {
+        crate::layer::bytes_of(&self.out) + crate::layer::bytes_of(&self.losses)
+    }
+
     pub fn weight(&self) -> ParamId {
         self.weight
     }

@@ -1,6 +1,6 @@
 //! A standalone LayerNorm layer (GPT-2's final `ln_f`).
 
-use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{bytes_of, sized, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
@@ -34,6 +34,14 @@ impl<E: Element> Layer<E> for LayerNorm {
 
     fn output_width(&self) -> usize {
         self.width
+    }
+
+    fn saved_bytes(&self) -> usize {
+        bytes_of(&self.mean) + bytes_of(&self.rstd)
+    }
+
+    fn release_saved(&mut self) {
+        (self.mean, self.rstd) = (Vec::new(), Vec::new());
     }
 
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, input: &[E], output: &mut [E]) {
