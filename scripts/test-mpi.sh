@@ -4,8 +4,9 @@
 #      every collective against its serial definition; the job must exit 0.
 #   2. `timeout` at 2 ranks: rank 1 stalls, rank 0 must report a barrier timeout within the timeout, and the job
 #      must then end through MPI_Abort with the backend's abort code (70) instead of hanging.
-#   3. Training end to end: `rustspeed launch --num_gpus 2 -- rustspeed train ...` (two processes over MPI) at
-#      ZeRO stages 0, 1 and 2 against `rustspeed train --world-size 2` (two threads): the same losses.
+#   3. Training end to end: `rustspeed launch --num_gpus N -- rustspeed train ...` (N processes over MPI) at
+#      ZeRO stages 0-3 with N = 2, and stage 3 with N = 4, against `rustspeed train --world-size N` (N threads):
+#      the same losses.
 # Needs the packages that scripts/install-mpi.sh installs. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,18 +78,20 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for i in $(seq 1 300); do echo "to be or not to be, that is the question; whether 'tis nobler in the mind $i."; done >"$work/corpus.txt"
 "$bin" prepare --input "$work/corpus.txt" --out "$work/data" >/dev/null
-for stage in 0 1 2; do
-    name="launch: two MPI processes train like two threads at ZeRO stage $stage"
+for case in 0:2 1:2 2:2 3:2 3:4; do
+    stage=${case%:*} ranks=${case#*:}
+    name="launch: $ranks MPI processes train like $ranks threads at ZeRO stage $stage"
     echo "test-mpi: running $name"
-    printf '{"train_batch_size": 4, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": %s}, "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}}' "$stage" >"$work/ds$stage.json"
-    args=(train --model gpt-tiny --config "$work/ds$stage.json" --data "$work/data" --steps 4 --seq-len 16 --eval-every 100 --eval-batches 1)
-    "$bin" "${args[@]}" --out "$work/threads$stage" --world-size 2 >/dev/null 2>&1
-    if ! timeout --kill-after=10 300 "$bin" launch --num_gpus 2 -- "$bin" "${args[@]}" --out "$work/mpi$stage" >"$work/log" 2>&1; then
+    # Stage 3 shards every group (the default persistence threshold would keep gpt-tiny's groups whole).
+    printf '{"train_batch_size": 8, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": %s, "stage3_param_persistence_threshold": 0}, "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}}' "$stage" >"$work/ds$case.json"
+    args=(train --model gpt-tiny --config "$work/ds$case.json" --data "$work/data" --steps 4 --seq-len 16 --eval-every 100 --eval-batches 1)
+    "$bin" "${args[@]}" --out "$work/threads$case" --world-size "$ranks" >/dev/null 2>&1
+    if ! timeout --kill-after=10 300 "$bin" launch --num_gpus "$ranks" -- "$bin" "${args[@]}" --out "$work/mpi$case" >"$work/log" 2>&1; then
         cat "$work/log"
         fail "$name (the launch failed)"
-    elif [ "$(wc -l <"$work/mpi$stage/metrics.csv")" -ne 5 ] || [ "$(wc -l <"$work/threads$stage/metrics.csv")" -ne 5 ]; then
+    elif [ "$(wc -l <"$work/mpi$case/metrics.csv")" -ne 5 ] || [ "$(wc -l <"$work/threads$case/metrics.csv")" -ne 5 ]; then
         fail "$name (a run did not write its 4 steps of metrics)"
-    elif diff <(cut -d, -f2,3,4 "$work/threads$stage/metrics.csv") <(cut -d, -f2,3,4 "$work/mpi$stage/metrics.csv"); then
+    elif diff <(cut -d, -f2,3,4 "$work/threads$case/metrics.csv") <(cut -d, -f2,3,4 "$work/mpi$case/metrics.csv"); then
         pass "$name"
     else
         fail "$name (losses differ, shown above)"

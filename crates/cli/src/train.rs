@@ -309,12 +309,14 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
             let client = json!({ "loader": loader.state().to_json() });
             engine.save_checkpoint(&ckpt_dir, spec, client).map_err(|e| e.to_string())?;
         }
-        let Some(metrics) = metrics.as_mut() else { continue };
-        let tokens_per_s = report.tokens as f64 / report.timings.total().as_secs_f64().max(1e-9);
+        // Every rank validates on the same batches: evaluation is a collective (stage 3 gathers the parameters),
+        // and the other ranks would wait for rank 0 at the next step anyway. Rank 0 reports.
         let val_loss = match step % s.eval_every == 0 || step == s.steps {
             true => Some(validate(&mut engine, data, b, t, s.eval_batches, s.seed)?),
             false => None,
         };
+        let Some(metrics) = metrics.as_mut() else { continue };
+        let tokens_per_s = report.tokens as f64 / report.timings.total().as_secs_f64().max(1e-9);
         last_val = val_loss.or(last_val);
         let row = Row {
             step,

@@ -83,7 +83,6 @@ fn train_args<'a>(config: &'a str, data: &'a str, out: &'a str, steps: &'a str) 
     a
 }
 
-/// `metrics.csv` without the timing column, which differs between runs.
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
@@ -96,6 +95,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `metrics.csv` without the timing column, which differs between runs.
 fn metrics_without_timing(run: &Path) -> Vec<String> {
     let text = fs::read_to_string(run.join("metrics.csv")).unwrap();
     text.lines()
@@ -245,7 +245,10 @@ fn two_ranks_train_like_one() {
     copy_dir(&two, &on_one);
     let zero3 = sb.write("zero3.json", CONFIG.replacen('{', r#"{"zero_optimization": {"stage": 3}, "#, 1));
     let resumed = ok(&rustspeed(&[&train_args(s(&zero3), s(&data), s(&on_one), "6")[..], &["--resume"]].concat()));
-    assert!(resumed.contains("world size 2 -> 1; ZeRO stage 1 -> 3"), "{resumed}");
+    assert!(
+        resumed.contains("world size 2 -> 1; ZeRO stage 1 -> 3; config zero_optimization.stage 1 -> 3"),
+        "{resumed}"
+    );
     // Resuming on the same two ranks continues exactly like an uninterrupted two-rank run.
     let two_ranks = ["--world-size", "2"];
     ok(&rustspeed(&[&train_args(s(&zero1), s(&data), s(&two), "6")[..], &two_ranks, &["--resume"]].concat()));
@@ -263,6 +266,46 @@ fn two_ranks_train_like_one() {
     ok(&rustspeed(&["consolidate", s(&one), "--out", s(&single)]));
     // One file of the same tensors; the values agree up to the fp32 summation order of the reductions.
     assert_eq!(fs::metadata(&merged).unwrap().len(), fs::metadata(&single).unwrap().len());
+}
+
+#[test]
+fn stage_3_trains_like_stage_0_and_its_sharded_checkpoints_generate_export_and_consolidate() {
+    let sb = Sandbox::new("zero3");
+    let data = sb.data();
+    let zero = |extra: &str| CONFIG.replacen('{', &format!(r#"{{"zero_optimization": {{{extra}}}, "#), 1);
+    let zero0 = sb.write("zero0.json", zero(r#""stage": 0"#));
+    let zero3 = sb.write("zero3.json", zero(r#""stage": 3, "stage3_param_persistence_threshold": 0"#));
+    let gather =
+        r#""stage": 3, "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": true"#;
+    let zero3_gather = sb.write("zero3g.json", zero(gather));
+    let two = ["--world-size", "2"];
+    let run =
+        |config: &Path, out: &Path| ok(&rustspeed(&[&train_args(s(config), s(&data), s(out), "4")[..], &two].concat()));
+    let (base, sharded, gathered) = (sb.path("zero0"), sb.path("zero3"), sb.path("zero3g"));
+    run(&zero0, &base);
+    let out = run(&zero3, &sharded);
+    assert!(out.contains("ZeRO stage 3"), "{out}");
+    run(&zero3_gather, &gathered);
+    let losses = |run: &Path| -> Vec<f64> {
+        metrics_without_timing(run)[1..].iter().map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect()
+    };
+    for (x, y) in losses(&base).iter().zip(&losses(&sharded)) {
+        assert!((x - y).abs() < 1e-4 * x, "stage 3 {:?} vs stage 0 {:?}", losses(&sharded), losses(&base));
+    }
+    // Each rank saved its shares; the whole model file only on request (it gathers the model on rank 0).
+    let tag = sharded.join("checkpoints/global_step4");
+    assert!(tag.join("optimizer_rank000.safetensors").exists() && tag.join("optimizer_rank001.safetensors").exists());
+    assert!(!tag.join("model.safetensors").exists(), "stage 3 wrote the whole model without being asked");
+    assert!(gathered.join("checkpoints/global_step4/model.safetensors").exists());
+    // generate, export and consolidate read the partitions (DeepSpeed's zero_to_fp32) and agree with the file
+    // gathered at save time.
+    let text = ok(&rustspeed(&["generate", "--run", s(&sharded), "--prompt", "the ", "--tokens", "20", "--seed", "1"]));
+    assert!(text.starts_with("the "), "{text}");
+    let (a, b) = (sb.path("a.safetensors"), sb.path("b.safetensors"));
+    ok(&rustspeed(&["consolidate", s(&sharded), "--out", s(&a)]));
+    ok(&rustspeed(&["consolidate", s(&gathered), "--out", s(&b)]));
+    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "consolidated weights differ");
+    ok(&rustspeed(&["export", "--run", s(&sharded), "--out", s(&sb.path("hf.safetensors"))]));
 }
 
 #[test]

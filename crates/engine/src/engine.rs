@@ -556,7 +556,8 @@ impl<E: Element> Engine<E> {
         }
     }
 
-    /// Mean loss over `batches` of `[B, T]` without touching gradients or counters.
+    /// Mean loss over `batches` of `[B, T]` without touching gradients or counters. A collective at stage 3 (the
+    /// forward gathers the parameters): every rank calls it, with the same number of batches.
     pub fn evaluate<'a>(
         &mut self,
         t: usize,

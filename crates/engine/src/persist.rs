@@ -183,6 +183,23 @@ fn flat_tensors(tensors: &[(&str, &[f32])]) -> Result<Vec<u8>, EngineError> {
     save_params(&layout, &values, "", None).map_err(EngineError::Io)
 }
 
+/// The key paths whose values differ between two configs, each as `path old -> new`.
+fn changed_keys(old: &Value, new: &Value, prefix: &str) -> Vec<String> {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    changed_keys(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &path)
+                })
+                .collect()
+        }
+        (a, b) if a == b => Vec::new(),
+        (a, b) => vec![format!("{prefix} {a} -> {b}")],
+    }
+}
+
 /// What a resume changed relative to the saved run, in words (empty when nothing did).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resumed {
@@ -327,6 +344,10 @@ impl<E: Element> Engine<E> {
         }
         if plan.stage != self.zero.stage {
             changes.push(format!("ZeRO stage {} -> {}", plan.stage.number(), self.zero.stage.number()));
+        }
+        let config_changes = changed_keys(&manifest["ds_config"], &self.config.to_json(), "");
+        if !config_changes.is_empty() {
+            changes.push(format!("config {}", config_changes.join(", ")));
         }
         let counter =
             |key: &str| manifest["counters"][key].as_u64().ok_or_else(|| bad(format!("counters.{key} is missing")));

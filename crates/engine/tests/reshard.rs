@@ -148,11 +148,11 @@ fn saved_at_4_ranks_stage_1_fp32_resumes_at_2_ranks_stage_3_and_at_1_rank_stage_
     // fp32 at (2, stage 3) and (1, stage 0): the moments are resharded exactly, so the trajectory continues to
     // fp32 reduction-order tolerance.
     let on_two = run::<f32>(2, 3, 3..6, Some(&dir), None);
-    assert_eq!(on_two.changes, ["world size 4 -> 2", "ZeRO stage 1 -> 3"]);
+    assert_eq!(on_two.changes, ["world size 4 -> 2", "ZeRO stage 1 -> 3", "config zero_optimization.stage 1 -> 3"]);
     assert_eq!(on_two.loaded.as_deref(), Some(masters.as_slice()), "stage 3 gathers the saved parameters");
     assert_close("(4, 1) -> (2, 3) fp32", &on_two.losses, &straight[3..], FP32_LOSS_RTOL);
     let on_one = run::<f32>(1, 0, 3..6, Some(&dir), None);
-    assert_eq!(on_one.changes, ["world size 4 -> 1", "ZeRO stage 1 -> 0"]);
+    assert_eq!(on_one.changes, ["world size 4 -> 1", "ZeRO stage 1 -> 0", "config zero_optimization.stage 1 -> 0"]);
     assert_close("(4, 1) -> (1, 0) fp32", &on_one.losses, &straight[3..], FP32_LOSS_RTOL);
 
     // bf16 at (2, stage 3): the model copy is the masters rounded; the losses follow the fp32 run closely.
@@ -170,7 +170,7 @@ fn saved_at_2_ranks_stage_3_fp16_resumes_at_4_ranks_stage_2_and_back_in_fp32() {
     run::<f16>(2, 3, 0..3, None, Some(&dir));
     let masters = load_weights(&dir, None).unwrap().params;
     let on_four = run::<f16>(4, 2, 3..6, Some(&dir), None);
-    assert_eq!(on_four.changes, ["world size 2 -> 4", "ZeRO stage 3 -> 2"]);
+    assert_eq!(on_four.changes, ["world size 2 -> 4", "ZeRO stage 3 -> 2", "config zero_optimization.stage 3 -> 2"]);
     assert_rounded::<f16>("(2, 3) -> (4, 2) fp16", on_four.loaded.as_deref().unwrap(), &masters);
     // The loss scaler's state carries over; 16-bit gradients reduced over another number of ranks round
     // differently.
