@@ -34,15 +34,15 @@ const SGEMM_PEAK_SIZE: usize = 2048;
 /// Timed repetitions of that product; the fastest counts (the peak, not the average under noise).
 const SGEMM_PEAK_REPS: usize = 4;
 /// Seed of the random tokens and of the parameters.
-const SEED: u64 = 1337;
+pub(crate) const SEED: u64 = 1337;
 
 /// One fixed workload.
-struct Workload {
-    name: &'static str,
-    preset: &'static str,
-    batch: usize,
-    seq: usize,
-    optimizer_json: &'static str,
+pub(crate) struct Workload {
+    pub name: &'static str,
+    pub preset: &'static str,
+    pub batch: usize,
+    pub seq: usize,
+    pub optimizer_json: &'static str,
     default_steps: usize,
     default_warmup: usize,
 }
@@ -77,6 +77,12 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
+/// The workload named `name`.
+pub(crate) fn workload(name: &str) -> Result<&'static Workload, String> {
+    let names = || WORKLOADS.iter().map(|w| w.name).collect::<Vec<_>>().join("|");
+    WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| format!("unknown benchmark '{name}'; known: {}", names()))
+}
+
 struct Settings {
     workload: &'static Workload,
     threads: usize,
@@ -95,10 +101,7 @@ fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
         }
         return Err(format!("`rustspeed bench` needs a workload: rustspeed bench {} [options]", names()));
     };
-    let workload = WORKLOADS
-        .iter()
-        .find(|w| w.name == name)
-        .ok_or_else(|| format!("unknown benchmark '{name}'; known: {}", names()))?;
+    let workload = workload(name)?;
     let Some(a) = parse("bench", OPTS, rest)? else { return Ok(None) };
     let e = |e: crate::args::ArgError| e.to_string();
     let positive = |key: &str, v: usize| if v == 0 { Err(format!("--{key} must be at least 1")) } else { Ok(v) };
@@ -170,7 +173,7 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let mid = values.len() / 2;
     match values.len() % 2 {

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_zero;
 mod commands;
 mod launch;
 mod metrics;
@@ -23,9 +24,10 @@ commands:
   export     write a run's weights as one safetensors file (Hugging Face / PyTorch names)
   presets    list the model presets
   launch     run a command on N ranks through mpirun (DeepSpeed's hostfile, --include/--exclude, --num_gpus)
-  estimate   predicted memory per rank for ZeRO stages 0-2
+  estimate   predicted memory per rank for ZeRO stages 0-3
   consolidate  one fp32 safetensors file from a (sharded) checkpoint (DeepSpeed's zero_to_fp32)
   bench      time training steps of a fixed workload (gpt|lstm|gpt2-124m), optionally against PyTorch
+  bench-zero per-rank memory and tokens/s of a workload on N thread ranks at each ZeRO stage
 ";
 
 /// Keeps freed memory in the process instead of returning it to the kernel after every large allocation:
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         "estimate" => commands::estimate(rest),
         "consolidate" => commands::consolidate(rest),
         "bench" => bench::run(rest),
+        "bench-zero" => bench_zero::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
