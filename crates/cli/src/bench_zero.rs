@@ -25,6 +25,7 @@ const OPTS: &[Opt] = &[
         "ZeRO stages to run, e.g. 0,1,2,3 (default); a stage followed by + adds activation checkpointing (3+)",
     ),
     opt("precision", "TYPE", "fp32 | fp16 | bf16 (default fp32)"),
+    opt("prefetch-bucket", "N", "stage3_prefetch_bucket_size in elements (default DeepSpeed's 50000000)"),
     opt("steps", "N", "timed steps per stage (default 3)"),
     opt("warmup", "N", "untimed steps before them (default 1)"),
 ];
@@ -47,6 +48,7 @@ struct Settings {
     world: usize,
     cases: Vec<Case>,
     storage: StorageType,
+    prefetch_bucket: u64,
     steps: usize,
     warmup: usize,
 }
@@ -88,7 +90,15 @@ fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
     if steps == 0 {
         return Err("--steps must be at least 1".into());
     }
-    Ok(Some(Settings { workload, world, cases, storage, steps, warmup: a.parsed("warmup", 1).map_err(e)? }))
+    Ok(Some(Settings {
+        workload,
+        world,
+        cases,
+        storage,
+        prefetch_bucket: a.parsed("prefetch-bucket", 50_000_000).map_err(e)?,
+        steps,
+        warmup: a.parsed("warmup", 1).map_err(e)?,
+    }))
 }
 
 pub fn run(argv: &[String]) -> Result<(), String> {
@@ -98,13 +108,14 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / s.world).max(1);
     println!(
-        "bench-zero {} ({}): {} thread rank(s) x {threads} thread(s), batch {} x {} tokens per rank, {}, {} warm-up + {} timed steps; MiB per rank:",
+        "bench-zero {} ({}): {} thread rank(s) x {threads} thread(s), batch {} x {} tokens per rank, {}, stage3_prefetch_bucket_size {}, {} warm-up + {} timed steps; MiB per rank:",
         w.name,
         w.preset,
         s.world,
         w.batch,
         w.seq,
         s.storage.name(),
+        s.prefetch_bucket,
         s.warmup,
         s.steps
     );
@@ -153,8 +164,8 @@ fn run_case<E: Element>(
     let checkpointing = if case.checkpointing { r#", "activation_checkpointing": {}"# } else { "" };
     let json = format!(
         r#"{{"train_micro_batch_size_per_gpu": {}, "gradient_accumulation_steps": 1, "optimizer": {},
-            "zero_optimization": {{"stage": {}}}{precision}{checkpointing}}}"#,
-        w.batch, w.optimizer_json, case.stage
+            "zero_optimization": {{"stage": {}, "stage3_prefetch_bucket_size": {}}}{precision}{checkpointing}}}"#,
+        w.batch, w.optimizer_json, case.stage, s.prefetch_bucket
     );
     let ds = DeepSpeedConfig::from_json_str(&json).map_err(|e| e.to_string())?;
     let comms = ThreadGroup::new(s.world, Duration::from_secs(600));

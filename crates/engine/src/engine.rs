@@ -404,7 +404,7 @@ impl<E: Element> Engine<E> {
         let start = Instant::now();
         let step = self.counters.global_steps + 1;
         // 1. The window's gradients, multiplied by the loss scale, were reduced over ranks (averaged) by
-        //    backward(): in place at stage 0, into this rank's fp32 partition at stages 1 and 2.
+        //    backward(): in place at stage 0, into this rank's fp32 partition at stages 1-3.
         let scale = self.precision.loss_scale();
         // 2. Global norm of the scaled gradients (each rank's share of ‖g‖², summed over ranks when sharded). A
         //    non-finite norm is an overflow: some gradient is inf or NaN. Find the layer (an agreed flag per layer).

@@ -308,16 +308,22 @@ impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
         self.note_peak();
     }
 
-    /// Gathers ahead along the trace after position `self.cursor`, within the prefetch bucket and the live limit.
+    /// Gathers ahead along the trace after position `self.cursor`: the groups gathered or in flight ahead of
+    /// their use stay within the prefetch bucket (each counted once), the live total within its limit.
     fn prefetch(&mut self) {
         let mut ahead = 0;
+        let mut counted = vec![false; self.slots.len()];
         for k in self.cursor + 1..self.trace.len() {
             let g = self.trace[k];
             let Some(sharded) = self.gathered_per_use(g) else { continue };
-            if !matches!(self.slots[g], Slot::Released) {
+            if std::mem::replace(&mut counted[g], true) {
                 continue;
             }
             let n = self.len(g);
+            if !matches!(self.slots[g], Slot::Released) {
+                ahead += n;
+                continue;
+            }
             if ahead + n > sharded.limits.prefetch || self.live + n > sharded.limits.max_live {
                 break;
             }

@@ -6,6 +6,7 @@ use rustspeed_comm::threads::{ThreadComm, ThreadGroup};
 use rustspeed_config::DeepSpeedConfig;
 use rustspeed_engine::model_spec::ModelSpec;
 use rustspeed_engine::Engine;
+use rustspeed_kernels::cast::{bf16, f16, Element};
 use rustspeed_kernels::rng::Rng;
 use rustspeed_nn::{GptConfig, LstmConfig, ModelConfig};
 use std::path::Path;
@@ -79,8 +80,8 @@ fn config_with(stage: u8, gas: usize, optimizer: &str, extra: &Extra) -> DeepSpe
 /// thread while the backward runs.
 const OVERLAP: &str = r#", "overlap_comm": true, "reduce_bucket_size": 37"#;
 
-/// Trains one rank; returns its losses and final parameters.
-fn train_rank(
+/// Trains one rank with the model stored as `E`; returns its losses and final parameters (as fp32).
+fn train_rank<E: Element>(
     model: &ModelConfig,
     optimizer: &str,
     stage: u8,
@@ -89,7 +90,7 @@ fn train_rank(
     comm: ThreadComm,
 ) -> (Vec<f32>, Vec<f32>) {
     let (rank, world) = (rustspeed_comm::Communicator::rank(&comm), rustspeed_comm::Communicator::world_size(&comm));
-    let m = model.build().unwrap();
+    let m = model.build_as::<E>().unwrap();
     // Only rank 0's initialization counts: the engine broadcasts it. Other ranks start from another seed to
     // prove that.
     let params = m.layout().init_params(7 + rank as u64);
@@ -115,7 +116,7 @@ fn train_rank(
             report.unwrap().loss
         })
         .collect();
-    (losses, engine.params().unwrap().to_vec())
+    (losses, engine.params_f32().unwrap())
 }
 
 /// How a group runs: random delays before collectives, overlapped bucketed reduction.
@@ -136,11 +137,11 @@ fn train_group(
     mode: Mode,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let zero = if mode.overlap { OVERLAP } else { "" };
-    train_group_with(model, optimizer, stage, world, gas, mode, &Extra { zero, top: "" })
+    train_group_with::<f32>(model, optimizer, stage, world, gas, mode, &Extra { zero, top: "" })
 }
 
-/// [`train_group`] with extra `zero_optimization` keys `zero`.
-fn train_group_with(
+/// [`train_group`] with extra config keys, the model stored as `E` (the precision block is in `extra.top`).
+fn train_group_with<E: Element>(
     model: &ModelConfig,
     optimizer: &str,
     stage: u8,
@@ -154,8 +155,10 @@ fn train_group_with(
         comms.iter().for_each(|c| c.inject_delays(Duration::from_micros(500), 3));
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> =
-            comms.into_iter().map(|c| s.spawn(move || train_rank(model, optimizer, stage, gas, extra, c))).collect();
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|c| s.spawn(move || train_rank::<E>(model, optimizer, stage, gas, extra, c)))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
@@ -182,6 +185,49 @@ fn check_matrix(mode: Mode, stages: &[u8], worlds: &[usize], gases: &[usize]) {
     }
 }
 
+/// 16-bit runs against the single-rank run in the same precision. Gradients rounded to 16 bits on each rank (at
+/// stage 1 also accumulated over micro-steps in 16 bits, DeepSpeed's default with ZeRO; at stage 0 their average
+/// rounded back) differ from the single rank's by roundings that ten steps compound: observed worst loss 9.6e-4
+/// relative (gpt bf16, stage 1, W = 4, GAS 2), 3.9e-4 (gpt fp16), under 4e-5 for the LSTM; 2x margin.
+const SIXTEEN_BIT_LOSS_RTOL: f32 = 2e-3;
+/// AdamW (lr 0.01) turns a rounding-sized gradient difference near zero into a full-size step of the other sign:
+/// observed worst 3.4e-2 (gpt bf16), 1.5e-2 (gpt fp16), 2e-3 (LSTM, SGD); bounded by five such steps.
+const SIXTEEN_BIT_PARAM_ATOL: f32 = 5e-2;
+
+fn check_16bit_matrix<E: Element>(block: &str, stages: &[u8], worlds: &[usize], gases: &[usize]) {
+    let extra = Extra { zero: "", top: block };
+    let delays = Mode { delays: true, overlap: false };
+    for (name, model, optimizer) in models() {
+        let reference = train_group_with::<E>(&model, optimizer, 0, 1, 1, PLAIN, &extra).remove(0);
+        for &stage in stages {
+            for &world in worlds {
+                for &gas in gases {
+                    let ranks = train_group_with::<E>(&model, optimizer, stage, world, gas, delays, &extra);
+                    let case = format!("{name} {} stage {stage} world {world} GAS {gas}", E::NAME);
+                    let (losses, params) = &ranks[0];
+                    for (step, (a, b)) in losses.iter().zip(&reference.0).enumerate() {
+                        assert!((a - b).abs() <= SIXTEEN_BIT_LOSS_RTOL * b.abs(), "{case} step {step}: {a} vs {b}");
+                    }
+                    let worst = params.iter().zip(&reference.1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(worst <= SIXTEEN_BIT_PARAM_ATOL, "{case}: parameters differ by {worst}");
+                    assert!(ranks.iter().all(|r| r.1 == ranks[0].1), "{case}: ranks hold different parameters");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_stage_world_size_and_accumulation_matches_one_rank_in_bf16_and_fp16() {
+    check_16bit_matrix::<bf16>(r#""bf16": {"enabled": true}, "#, &[0, 1, 2, 3], &[1, 2, 4], &[1, 2]);
+    check_16bit_matrix::<f16>(
+        r#""fp16": {"enabled": true, "initial_scale_power": 8}, "#,
+        &[0, 1, 2, 3],
+        &[1, 2, 4],
+        &[1, 2],
+    );
+}
+
 #[test]
 fn every_stage_world_size_and_accumulation_matches_one_rank() {
     check_matrix(PLAIN, &[0, 1, 2, 3], &[1, 2, 4], &[1, 2]);
@@ -206,10 +252,11 @@ fn stage_3_limits_and_persistence_change_nothing() {
     let persistent = r#", "stage3_param_persistence_threshold": 100"#;
     let eager = r#", "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 1000000"#;
     for (name, model, optimizer) in models() {
-        let reference = train_group_with(&model, optimizer, 0, 1, 1, PLAIN, &Extra::default()).remove(0);
+        let reference = train_group_with::<f32>(&model, optimizer, 0, 1, 1, PLAIN, &Extra::default()).remove(0);
         for zero in [tight, persistent, eager] {
             let extra = Extra { zero, top: "" };
-            let ranks = train_group_with(&model, optimizer, 3, 2, 2, Mode { delays: true, overlap: true }, &extra);
+            let ranks =
+                train_group_with::<f32>(&model, optimizer, 3, 2, 2, Mode { delays: true, overlap: true }, &extra);
             for (a, b) in ranks[0].0.iter().zip(&reference.0) {
                 assert!((a - b).abs() <= LOSS_RTOL * b.abs(), "{name} {zero}: {a} vs {b}");
             }
@@ -226,8 +273,8 @@ fn activation_checkpointing_changes_nothing_at_any_stage() {
     let on = Extra { zero: "", top: r#""activation_checkpointing": {"cpu_checkpointing": true}, "# };
     for (name, model, optimizer) in models() {
         for stage in [0, 1, 2, 3] {
-            let plain = train_group_with(&model, optimizer, stage, 2, 2, PLAIN, &Extra::default());
-            let checkpointed = train_group_with(&model, optimizer, stage, 2, 2, PLAIN, &on);
+            let plain = train_group_with::<f32>(&model, optimizer, stage, 2, 2, PLAIN, &Extra::default());
+            let checkpointed = train_group_with::<f32>(&model, optimizer, stage, 2, 2, PLAIN, &on);
             assert!(plain == checkpointed, "{name} stage {stage}: checkpointing changed the training");
         }
     }
