@@ -183,6 +183,11 @@ fn run_case<E: Element>(
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a rank panicked".into()))).collect()
     });
+    // A rank's own failure explains the others' "communication failed", so it is the one to report.
+    let errors: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    if let Some(e) = errors.iter().find(|e| !e.contains("communication failed")).or(errors.first()) {
+        return Err(e.clone());
+    }
     results.into_iter().next().expect("at least one rank")
 }
 

@@ -1,7 +1,8 @@
 //! `activation_checkpointing` (semantics §1.8). In DeepSpeed the block configures `deepspeed.checkpointing`,
-//! which the model's code then calls around its blocks; rustspeed owns its models, so the block's presence turns
-//! activation checkpointing on: each transformer block or LSTM layer keeps only its input in the forward and
-//! recomputes its activations in the backward. Keys that ask for something this engine cannot do are refused by
+//! which the model's code then calls around its blocks; rustspeed owns its models, so the block's presence (even
+//! with every key at its default) turns activation checkpointing on: each transformer block or LSTM layer but the
+//! last keeps only its input in the forward and recomputes its activations in the backward (the last one's
+//! backward comes first, so it keeps what it saved). Keys that ask for something this engine cannot do are refused by
 //! name; the ones whose purpose is already served here are accepted and change nothing.
 
 use serde_json::{json, Value};

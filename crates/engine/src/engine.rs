@@ -117,7 +117,8 @@ pub struct Engine<E: Element = f32> {
     pub(crate) grads: Gradients<E>,
     /// The all-gather's buffer (stages 1, 2), reused across steps.
     gather_buffer: Vec<f32>,
-    /// Stage 3: the most gathered parameters and gradient buffers resident during any pass so far.
+    /// Stages 2 and 3: the most gathered parameters (stage 3) and per-group gradient buffers resident during any
+    /// pass so far.
     residency: Residency,
     /// The most activation bytes the model held at once during any pass so far.
     activation_peak: usize,
@@ -293,7 +294,12 @@ impl<E: Element> Engine<E> {
         (self.counters.micro_steps + 1).is_multiple_of(self.batch.gradient_accumulation_steps as u64)
     }
 
-    fn expect_phase(&self, called: &'static str, want: EnginePhase, expected: &'static str) -> Result<(), EngineError> {
+    pub(crate) fn expect_phase(
+        &self,
+        called: &'static str,
+        want: EnginePhase,
+        expected: &'static str,
+    ) -> Result<(), EngineError> {
         match self.phase == want {
             true => Ok(()),
             false => Err(EngineError::Phase { called, expected, state: self.phase.describe() }),
@@ -571,6 +577,8 @@ impl<E: Element> Engine<E> {
         let (mut sum, mut count) = (0.0f64, 0usize);
         for (tokens, targets) in batches {
             let loss = self.run_forward(tokens, Some(targets), tokens.len() / t, t)?.expect("targets");
+            // Evaluation batches may be of another shape: the accounting covers training passes.
+            self.model.take_activation_peak();
             sum += loss.mean as f64;
             count += 1;
         }

@@ -74,17 +74,21 @@ impl SavedPlan {
                 vec![Shard { span: 0..numel, size, at: 0 }]
             }
         };
-        // The shards must tile the layout in order, each rank's shares fitting the partition.
+        // The shards must tile the layout in order, each share the size the stage gives it (so the partition,
+        // which is allocated from them, is at most the layout plus a padding element per shard and rank).
         let (mut end, mut at) = (0, 0);
+        let tiles = |s: &Shard| match stage {
+            ZeroStage::Stage0 => s.size == s.span.len(),
+            _ => s.size == s.span.len().div_ceil(world),
+        };
         for s in &shards {
-            let covers = s.size.checked_mul(world).is_some_and(|c| c >= s.span.len());
-            if s.span.start != end || s.span.end < s.span.start || s.at != at || !covers || s.size > numel {
+            if s.span.start != end || s.span.end <= s.span.start || s.at != at || !tiles(s) {
                 return Err(format!("its shards do not tile the {numel} parameters over {world} ranks"));
             }
             (end, at) = (s.span.end, at + s.size);
         }
-        if end != numel {
-            return Err(format!("its shards cover {end} of the {numel} parameters"));
+        if end != numel || (stage != ZeroStage::Stage3 && shards.len() != 1) {
+            return Err(format!("its shards do not tile the {numel} parameters at ZeRO stage {}", stage.number()));
         }
         Ok(SavedPlan { world, stage, shards })
     }
@@ -134,6 +138,10 @@ fn read_model_file(files: &Files, layout: &ParamLayout) -> Result<Vec<f32>, Stri
 /// The whole-layout tensors of optimizer-state slots `names`, from the saved plan's files: the named tensors of
 /// stage 0's optimizer file, or each rank's partition mapped back through the shards.
 fn read_slots(files: &Files, plan: &SavedPlan, names: &[&str], layout: &ParamLayout) -> Result<Vec<Vec<f32>>, String> {
+    // An optimizer without state (SGD without momentum, in fp32 below stage 3) saved no file to read.
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     if plan.stage == ZeroStage::Stage0 {
         let bytes = files.get(OPTIMIZER_FILE).ok_or(format!("{OPTIMIZER_FILE} is missing"))?;
         return names
@@ -235,7 +243,7 @@ impl<E: Element> Engine<E> {
         self.comm.barrier()?;
         let partial = checkpoint::partial_dir(root, &tag);
         let slots = self.state_tensors();
-        if zero.sharded() {
+        if zero.sharded() && !slots.is_empty() {
             checkpoint::write_file(&partial, &shard_file(rank), &flat_tensors(&slots)?)?;
         }
         let whole_model =
@@ -308,6 +316,7 @@ impl<E: Element> Engine<E> {
     /// precision may differ from this engine's (the state is resharded, and crosses precisions through the fp32
     /// masters): the returned [`Resumed`] says what changed, with the saved client state.
     pub fn load_checkpoint(&mut self, root: &Path) -> Result<Resumed, EngineError> {
+        self.expect_phase("load_checkpoint", crate::EnginePhase::Ready, "step() (or construction)")?;
         let Loaded { dir, manifest, files } = load_tag(root, None)?;
         let bad = |msg: String| EngineError::Checkpoint(format!("{}: {msg}", dir.display()));
         let layout = self.model.layout();
@@ -399,6 +408,8 @@ impl<E: Element> Engine<E> {
             }
         }
         self.optimizer.restore(state, applied);
+        // Nothing of a window in progress survives a load.
+        self.grads.clear_unread(true);
         Ok(())
     }
 }

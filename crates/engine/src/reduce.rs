@@ -1,7 +1,8 @@
-//! Gradient reduction over ranks, one contiguous piece of the flat gradient buffer at a time, in buckets of at
-//! most `reduce_bucket_size` elements (DeepSpeed's bucketing): stage 0 all-reduces a piece in place; stages 1
-//! and 2 reduce-scatter it, each rank receiving the part that falls in its partition. Every reduction averages
-//! over ranks, so the result is the gradient of the mean loss over the global batch.
+//! Gradient reduction over ranks, one contiguous piece of gradients at a time (a piece of the whole buffer, or a
+//! parameter group's own buffer), in buckets of at most `reduce_bucket_size` elements (DeepSpeed's bucketing):
+//! stage 0 all-reduces a piece in place; stages 1-3 reduce-scatter it, each rank receiving the part that falls in
+//! its share of the shard. Every reduction averages over ranks, so the result is the gradient of the mean loss over
+//! the global batch. Also the all-gather of stages 1-2's updated parameters.
 
 use crate::zero::{Shard, ZeroPlan};
 use rustspeed_comm::{CommError, Communicator, ReduceOp};
@@ -94,7 +95,7 @@ pub(crate) fn gather_params<E: Element>(
     if let Some(params) = E::as_f32_mut(params) {
         gather_buffer.clear();
         gather_buffer.extend_from_slice(&params[zero.owned()]);
-        return comm.all_gather(gather_buffer, &zero.counts(), params);
+        return comm.all_gather(gather_buffer, &zero.shards[0].counts(zero.world), params);
     }
     let mut at = 0;
     while at < s {

@@ -114,7 +114,6 @@ fn check_communication_type(config: &DeepSpeedConfig) -> Result<(), EngineError>
     }
 }
 
-/// DeepSpeed's rule for optimizers under ZeRO: Adam-family (and Lion) are tested, others need
 /// ZeRO-Offload and ZeRO-Infinity move tensors from an accelerator to host memory or NVMe. This engine trains in
 /// host memory, so `"device": "cpu"` (or `"none"`) is where everything already is and changes nothing; NVMe
 /// offload is not implemented and is refused by name.
@@ -133,6 +132,7 @@ fn check_offload(config: &DeepSpeedConfig) -> Result<(), EngineError> {
     }
 }
 
+/// DeepSpeed's rule for optimizers under ZeRO: Adam-family (and Lion) are tested, others need
 /// `zero_allow_untested_optimizer`. Lamb's per-tensor trust ratio needs whole tensors, which a partition cuts,
 /// so rustspeed refuses it under ZeRO.
 fn check_zero_optimizer(rule: &Rule, config: &DeepSpeedConfig) -> Result<(), EngineError> {

@@ -97,7 +97,7 @@ impl<E: Element> ShardedParams<E> {
     pub fn refresh_persistent(&mut self, comm: &dyn Communicator, zero: &ZeroPlan) -> Result<(), CommError> {
         for (shard, copy) in zero.shards.iter().zip(self.persistent.iter_mut()) {
             if let Some(copy) = copy {
-                *copy = gather_span(comm, shard, zero.world, &self.master[shard.at..shard.at + shard.size])?;
+                *copy = gather_span(comm, shard, zero.world, share(&self.master, shard))?;
             }
         }
         Ok(())
@@ -109,15 +109,20 @@ impl<E: Element> ShardedParams<E> {
         for (shard, copy) in zero.shards.iter().zip(&self.persistent) {
             match copy {
                 Some(copy) => all.extend_from_slice(copy),
-                None => all.extend(gather_span::<E>(comm, shard, zero.world, self.mine(shard))?),
+                None => all.extend(gather_span::<E>(comm, shard, zero.world, self.share(shard))?),
             }
         }
         Ok(all)
     }
 
-    fn mine(&self, shard: &Shard) -> &[f32] {
-        &self.master[shard.at..shard.at + shard.size]
+    fn share(&self, shard: &Shard) -> &[f32] {
+        share(&self.master, shard)
     }
+}
+
+/// This rank's share of `shard` in its partition `master`.
+fn share<'a>(master: &'a [f32], shard: &Shard) -> &'a [f32] {
+    &master[shard.at..shard.at + shard.size]
 }
 
 /// `shard`'s whole span as `E`, from every rank's fp32 share `mine`: the shares travel as fp32 and are rounded
@@ -302,7 +307,7 @@ impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
     fn submit_gather(&mut self, group: usize, sharded: &'env ShardedParams<E>) {
         let shard = self.zero.shards[group].clone();
         let world = self.zero.world;
-        let mine = &sharded.master[shard.at..shard.at + shard.size];
+        let mine = share(&sharded.master, &shard);
         self.slots[group] = Slot::InFlight(self.background.submit(move |c| gather_span(c, &shard, world, mine)));
         self.live += self.len(group);
         self.note_peak();
@@ -365,16 +370,26 @@ impl<'s, 'env, E: Element> Gatherer<'s, 'env, E> {
         Ok(())
     }
 
-    /// Ends the pass: waits for everything in flight (also after an error, so that nothing is left running) and
-    /// adds the last reductions into the partition.
+    /// Ends the pass: waits for everything in flight (all of it, also after an error, so that nothing is left
+    /// running) and adds the last reductions into the partition; the first error is the one reported.
     pub fn finish(mut self) -> Result<Residency, EngineError> {
+        let mut first_error = None;
         for slot in std::mem::take(&mut self.slots) {
             if let Slot::InFlight(handle) = slot {
-                handle.wait()?;
+                if let Err(e) = handle.wait() {
+                    first_error.get_or_insert(EngineError::from(e));
+                }
             }
         }
-        self.drain_reductions(0)?;
-        Ok(self.peak)
+        while !self.reductions.is_empty() {
+            if let Err(e) = self.drain_reductions(self.reductions.len() - 1) {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(self.peak),
+        }
     }
 }
 
@@ -429,19 +444,16 @@ impl<E: Element> ParamSource<E> for Gatherer<'_, '_, E> {
         }
         if grads_final {
             let mut grads = self.grads[group].take().expect("a final group was written");
-            // Stage 3 shards each group on its own (its padding reduces as zeros); stage 2's group is a piece of
-            // the one contiguous partition.
-            let (shard, padded) = match self.params {
-                Resident::Sharded(_) => (self.zero.shards[group].clone(), true),
-                Resident::Whole(_) => (self.zero.shards[0].clone(), false),
+            // Stage 3 shards each group on its own; stage 2's group is a piece of the one contiguous partition.
+            // Either way the shares beyond the group's end (padding) receive nothing and stay zero.
+            let shard = match self.params {
+                Resident::Sharded(_) => self.zero.shards[group].clone(),
+                Resident::Whole(_) => self.zero.shards[0].clone(),
             };
             let (rank, world, bucket, offset) =
                 (self.zero.rank, self.zero.world, self.bucket, self.groups[group].start);
             let held = grads.len();
             let handle = self.background.submit(move |c| {
-                if padded {
-                    grads.resize(shard.size * world, E::default());
-                }
                 let spread = Spread::Sharded { shard: &shard, rank, world };
                 reduce_piece(c, spread, bucket, offset, &mut grads)
             });

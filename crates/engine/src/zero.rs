@@ -161,11 +161,6 @@ impl ZeroPlan {
             ZeroStage::Stage3 => unreachable!("stage 3's partition is not one range of the layout; use segments()"),
         }
     }
-
-    /// Every rank's share of a reduce-scatter or all-gather over the padded buffer (stages 1, 2).
-    pub fn counts(&self) -> Vec<usize> {
-        vec![self.partition; self.world]
-    }
 }
 
 #[cfg(test)]

@@ -213,10 +213,17 @@ fn train(e: &mut Engine, batches: &mut Batches, steps: usize) -> Vec<f32> {
 
 #[test]
 fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_exactly() {
-    for (name, model) in [("gpt", gpt()), ("lstm", lstm())] {
-        let json = r#"{"train_batch_size": 4, "gradient_accumulation_steps": 2,
-            "optimizer": {"type": "Adam", "params": {"lr": 0.01, "weight_decay": 0.01}},
-            "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 10, "warmup_num_steps": 3}}}"#;
+    let adam = r#"{"train_batch_size": 4, "gradient_accumulation_steps": 2,
+        "optimizer": {"type": "Adam", "params": {"lr": 0.01, "weight_decay": 0.01}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 10, "warmup_num_steps": 3}}}"#;
+    // SGD without momentum has no optimizer state: its checkpoints hold no optimizer file at all.
+    let sgd = r#"{"train_batch_size": 4, "gradient_accumulation_steps": 2, "optimizer": {"type": "SGD",
+        "params": {"lr": 0.1}}}"#;
+    let sgd_zero = r#"{"train_batch_size": 4, "gradient_accumulation_steps": 2, "optimizer": {"type": "SGD",
+        "params": {"lr": 0.1}}, "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": true}"#;
+    let cases =
+        [("gpt", gpt(), adam), ("lstm", lstm(), adam), ("lstm-sgd", lstm(), sgd), ("gpt-sgd-zero", gpt(), sgd_zero)];
+    for (name, model, json) in cases {
         let spec = ModelSpec { preset: "test".into(), config: model.clone() };
         let mut straight = engine(&model, json);
         let mut batches = Batches::new(model.vocab_size(), 2, 4);
@@ -236,6 +243,39 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_exactly() {
         assert_eq!(*resumed.params().unwrap(), *straight.params().unwrap(), "{name}: resumed parameters differ");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// The manifest's partition plan is checked before anything is allocated from it: shards that do not tile the
+/// layout with the sizes the stage gives them are an error naming the problem, not an allocation failure.
+#[test]
+fn a_manifest_whose_shards_do_not_tile_the_layout_is_an_error() {
+    let json = r#"{"train_batch_size": 2, "optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 3,
+        "stage3_param_persistence_threshold": 0}}"#;
+    let dir = temp_dir("shards");
+    let spec = ModelSpec { preset: "test".into(), config: lstm() };
+    let mut e = engine(&lstm(), json);
+    train(&mut e, &mut Batches::new(lstm().vocab_size(), 2, 4), 1);
+    let tag = e.save_checkpoint(&dir, &spec, serde_json::Value::Null).unwrap();
+    let path = tag.join("manifest.json");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let numel = lstm().build().unwrap().num_params();
+    let bad_plans = [
+        serde_json::json!([[0, 0, numel, 0], [0, 0, numel, numel], [0, numel, numel, 2 * numel]]),
+        serde_json::json!([[0, numel, 1, 0]]),
+        serde_json::json!([[0, 5, 5, 0]]),
+    ];
+    for plan in bad_plans {
+        let mut bad = manifest.clone();
+        bad["shards"] = plan.clone();
+        std::fs::write(&path, serde_json::to_string(&bad).unwrap()).unwrap();
+        let err = engine(&lstm(), json).load_checkpoint(&dir).err().unwrap().to_string();
+        assert!(err.contains("do not tile"), "{plan}: {err}");
+        assert!(rustspeed_engine::persist::load_weights(&dir, None).is_err(), "{plan}");
+    }
+    std::fs::write(&path, good).unwrap();
+    assert!(engine(&lstm(), json).load_checkpoint(&dir).is_ok(), "the restored manifest loads again");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -117,11 +117,6 @@ pub struct Scratch<E> {
     pub wide: Vec<f32>,
 }
 
-/// Bytes of the elements `buf` holds.
-pub(crate) fn bytes_of<T>(buf: &[T]) -> usize {
-    std::mem::size_of_val(buf)
-}
-
 /// Sets `buf` to `len` zeros, reusing its allocation.
 pub(crate) fn zeroed<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     buf.clear();

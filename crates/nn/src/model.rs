@@ -57,9 +57,12 @@ pub struct Model<E: Element = f32> {
     /// that holds its tied weight).
     layer_groups: Vec<Option<usize>>,
     head_group: usize,
-    /// Activation checkpointing: each layer frees what it saved after its forward and recomputes it before its
-    /// backward, so that only the layers' inputs (the outputs in `acts`) live between the passes.
+    /// Activation checkpointing: each layer but the last frees what it saved after its forward and recomputes it
+    /// before its backward, so that only the layers' inputs (the outputs in `acts`) live between the passes. The
+    /// last layer's backward comes right after the head's, so releasing it would gain nothing.
     checkpointing: bool,
+    /// Which layers released their saved activations in the latest forward (and recompute them in the backward).
+    released: Vec<bool>,
     /// The most activation bytes held at once since [`Model::take_activation_peak`].
     activation_peak: usize,
     tokens: Vec<u32>,
@@ -124,6 +127,7 @@ impl<E: Element> Model<E> {
             layer_groups,
             head_group,
             checkpointing: false,
+            released: vec![false; n],
             activation_peak: 0,
             tokens: Vec::new(),
             targets: Vec::new(),
@@ -280,7 +284,8 @@ impl<E: Element> Model<E> {
                 source.after(g, Pass::Forward, false)?;
             }
             self.note_activations();
-            if self.checkpointing {
+            self.released[i] = self.checkpointing && i + 1 < self.layers.len() && self.layers[i].saved_bytes() > 0;
+            if self.released[i] {
                 self.layers[i].release_saved();
             }
         }
@@ -360,7 +365,7 @@ impl<E: Element> Model<E> {
             release(&mut pending, from, on_ready);
         }
         for i in (0..self.layers.len()).rev() {
-            if self.checkpointing {
+            if self.released[i] {
                 recompute(&mut *self.layers[i], layout, &params, &batch, &mut self.acts, i);
                 self.activation_peak =
                     self.activation_peak.max(held_activations(&self.acts, &self.dacts, &self.layers, &self.head));
@@ -375,6 +380,8 @@ impl<E: Element> Model<E> {
             let writes = writes(Some(i));
             let grads = &mut WindowMut::whole(&mut *pending);
             layer.backward(layout, &params, grads, writes, &batch, input, output, dout, dinput, &mut self.scratch);
+            // What the backward used is dead now; without this the unreleased last layer would hold its
+            // activations through the rest of the backward.
             if self.checkpointing {
                 layer.release_saved();
             }
@@ -388,7 +395,7 @@ impl<E: Element> Model<E> {
     }
 
     /// The backward of the latest forward with targets, with each group's parameters and gradient buffer from
-    /// `source` (ZeRO stage 3: gathered parameters, a gradient buffer per group). The backward starts the
+    /// `source` (ZeRO stages 2 and 3: a gradient buffer per group; stage 3 also gathers the parameters). The backward starts the
     /// gradients: each group's buffer is handed out holding anything, and its first writer overwrites it. After
     /// the last layer that writes a group's gradients, [`ParamSource::after`] says they are final.
     pub fn backward_from<S: ParamSource<E>>(&mut self, source: &mut S, dloss: f32) -> Result<(), S::Error> {
@@ -419,7 +426,7 @@ impl<E: Element> Model<E> {
             if let Some(g) = group {
                 source.before(g, Pass::Backward)?;
             }
-            if self.checkpointing {
+            if self.released[i] {
                 let params = group.map_or(Window { base: 0, data: &[] }, |g| source.params(g));
                 recompute(&mut *self.layers[i], layout, &params, &batch, &mut self.acts, i);
                 self.activation_peak =

@@ -2,7 +2,7 @@
 //! `r = x + c_proj(attn(c_attn(ln_1(x))))`, `out = r + mlp.c_proj(gelu(mlp.c_fc(ln_2(r))))`.
 //! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
 
-use crate::layer::{bytes_of, sized, zeroed, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, zeroed, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use rustspeed_kernels::cast::{add_into, Element};
@@ -98,11 +98,10 @@ impl<E: Element> Layer<E> for GptBlock<E> {
 
     fn saved_bytes(&self) -> usize {
         let s = &self.saved;
-        [&s.ln1, &s.qkv, &s.att, &s.att_out, &s.resid, &s.ln2, &s.fc, &s.fc_gelu]
-            .iter()
-            .map(|v| bytes_of(v))
-            .sum::<usize>()
-            + [&s.ln1_mean, &s.ln1_rstd, &s.ln2_mean, &s.ln2_rstd].iter().map(|v| bytes_of(v)).sum::<usize>()
+        let stored = [&s.ln1, &s.qkv, &s.att, &s.att_out, &s.resid, &s.ln2, &s.fc, &s.fc_gelu];
+        let stats = [&s.ln1_mean, &s.ln1_rstd, &s.ln2_mean, &s.ln2_rstd];
+        stored.iter().map(|v| std::mem::size_of_val(v.as_slice())).sum::<usize>()
+            + stats.iter().map(|v| std::mem::size_of_val(v.as_slice())).sum::<usize>()
     }
 
     fn release_saved(&mut self) {

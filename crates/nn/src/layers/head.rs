@@ -75,12 +75,12 @@ impl<E: Element> LmHead<E> {
         self.ignore_index
     }
 
-    /// The weight the head reads: its own, or the tied token embedding.
     /// Bytes of the head's buffers: the `[N, V]` logits (or probabilities, or their gradient) and the row losses.
     pub fn saved_bytes(&self) -> usize {
-        crate::layer::bytes_of(&self.out) + crate::layer::bytes_of(&self.losses)
+        std::mem::size_of_val(self.out.as_slice()) + std::mem::size_of_val(self.losses.as_slice())
     }
 
+    /// The weight the head reads: its own, or the tied token embedding.
     pub fn weight(&self) -> ParamId {
         self.weight
     }

@@ -1,6 +1,6 @@
 //! A standalone LayerNorm layer (GPT-2's final `ln_f`).
 
-use crate::layer::{bytes_of, sized, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
@@ -37,7 +37,7 @@ impl<E: Element> Layer<E> for LayerNorm {
     }
 
     fn saved_bytes(&self) -> usize {
-        bytes_of(&self.mean) + bytes_of(&self.rstd)
+        std::mem::size_of_val(self.mean.as_slice()) + std::mem::size_of_val(self.rstd.as_slice())
     }
 
     fn release_saved(&mut self) {

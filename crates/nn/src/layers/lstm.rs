@@ -1,6 +1,6 @@
 //! One layer of a stacked `nn.LSTM(batch_first=True)`, names `lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`.
 
-use crate::layer::{bytes_of, sized, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
@@ -57,7 +57,7 @@ impl<E: Element> Layer<E> for Lstm<E> {
     }
 
     fn saved_bytes(&self) -> usize {
-        bytes_of(&self.gates) + bytes_of(&self.cell)
+        std::mem::size_of_val(self.gates.as_slice()) + std::mem::size_of_val(self.cell.as_slice())
     }
 
     fn release_saved(&mut self) {
