@@ -113,6 +113,15 @@ impl Args {
     }
 }
 
+/// Parses `argv` for `command`, or prints its usage for `--help` (returning `None`).
+pub fn parse(command: &'static str, opts: &'static [Opt], argv: &[String]) -> Result<Option<Args>, String> {
+    if argv.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", usage(command, opts));
+        return Ok(None);
+    }
+    Args::parse(command, opts, argv).map(Some).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,7 @@
 //! weight decay 0.1; `lstm` = `lstm-seed`, batch 4 x 32, SGD momentum 0.9 lr 1e-3; `gpt2-124m` = GPT-2 small,
 //! batch 4 x 256, AdamW as `gpt`. Tokens and targets are uniform random ids, drawn once.
 
-use crate::args::{opt, switch, Opt};
-use crate::commands::parse;
+use crate::args::{opt, parse, switch, Opt};
 use rustspeed_config::DeepSpeedConfig;
 use rustspeed_engine::{Engine, StepTimings};
 use rustspeed_kernels::matmul::{gemm, Dst, MatMut, MatRef, Threads};
@@ -115,29 +114,6 @@ fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
         rounds: positive("rounds", a.parsed("rounds", if compare { 3 } else { 1 }).map_err(e)?)?,
         compare,
     }))
-}
-
-/// Training FLOPs per token, counting matrix products only (2 FLOPs per multiply-add; backward = 2x forward).
-///
-/// GPT (nanoGPT's `estimate_mfu`, after the PaLM paper's appendix B): `6·N + 12·L·T·C`, with `N` the parameters
-/// without the position embedding (the tied head's product is counted through the token embedding) and the
-/// attention term counting the full `T x T` scores, causal mask or not. LSTM, per layer of input `C_l`: the four
-/// gates' products `2·4H·(C_l + H)` forward, the head `2·V·H`; times 3 for training.
-fn flops_per_token(config: &ModelConfig, num_params: usize, t: usize) -> f64 {
-    match config {
-        ModelConfig::Gpt(c) => {
-            let n = (num_params - c.block_size * c.n_embd) as f64;
-            6.0 * n + 12.0 * (c.n_layer * t * c.n_embd) as f64
-        }
-        ModelConfig::Lstm(c) => {
-            let h = c.hidden_size as f64;
-            let layers: f64 = (0..c.num_layers)
-                .map(|l| if l == 0 { c.embedding_dim } else { c.hidden_size } as f64)
-                .map(|input| 2.0 * 4.0 * h * (input + h))
-                .sum();
-            3.0 * (layers + 2.0 * c.vocab_size as f64 * h)
-        }
-    }
 }
 
 /// The best FLOP/s of a square `SGEMM_PEAK_SIZE` product through the `gemm` crate on the current pool.
@@ -350,6 +326,9 @@ fn measure(s: &Settings) -> Result<(), String> {
     let config = preset(w.preset).and_then(|p| p.config(p.vocab_size.unwrap_or(0))).map_err(|e| e.to_string())?;
     let model = config.build().map_err(|e| e.to_string())?;
     let num_params = model.num_params();
+    // Training FLOPs per token as the layers count them (`Model::flops_per_token`: matrix products, 2 FLOPs per
+    // multiply-add, backward 2x forward; GPT's is nanoGPT's `6·N + 12·L·T·C`).
+    let flops_per_token = model.flops_per_token(w.seq);
     let params = model.layout().init_params(SEED);
     let ds = format!(
         r#"{{"train_micro_batch_size_per_gpu": {}, "gradient_accumulation_steps": 1, "optimizer": {}}}"#,
@@ -364,7 +343,7 @@ fn measure(s: &Settings) -> Result<(), String> {
 
     let peak = sgemm_peak();
     let tokens_per_step = (w.batch * w.seq) as f64;
-    let flops_per_step = flops_per_token(&config, num_params, w.seq) * tokens_per_step;
+    let flops_per_step = flops_per_token * tokens_per_step;
     println!(
         "bench {} ({}, {num_params} parameters): batch {} x {} tokens, {} threads, {} warm-up + {} timed steps x {} \
          round(s); sgemm peak {:.1} GFLOP/s at start ({n}^3 product), model {:.3} GFLOP/step",

@@ -4,9 +4,8 @@
 //! gradients, per-group gradient buffers, gathered groups, masters, optimizer state, activations) and tokens/s
 //! over all ranks. Each rank's micro-batch is the workload's batch, so the global batch grows with the ranks.
 
-use crate::args::{opt, Opt};
+use crate::args::{opt, parse, Opt};
 use crate::bench::{median, workload, Workload, SEED};
-use crate::commands::parse;
 use rustspeed_comm::threads::ThreadGroup;
 use rustspeed_comm::Communicator;
 use rustspeed_config::DeepSpeedConfig;

@@ -1,6 +1,7 @@
 //! The small commands: `prepare`, `generate`, `export`, `presets`.
 
-use crate::args::{opt, switch, usage, Args, Opt};
+use crate::args::{opt, parse, switch, Args, Opt};
+use crate::run_dir::RunDir;
 use rustspeed_data::{prepare as prepare_data, PrepareOptions, Tokenizer, TokenizerSpec};
 use rustspeed_engine::generate::{generate as sample, SampleOptions};
 use rustspeed_engine::persist::load_weights;
@@ -8,15 +9,6 @@ use rustspeed_nn::io::save_params;
 use rustspeed_nn::PRESETS;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// Parses `argv` for `command`, or prints its usage for `--help` (returning `None`).
-pub fn parse(command: &'static str, opts: &'static [Opt], argv: &[String]) -> Result<Option<Args>, String> {
-    if argv.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", usage(command, opts));
-        return Ok(None);
-    }
-    Args::parse(command, opts, argv).map(Some).map_err(|e| e.to_string())
-}
 
 const PREPARE_OPTS: &[Opt] = &[
     opt("input", "FILE", "UTF-8 text file to train on"),
@@ -78,8 +70,8 @@ pub fn generate(argv: &[String]) -> Result<(), String> {
 /// Loads a run's checkpoint and tokenizer and continues `prompt`.
 pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SampleOptions) -> Result<String, String> {
     let tokenizer =
-        Tokenizer::load(&run.join(crate::train::TOKENIZER_DIR)).map_err(|e| format!("run {}: {e}", run.display()))?;
-    let weights = load_weights(&run.join(crate::train::CHECKPOINT_DIR), tag).map_err(|e| e.to_string())?;
+        Tokenizer::load(&RunDir::new(run).tokenizer()).map_err(|e| format!("run {}: {e}", run.display()))?;
+    let weights = load_weights(&RunDir::new(run).checkpoints(), tag).map_err(|e| e.to_string())?;
     let mut model = weights.spec.config.build().map_err(|e| e.to_string())?;
     let ids = tokenizer.encode(prompt).map_err(|e| format!("the prompt cannot be encoded: {e}"))?;
     let out = sample(&mut model, &weights.params, &ids, opts).map_err(|e| e.to_string())?;
@@ -119,7 +111,7 @@ fn write_weights(a: &Args) -> Result<(), String> {
     if out.exists() {
         return Err(format!("{} exists; choose another --out (nothing is overwritten)", out.display()));
     }
-    let weights = load_weights(&run.join(crate::train::CHECKPOINT_DIR), a.get("tag")).map_err(|e| e.to_string())?;
+    let weights = load_weights(&RunDir::new(&run).checkpoints(), a.get("tag")).map_err(|e| e.to_string())?;
     let model = weights.spec.config.build().map_err(|e| e.to_string())?;
     let metadata = HashMap::from([("rustspeed_model".to_string(), weights.spec.to_json().to_string())]);
     let bytes = save_params(model.layout(), &weights.params, "", Some(metadata))?;
@@ -161,12 +153,19 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
     let p = rustspeed_nn::preset(a.required("model").map_err(e)?).map_err(|e| e.to_string())?;
     let config = p.config(p.vocab_size.unwrap_or(a.parsed("vocab", 65).map_err(e)?)).map_err(|e| e.to_string())?;
     let world: usize = a.parsed("world-size", 1).map_err(e)?;
-    let slots = match a.get("optimizer").unwrap_or("adam") {
-        "adam" | "lamb" => 2,
-        "lion" | "sgd-momentum" => 1,
-        "sgd" => 0,
+    // The rule of each name with DeepSpeed's defaults; its state slots are what it keeps per parameter.
+    let block = match a.get("optimizer").unwrap_or("adam") {
+        "adam" => r#"{"type": "Adam"}"#,
+        "lamb" => r#"{"type": "Lamb"}"#,
+        "lion" => r#"{"type": "Lion"}"#,
+        "sgd" => r#"{"type": "SGD"}"#,
+        "sgd-momentum" => r#"{"type": "SGD", "params": {"momentum": 0.9}}"#,
         other => return Err(format!("--optimizer {other}: expected adam, lamb, lion, sgd or sgd-momentum")),
     };
+    let parsed = rustspeed_config::DeepSpeedConfig::from_json_str(&format!(r#"{{"optimizer": {block}}}"#))
+        .map_err(|e| e.to_string())?;
+    let rule = rustspeed_engine::setup::rule_of(parsed.optimizer.as_ref().expect("the block was given"));
+    let slots = rule.slot_names().len();
     let precision = a.get("precision").unwrap_or("fp32");
     let storage = StorageType::from_name(precision)
         .ok_or_else(|| format!("--precision {precision}: expected fp32, fp16 or bf16"))?;

@@ -8,6 +8,7 @@ mod launch;
 mod metrics;
 mod plot;
 mod progress;
+mod run_dir;
 mod train;
 
 use std::process::ExitCode;
@@ -15,7 +16,8 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 rustspeed: train language models from a DeepSpeed-style config
 
-usage: rustspeed <command> [options]     (rustspeed <command> --help for its options)
+usage: rustspeed <command> [options]     (rustspeed help <command>, or <command> --help, for its options)
+       rustspeed --version
 
 commands:
   prepare    text file -> tokenizer + token shards (train/validation)
@@ -49,14 +51,24 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
-fn main() -> ExitCode {
-    keep_freed_memory();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = argv.split_first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let result = match command.as_str() {
+/// Every command, as an unknown command's suggestion searches them.
+const COMMANDS: [&str; 11] = [
+    "prepare",
+    "train",
+    "generate",
+    "export",
+    "presets",
+    "launch",
+    "estimate",
+    "consolidate",
+    "bench",
+    "bench-zero",
+    "help",
+];
+
+/// Runs `command` with its arguments `rest`.
+fn run(command: &str, rest: &[String]) -> Result<(), String> {
+    match command {
         "prepare" => commands::prepare(rest),
         "train" => train::run(rest),
         "generate" => commands::generate(rest),
@@ -67,13 +79,38 @@ fn main() -> ExitCode {
         "consolidate" => commands::consolidate(rest),
         "bench" => bench::run(rest),
         "bench-zero" => bench_zero::run(rest),
-        "-h" | "--help" | "help" => {
+        // `help COMMAND` is `COMMAND --help`; `help` alone the command list.
+        "help" => match rest.first() {
+            Some(topic) if topic != "help" && !topic.starts_with('-') => run(topic, &["--help".to_string()]),
+            _ => {
+                print!("{USAGE}");
+                Ok(())
+            }
+        },
+        "-h" | "--help" => {
             print!("{USAGE}");
-            return ExitCode::SUCCESS;
+            Ok(())
         }
-        other => Err(format!("unknown command '{other}'\n\n{USAGE}")),
+        "-V" | "--version" | "version" => {
+            println!("rustspeed {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        other => {
+            let hint =
+                rustspeed_config::closest(other, COMMANDS).map_or(String::new(), |c| format!(" (did you mean {c}?)"));
+            Err(format!("unknown command '{other}'{hint}\n\n{USAGE}"))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    keep_freed_memory();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = argv.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
     };
-    match result {
+    match run(command, rest) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("error: {msg}");

@@ -1,10 +1,10 @@
-//! Loss-curve chart rendered straight to PNG bytes, with no image or font crates.
-//!
-//! The encoder follows the PNG specification (W3C PNG 2nd edition): 8-bit truecolour, filter type 0 on every row,
-//! and an IDAT holding a zlib stream (RFC 1950) made only of stored deflate blocks (RFC 1951 §3.2.4). Skipping
-//! compression keeps the encoder tiny; the file (~1.2 MB at 800x500) is written once per run.
+//! Loss-curve chart rasterised in-house (lines, a built-in 5x7 font, axes, legend) and written as a compressed PNG
+//! by the `png` crate.
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
 
 /// One line on the chart.
 pub struct Series<'a> {
@@ -249,8 +249,8 @@ impl Frame {
     }
 }
 
-/// Renders the series as a line chart and returns the PNG file bytes. Sizes below 1 pixel are raised to 1.
-pub fn render_loss_curve(series: &[Series], width: u32, height: u32, title: &str) -> Vec<u8> {
+/// Draws the series as a line chart. Sizes below 1 pixel are raised to 1.
+fn draw_chart(series: &[Series], width: u32, height: u32, title: &str) -> Canvas {
     let (width, height) = (width.max(1), height.max(1));
     let finite: Vec<Vec<(f64, f64)>> = series
         .iter()
@@ -313,7 +313,12 @@ pub fn render_loss_curve(series: &[Series], width: u32, height: u32, title: &str
     let title_left = (plot.left + plot.right) / 2 - text_width(title, scale + 1) / 2;
     canvas.text(title_left, (plot.top - GLYPH_HEIGHT * (scale + 1)) / 2, title, scale + 1, TEXT_COLOR);
 
-    encode_png(width, height, &canvas.rgb)
+    canvas
+}
+
+/// Renders the series as a line chart and returns the PNG file bytes. Sizes below 1 pixel are raised to 1.
+pub fn render_loss_curve(series: &[Series], width: u32, height: u32, title: &str) -> io::Result<Vec<u8>> {
+    encode_png(&draw_chart(series, width, height, title))
 }
 
 /// Legend box in whichever inner corner of the plot covers the fewest already-drawn series pixels (preferring
@@ -345,93 +350,110 @@ fn draw_legend(canvas: &mut Canvas, plot: Rect, series: &[&Series], scale: i64) 
     }
 }
 
+const LOSS_CHART_WIDTH: u32 = 800;
+const LOSS_CHART_HEIGHT: u32 = 500;
+const LOSS_CHART_TITLE: &str = "loss";
+
+/// (step, loss) samples widened to the chart's coordinate type.
+fn loss_points(samples: &[(u64, f32)]) -> Vec<(f64, f64)> {
+    samples.iter().map(|&(step, loss)| (step as f64, loss as f64)).collect()
+}
+
+/// The end-of-training chart's two lines.
+fn loss_series<'a>(train: &'a [(f64, f64)], val: &'a [(f64, f64)]) -> [Series<'a>; 2] {
+    [
+        Series { label: "train", points: train, color: TRAIN_COLOR },
+        Series { label: "val", points: val, color: VAL_COLOR },
+    ]
+}
+
 /// Writes the CLI's end-of-training chart: train and validation loss against step, 800x500, titled "loss".
-pub fn write_loss_curve_png(path: &Path, train: &[(u64, f32)], val: &[(u64, f32)]) -> std::io::Result<()> {
-    let widen =
-        |points: &[(u64, f32)]| points.iter().map(|&(step, loss)| (step as f64, loss as f64)).collect::<Vec<_>>();
-    let (train, val) = (widen(train), widen(val));
-    let series = [
-        Series { label: "train", points: &train, color: TRAIN_COLOR },
-        Series { label: "val", points: &val, color: VAL_COLOR },
-    ];
-    std::fs::write(path, render_loss_curve(&series, 800, 500, "loss"))
+/// The file appears complete or not at all: it is written under a temporary name beside `path`, then renamed.
+pub fn write_loss_curve_png(path: &Path, train: &[(u64, f32)], val: &[(u64, f32)]) -> io::Result<()> {
+    let (train, val) = (loss_points(train), loss_points(val));
+    let png = render_loss_curve(&loss_series(&train, &val), LOSS_CHART_WIDTH, LOSS_CHART_HEIGHT, LOSS_CHART_TITLE)?;
+    write_atomically(path, &png)
 }
 
-const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-/// LEN of a stored deflate block is a 16-bit field (RFC 1951 §3.2.4).
-const STORED_BLOCK_MAX: usize = 65535;
+/// Hidden sibling of `path` for the in-progress write; the process id keeps two concurrent runs from sharing one.
+fn temporary_sibling(path: &Path) -> io::Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    let mut temporary = OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    Ok(path.with_file_name(temporary))
+}
 
-/// PNG file for `rgb` (row-major, 3 bytes a pixel): IHDR (8-bit depth, colour type 2 = truecolour, no interlace),
-/// one IDAT, IEND. Every scanline is prefixed with filter type 0 (None).
-fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
-    let row_bytes = width as usize * 3;
-    let mut scanlines = Vec::with_capacity((row_bytes + 1) * height as usize);
-    for row in rgb.chunks_exact(row_bytes) {
-        scanlines.push(0);
-        scanlines.extend_from_slice(row);
+/// Writes `bytes` to a temporary sibling, flushes it to disk, and renames it over `path`: a rename within one
+/// directory is atomic, so a crash leaves either the old file or the new one, never a truncated one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = temporary_sibling(path)?;
+    let written = write_and_sync(&temporary, bytes)
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", temporary.display())))
+        .and_then(|()| {
+            std::fs::rename(&temporary, path)
+                .map_err(|e| io::Error::new(e.kind(), format!("renaming {} into place: {e}", temporary.display())))
+        });
+    if written.is_err() {
+        // Best effort: the write already failed, and a leftover hidden file is harmless next to that error.
+        let _ = std::fs::remove_file(&temporary);
     }
-    let header = [&width.to_be_bytes()[..], &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
-    let mut png = PNG_SIGNATURE.to_vec();
-    write_chunk(&mut png, b"IHDR", &header);
-    write_chunk(&mut png, b"IDAT", &zlib_stored(&scanlines));
-    write_chunk(&mut png, b"IEND", &[]);
-    png
+    written
 }
 
-/// Chunk layout: big-endian data length, 4-byte type, data, CRC-32 of type and data.
-fn write_chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    png.extend((data.len() as u32).to_be_bytes());
-    let start = png.len();
-    png.extend_from_slice(kind);
-    png.extend_from_slice(data);
-    let crc = crc32(&png[start..]);
-    png.extend(crc.to_be_bytes());
+/// Without the sync, a crash soon after the rename can leave the new name pointing at not-yet-written blocks.
+fn write_and_sync(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
-/// zlib stream of stored blocks. Header 0x78 0x01: CMF = deflate with a 32 KiB window; FLG makes
-/// CMF·256 + FLG a multiple of 31 with no preset dictionary (RFC 1950 §2.2). Trailer: Adler-32, big-endian.
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x78, 0x01];
-    // An empty input still needs one (empty) final block.
-    let block_count = data.len().div_ceil(STORED_BLOCK_MAX).max(1);
-    for index in 0..block_count {
-        let block = &data[index * STORED_BLOCK_MAX..((index + 1) * STORED_BLOCK_MAX).min(data.len())];
-        out.push(u8::from(index + 1 == block_count));
-        let len = block.len() as u16;
-        out.extend(len.to_le_bytes());
-        out.extend((!len).to_le_bytes());
-        out.extend_from_slice(block);
+/// Palette (RGB triples) and one index byte per pixel, or None when `rgb` has more colours than a palette holds.
+fn palette_indices(rgb: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut index_of = std::collections::HashMap::<[u8; 3], u8>::new();
+    let mut palette = Vec::new();
+    let mut indices = Vec::with_capacity(rgb.len() / 3);
+    for pixel in rgb.chunks_exact(3) {
+        let color = [pixel[0], pixel[1], pixel[2]];
+        let index = match index_of.get(&color) {
+            Some(&index) => index,
+            None => {
+                // An index is one byte, so the 257th colour ends the attempt (PNG palettes hold 256 entries at most).
+                let index = u8::try_from(index_of.len()).ok()?;
+                index_of.insert(color, index);
+                palette.extend_from_slice(&color);
+                index
+            }
+        };
+        indices.push(index);
     }
-    out.extend(adler32(data).to_be_bytes());
-    out
+    Some((palette, indices))
 }
 
-/// CRC-32 over the reflected IEEE polynomial 0xEDB88320, bit by bit (PNG specification, Annex D, minus its
-/// lookup table: a few milliseconds for one chart).
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= byte as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { 0xEDB8_8320 ^ (crc >> 1) } else { crc >> 1 };
+/// PNG bytes for the canvas at the crate's strongest compression. The chart is flat colours without
+/// anti-aliasing, so it is normally written palette-indexed (1 byte a pixel); truecolour is the fallback.
+fn encode_png(canvas: &Canvas) -> io::Result<Vec<u8>> {
+    let encoding_failed = |e: png::EncodingError| io::Error::other(format!("encoding PNG: {e}"));
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, canvas.width as u32, canvas.height as u32);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::High);
+    let pixels = match palette_indices(&canvas.rgb) {
+        Some((palette, indices)) => {
+            encoder.set_color(png::ColorType::Indexed);
+            encoder.set_palette(palette);
+            Cow::Owned(indices)
         }
-    }
-    !crc
-}
-
-/// Adler-32 (RFC 1950 §8.2): two running sums modulo 65521. 5552 bytes is the longest run whose sums cannot
-/// overflow u32 before the reduction (zlib's NMAX).
-fn adler32(bytes: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for run in bytes.chunks(5552) {
-        for &byte in run {
-            a += byte as u32;
-            b += a;
+        None => {
+            encoder.set_color(png::ColorType::Rgb);
+            Cow::Borrowed(canvas.rgb.as_slice())
         }
-        a %= 65521;
-        b %= 65521;
-    }
-    (b << 16) | a
+    };
+    let mut writer = encoder.write_header().map_err(encoding_failed)?;
+    writer.write_image_data(&pixels).map_err(encoding_failed)?;
+    writer.finish().map_err(encoding_failed)?;
+    Ok(png)
 }
 
 #[cfg(test)]
@@ -463,78 +485,66 @@ mod tests {
         }
     }
 
-    /// Adler-32 straight from RFC 1950's definition, reducing after every byte.
-    fn naive_adler32(bytes: &[u8]) -> u32 {
-        let (a, b) = bytes.iter().fold((1u64, 0u64), |(a, b), &x| ((a + x as u64) % 65521, (b + a + x as u64) % 65521));
-        ((b << 16) | a) as u32
-    }
-
-    fn be32(bytes: &[u8]) -> u32 {
-        u32::from_be_bytes(bytes[..4].try_into().unwrap())
-    }
-
-    /// Inflates a zlib stream that may contain only stored blocks, checking every header field and the checksum.
-    fn inflate_stored(stream: &[u8]) -> Vec<u8> {
-        assert_eq!((stream[0] & 0x0F, (stream[0] as u32 * 256 + stream[1] as u32) % 31), (8, 0), "CM, FCHECK");
-        assert_eq!(stream[1] & 0x20, 0, "no preset dictionary");
-        let (mut at, mut out) = (2, Vec::new());
-        loop {
-            let header = stream[at];
-            assert_eq!((header >> 1) & 3, 0, "only stored blocks expected");
-            let len = u16::from_le_bytes([stream[at + 1], stream[at + 2]]);
-            assert_eq!(len, !u16::from_le_bytes([stream[at + 3], stream[at + 4]]), "NLEN = !LEN");
-            out.extend_from_slice(&stream[at + 5..at + 5 + len as usize]);
-            at += 5 + len as usize;
-            if header & 1 == 1 {
-                break;
-            }
-        }
-        assert_eq!(at + 4, stream.len(), "Adler-32 trailer ends the stream");
-        assert_eq!(be32(&stream[at..]), naive_adler32(&out), "Adler-32 of the inflated data");
-        out
-    }
-
+    /// Decodes with the `png` crate's decoder, palettes expanded to RGB, so tests see pixels whatever the format.
     fn decode_png(png: &[u8]) -> Decoded {
-        assert_eq!(png[..8], [137, 80, 78, 71, 13, 10, 26, 10], "PNG signature");
-        let (mut at, mut chunks) = (8, Vec::new());
-        while at < png.len() {
-            let len = be32(&png[at..]) as usize;
-            assert_eq!(be32(&png[at + 8 + len..]), crc32(&png[at + 4..at + 8 + len]), "CRC of chunk at {at}");
-            chunks.push((&png[at + 4..at + 8], &png[at + 8..at + 8 + len]));
-            at += 12 + len;
-        }
-        let kinds: Vec<&[u8]> = chunks.iter().map(|c| c.0).collect();
-        assert_eq!((at, kinds), (png.len(), vec![&b"IHDR"[..], b"IDAT", b"IEND"]));
-        let header = chunks[0].1;
-        assert_eq!(header[8..], [8, 2, 0, 0, 0], "8-bit truecolour, standard compression/filter, no interlace");
-        let (width, height) = (be32(&header[0..]) as usize, be32(&header[4..]) as usize);
-        let scanlines = inflate_stored(chunks[1].1);
-        assert_eq!(scanlines.len(), height * (1 + width * 3));
-        assert!(scanlines.chunks_exact(1 + width * 3).all(|row| row[0] == 0), "filter type None");
-        let rgb = scanlines.chunks_exact(1 + width * 3).flat_map(|row| &row[1..]).copied().collect();
-        Decoded { width, height, rgb }
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
+        decoder.set_transformations(png::Transformations::EXPAND);
+        let mut reader = decoder.read_info().unwrap();
+        let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut rgb).unwrap();
+        assert_eq!((frame.color_type, frame.bit_depth), (png::ColorType::Rgb, png::BitDepth::Eight));
+        rgb.truncate(frame.buffer_size());
+        Decoded { width: frame.width as usize, height: frame.height as usize, rgb }
+    }
+
+    /// Colour type as stored in the file's header, before any decoder expansion.
+    fn stored_color_type(png: &[u8]) -> png::ColorType {
+        png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap().info().color_type
+    }
+
+    /// Asserts the decoded image is exactly the canvas, naming the first differing pixel rather than dumping both.
+    fn assert_same_pixels(decoded: &Decoded, drawn: &Canvas) {
+        assert_eq!((decoded.width as i64, decoded.height as i64), (drawn.width, drawn.height), "dimensions");
+        assert_eq!(decoded.rgb.len(), drawn.rgb.len(), "pixel count");
+        let differing = decoded.rgb.chunks_exact(3).zip(drawn.rgb.chunks_exact(3)).position(|(got, want)| got != want);
+        let at = differing.map(|i| (i % decoded.width, i / decoded.width));
+        assert_eq!(at, None, "first pixel (x, y) where the decoded file differs from the drawn raster");
+    }
+
+    /// Scratch directory for one test, removed and recreated so earlier failed runs leave nothing behind.
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rustspeed-plot-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn file_names(dir: &Path) -> Vec<OsString> {
+        std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().file_name()).collect()
+    }
+
+    /// Uniform in [-1, 1) from a xorshift64 state, so the noisy curves are the same on every run.
+    fn next_noise(state: &mut u64) -> f32 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// (step, loss) pairs as the trainer records them.
+    type LossSamples = Vec<(u64, f32)>;
+
+    /// A 3000-step run: noisy train loss every step falling from ~10.5 towards 2, validation every 100 steps.
+    fn noisy_run() -> (LossSamples, LossSamples) {
+        let mut state = 0x9E37_79B9_7F4A_7C15;
+        let expected = |step: u64| 2.0 + 8.5 * (-(step as f32) / 400.0).exp();
+        let train = (0..3000).map(|step| (step, expected(step) + 0.25 * next_noise(&mut state))).collect();
+        let val = (0..3000).step_by(100).map(|step| (step, expected(step) + 0.1 + 0.03 * next_noise(&mut state)));
+        (train, val.collect())
     }
 
     fn render(series: &[Series], width: u32, height: u32) -> Decoded {
-        decode_png(&render_loss_curve(series, width, height, "loss"))
-    }
-
-    #[test]
-    fn checksums_match_published_check_values() {
-        // CRC-32 check value from the CRC catalogue (CRC-32/ISO-HDLC); Adler-32 example from its Wikipedia article.
-        assert_eq!((crc32(b"123456789"), crc32(b"")), (0xCBF4_3926, 0));
-        assert_eq!((adler32(b"Wikipedia"), adler32(b"")), (0x11E6_0398, 1));
-        let long: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 0x80).collect();
-        assert_eq!(adler32(&long), naive_adler32(&long), "deferred modulo must equal per-byte modulo");
-    }
-
-    #[test]
-    fn zlib_stream_splits_into_stored_blocks_and_round_trips() {
-        let data: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
-        let stream = zlib_stored(&data);
-        assert_eq!(stream.len(), 2 + 3 * 5 + data.len() + 4, "150000 bytes need three stored blocks");
-        assert_eq!(inflate_stored(&stream), data);
-        assert_eq!(inflate_stored(&zlib_stored(&[])), Vec::<u8>::new());
+        decode_png(&render_loss_curve(series, width, height, "loss").unwrap())
     }
 
     #[test]
@@ -622,5 +632,60 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!((image.width, image.height), (800, 500));
         assert!(image.count(TRAIN_COLOR) > 500 && image.count(VAL_COLOR) > 500, "both curves drawn");
+    }
+
+    #[test]
+    fn loss_curve_file_decodes_to_the_drawn_pixels_and_replaces_the_old_file() {
+        let (train, val) = noisy_run();
+        let (train_points, val_points) = (loss_points(&train), loss_points(&val));
+        let series = loss_series(&train_points, &val_points);
+        let drawn = draw_chart(&series, LOSS_CHART_WIDTH, LOSS_CHART_HEIGHT, LOSS_CHART_TITLE);
+        let dir = scratch_dir("round-trip");
+        let path = dir.join("loss.png");
+        std::fs::write(&path, b"stale chart from an earlier run").unwrap();
+        write_loss_curve_png(&path, &train, &val).unwrap();
+        let png = std::fs::read(&path).unwrap();
+        assert_eq!(file_names(&dir), [OsString::from("loss.png")], "the temporary file was renamed, not left over");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(stored_color_type(&png), png::ColorType::Indexed, "a flat-colour chart fits a palette");
+        assert_same_pixels(&decode_png(&png), &drawn);
+    }
+
+    #[test]
+    fn more_colours_than_a_palette_holds_fall_back_to_truecolour() {
+        let points: Vec<[(f64, f64); 1]> = (0..300).map(|i| [(i as f64, (i * 7 % 300) as f64)]).collect();
+        let colors: Vec<[u8; 3]> = (0..300u32).map(|i| [(i % 256) as u8, (i / 256) as u8, 77]).collect();
+        let series: Vec<Series> =
+            points.iter().zip(&colors).map(|(p, &color)| Series { label: "", points: p, color }).collect();
+        let png = render_loss_curve(&series, 640, 480, "many").unwrap();
+        assert_eq!(stored_color_type(&png), png::ColorType::Rgb);
+        assert_same_pixels(&decode_png(&png), &draw_chart(&series, 640, 480, "many"));
+    }
+
+    #[test]
+    fn three_thousand_step_chart_is_under_100_kb() {
+        // Issue 17's budget for loss.png; the stored-block encoder this replaced wrote ~1.2 MB for any 800x500 chart.
+        const MAX_CHART_BYTES: usize = 100_000;
+        let (train, val) = noisy_run();
+        let dir = scratch_dir("size");
+        let path = dir.join("loss.png");
+        write_loss_curve_png(&path, &train, &val).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(size < MAX_CHART_BYTES, "{size} bytes");
+    }
+
+    #[test]
+    fn failed_write_names_the_temporary_file_and_leaves_nothing() {
+        let dir = scratch_dir("failure");
+        let missing_dir = dir.join("missing");
+        let error = write_loss_curve_png(&missing_dir.join("loss.png"), &[(0, 1.0)], &[]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        let temporary = missing_dir.join(format!(".loss.png.{}.tmp", std::process::id()));
+        assert!(error.to_string().contains(&temporary.display().to_string()), "{error}");
+        assert!(file_names(&dir).is_empty(), "nothing written beside the missing directory");
+        let no_name = write_loss_curve_png(Path::new("/"), &[], &[]).unwrap_err();
+        assert_eq!(no_name.kind(), io::ErrorKind::InvalidInput);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,11 +10,11 @@
 //! RUN_DIR/checkpoints/    `latest` and one directory per saved step
 //! ```
 
-use crate::args::{opt, switch, Opt};
-use crate::commands::parse;
+use crate::args::{opt, parse, switch, Opt};
 use crate::metrics::{Metrics, Row};
 use crate::plot::write_loss_curve_png;
 use crate::progress::{format_duration, Progress};
+use crate::run_dir::RunDir;
 use rustspeed_comm::threads::ThreadGroup;
 use rustspeed_comm::{Communicator, SingleRank};
 use rustspeed_config::DeepSpeedConfig;
@@ -26,9 +26,6 @@ use rustspeed_nn::{preset, ModelConfig};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-pub const CHECKPOINT_DIR: &str = "checkpoints";
-pub const TOKENIZER_DIR: &str = "tokenizer";
 
 const OPTS: &[Opt] = &[
     opt("model", "PRESET", "model preset (rustspeed presets lists them)"),
@@ -137,7 +134,7 @@ fn validate<E: Element>(
 /// On `--resume`, the sequence length and seed come from the run's `run.json` (a different value would break
 /// the exact continuation); one given on the command line must agree.
 fn adopt_run_settings(s: &mut Settings) -> Result<(), String> {
-    let path = s.out.join("run.json");
+    let path = RunDir::new(&s.out).run_settings();
     let text = std::fs::read_to_string(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
     let run: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
@@ -267,7 +264,8 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
     let mut engine = Engine::with_communicator(model, params, config.clone(), comm).map_err(|e| e.to_string())?;
     let b = engine.batch_sizes().micro_batch_size;
     let mut loader = Loader::new(&data.train, b, t, s.seed, rank, world).map_err(|e| format!("training data: {e}"))?;
-    let ckpt_dir = s.out.join(CHECKPOINT_DIR);
+    let run_dir = RunDir::new(&s.out);
+    let ckpt_dir = run_dir.checkpoints();
     if s.resume {
         let resumed = engine.load_checkpoint(&ckpt_dir).map_err(|e| format!("--resume: {e}"))?;
         if rank == 0 && !resumed.changes.is_empty() {
@@ -282,7 +280,7 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
         return Err(format!("the run already has {first} steps; pass a larger --steps to continue it"));
     }
     let lead = rank == 0;
-    let mut metrics = if lead { Some(Metrics::open(&s.out.join("metrics.csv"), first)?) } else { None };
+    let mut metrics = if lead { Some(Metrics::open(&run_dir.metrics(), first)?) } else { None };
     let every = s.print_every.or(engine.config().steps_per_print).unwrap_or(10);
     let progress = Progress::new(first, s.steps, every);
     if lead {
@@ -347,14 +345,14 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
     let rows = metrics.rows();
     let train: Vec<(u64, f32)> = rows.iter().map(|r| (r.step, r.loss)).collect();
     let val: Vec<(u64, f32)> = rows.iter().filter_map(|r| r.val_loss.map(|v| (r.step, v))).collect();
-    let png = s.out.join("loss.png");
+    let png = run_dir.loss_chart();
     write_loss_curve_png(&png, &train, &val).map_err(|e| format!("{}: {e}", png.display()))?;
     eprintln!(
         "done: {} steps in {}, final validation loss {}; metrics {}, curve {}, checkpoint {}",
         s.steps - first,
         format_duration(start.elapsed()),
         last_val.map_or("n/a".into(), |v| format!("{v:.4}")),
-        s.out.join("metrics.csv").display(),
+        run_dir.metrics().display(),
         png.display(),
         ckpt_dir.display()
     );
@@ -370,22 +368,22 @@ fn prepare_run_dir(
     t: usize,
 ) -> Result<(), String> {
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    if s.out.join(CHECKPOINT_DIR).exists() || s.out.join("metrics.csv").exists() {
+    let run_dir = RunDir::new(&s.out);
+    if run_dir.holds_a_run() {
         return Err(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --out (nothing is overwritten)",
-            s.out.display()
+            run_dir.root().display()
         ));
     }
-    let tokenizer_dir = s.out.join(TOKENIZER_DIR);
+    let tokenizer_dir = run_dir.tokenizer();
     std::fs::create_dir_all(&tokenizer_dir).map_err(|e| io(&tokenizer_dir, e))?;
-    data.tokenizer.save(&s.out.join(TOKENIZER_DIR)).map_err(|e| e.to_string())?;
+    data.tokenizer.save(&tokenizer_dir).map_err(|e| e.to_string())?;
     let run = json!({
         "model": spec.to_json(), "data": data.dir().display().to_string(), "seq_len": t, "seed": s.seed,
     });
-    let write = |name: &str, v: &serde_json::Value| {
-        let p = s.out.join(name);
+    let write = |p: PathBuf, v: &serde_json::Value| {
         std::fs::write(&p, serde_json::to_string_pretty(v).expect("JSON serializes")).map_err(|e| io(&p, e))
     };
-    write("run.json", &run)?;
-    write("ds_config.json", &config.to_json())
+    write(run_dir.run_settings(), &run)?;
+    write(run_dir.ds_config(), &config.to_json())
 }

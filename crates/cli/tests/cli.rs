@@ -144,6 +144,18 @@ fn train_resume_generate_and_export() {
 }
 
 #[test]
+fn version_help_and_misspelt_commands() {
+    let version = ok(&rustspeed(&["--version"]));
+    assert_eq!(version.trim(), format!("rustspeed {}", env!("CARGO_PKG_VERSION")));
+    let help = ok(&rustspeed(&["help", "train"]));
+    assert!(help.contains("--world-size") && help.contains("--resume"), "{help}");
+    assert_eq!(help, ok(&rustspeed(&["train", "--help"])), "help COMMAND is COMMAND --help");
+    fails(&rustspeed(&["trian"]), &["unknown command 'trian'", "did you mean train?"]);
+    fails(&rustspeed(&["help", "consolidat"]), &["unknown command 'consolidat'", "did you mean consolidate?"]);
+    fails(&rustspeed(&["train", "--stpes", "3"]), &["unknown option --stpes", "did you mean --steps?"]);
+}
+
+#[test]
 fn bad_input_files_are_named_errors() {
     let sb = Sandbox::new("inputs");
     let out = sb.path("data");

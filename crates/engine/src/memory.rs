@@ -13,7 +13,7 @@
 
 use crate::precision::StorageType;
 use crate::zero::ZeroStage;
-use rustspeed_nn::ModelConfig;
+use rustspeed_nn::{Model, ModelConfig};
 
 const F32: usize = std::mem::size_of::<f32>();
 
@@ -75,7 +75,9 @@ pub struct Workload {
 }
 
 /// The ZeRO paper's prediction for `params` (Ψ) parameters, plus the activations the model saves for its
-/// backward. Partitions are `⌈Ψ/N⌉`, as the engine pads them.
+/// backward, as its layers report them ([`rustspeed_nn::Model::activation_estimate`]: with activation
+/// checkpointing every layer keeps its output and one at a time holds what it saved). Partitions are `⌈Ψ/N⌉`, as
+/// the engine pads them. A config that does not build estimates no activations and no gathered groups.
 pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryReport {
     let part = params.div_ceil(w.world);
     let padded = part * w.world;
@@ -83,9 +85,11 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         StorageType::Fp32 => F32,
         StorageType::Fp16 | StorageType::Bf16 => 2,
     };
+    // The layers report their own activations and groups; a config that does not build has neither.
+    let built = model.build().ok();
     // Stage 3 gathers one group at a time and prefetches the next; the gradient buffers of stages 2 and 3 are the
     // group being written and the one being reduced: about two of the largest group each.
-    let live = 2 * largest_group(model);
+    let live = 2 * built.as_ref().map_or(0, largest_group);
     // (model-copy elements, fp32 gradient-partition elements, staging elements, owned elements); at stage 3 the
     // fp32 masters are the model's only copy (in fp32 training they are the parameters).
     let (parameters, grad_partition, staging, owned) = match w.stage {
@@ -117,49 +121,12 @@ pub fn estimate(model: &ModelConfig, params: usize, w: &Workload) -> MemoryRepor
         optimizer_state: owned * w.optimizer_slots * F32,
         // The head's logits and their gradient are fp32 in every precision; the saved statistics (LayerNorm
         // mean/rstd, a few floats per row) are counted at the storage size.
-        activations: {
-            let head = head_floats(model, w.micro_batch * w.seq_len);
-            let floats = activation_floats(model, w.micro_batch, w.seq_len, w.activation_checkpointing);
-            (floats - head) * e + head * F32
-        },
+        activations: built
+            .map_or(0, |m| m.activation_estimate(w.micro_batch, w.seq_len, w.activation_checkpointing).bytes(e)),
     }
 }
 
 /// Elements of the model's largest parameter group (the unit stage 3 gathers).
-fn largest_group(model: &ModelConfig) -> usize {
-    model.build().map_or(0, |m| m.groups().iter().map(|g| g.len()).max().unwrap_or(0))
-}
-
-/// The output head's share of [`activation_floats`] for `n` rows: logits/probabilities and their gradient.
-fn head_floats(model: &ModelConfig, n: usize) -> usize {
-    2 * n * model.vocab_size()
-}
-
-/// Floats of activations saved for the backward (and the head's logits and their gradient), from the layers'
-/// definitions in `rustspeed_nn`. With activation checkpointing every block or LSTM layer keeps only its output
-/// (the next one's input), and one at a time holds the rest again while its backward runs.
-pub fn activation_floats(model: &ModelConfig, b: usize, t: usize, checkpointing: bool) -> usize {
-    let layers = |count: usize, each: usize, output: usize| match checkpointing {
-        true => count * output + (each - output),
-        false => count * each,
-    };
-    let n = b * t;
-    match model {
-        ModelConfig::Gpt(c) => {
-            let ch = c.n_embd;
-            // Per block: ln_1 out + qkv + attention out + residual + ln_2 out (1 + 3 + 1 + 1 + 1 = 7 NC), MLP
-            // pre- and post-GELU (8 NC), two LayerNorms' mean and rstd (4 N), attention probabilities (B·NH·T²),
-            // and the block's output (NC).
-            let block = 16 * n * ch + 4 * n + b * c.n_head * t * t;
-            // Embedding output, ln_f output + its mean/rstd, logits/probabilities and their gradient.
-            let outer = n * ch + (n * ch + 2 * n) + 2 * n * c.vocab_size;
-            layers(c.n_layer, block, n * ch) + outer
-        }
-        ModelConfig::Lstm(c) => {
-            // Per layer: hidden states (output), gates (4H), cell states (H).
-            let layer = 6 * n * c.hidden_size;
-            let outer = n * c.embedding_dim + 2 * n * c.vocab_size;
-            layers(c.num_layers, layer, n * c.hidden_size) + outer
-        }
-    }
+fn largest_group(model: &Model) -> usize {
+    model.groups().iter().map(|g| g.len()).max().unwrap_or(0)
 }

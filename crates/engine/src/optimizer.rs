@@ -1,96 +1,32 @@
-//! The engine's optimizer: one update rule, its flat state buffers, and the count of applied steps. The update
-//! itself is `rustspeed_optim`'s pure step functions, applied per parameter tensor so that weight decay follows
-//! each tensor's flag (and Lamb's trust ratio is per tensor, as DeepSpeed's).
+//! The engine's optimizer: one update rule (any `rustspeed_optim::UpdateRule`), its flat state buffers (one per
+//! slot the rule names), and the count of applied steps. The rule is applied per parameter tensor so that weight
+//! decay follows each tensor's flag (and Lamb's trust ratio is per tensor, as DeepSpeed's).
 
 use crate::zero::Segment;
 use rayon::prelude::*;
 use rustspeed_kernels::cast::Element;
 use rustspeed_nn::ParamLayout;
-use rustspeed_optim::{
-    adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
-};
-
-/// The update rule with its configured hyperparameters.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Rule {
-    Adam(AdamHyper),
-    Lamb(LambHyper),
-    Lion(LionHyper),
-    Sgd(SgdHyper),
-}
-
-impl Rule {
-    pub fn kind(&self) -> OptimizerKind {
-        match self {
-            Rule::Adam(_) => OptimizerKind::Adam,
-            Rule::Lamb(_) => OptimizerKind::Lamb,
-            Rule::Lion(_) => OptimizerKind::Lion,
-            Rule::Sgd(h) => OptimizerKind::Sgd { with_momentum: h.momentum != 0.0 },
-        }
-    }
-
-    /// Names of the state buffers, as checkpoints store them (PyTorch's optimizer-state names).
-    pub fn slot_names(&self) -> &'static [&'static str] {
-        match self {
-            Rule::Adam(_) | Rule::Lamb(_) => &["exp_avg", "exp_avg_sq"],
-            Rule::Lion(_) => &["exp_avg"],
-            Rule::Sgd(h) if h.momentum != 0.0 => &["momentum_buffer"],
-            Rule::Sgd(_) => &[],
-        }
-    }
-
-    /// The configured learning rate.
-    pub fn lr(&self) -> f32 {
-        match self {
-            Rule::Adam(h) => h.lr,
-            Rule::Lamb(h) => h.lr,
-            Rule::Lion(h) => h.lr,
-            Rule::Sgd(h) => h.lr,
-        }
-    }
-
-    /// This step's hyperparameters for one tensor: the step's lr, OneCycle's betas when given, and no weight
-    /// decay for tensors that do not decay.
-    fn for_tensor(&self, lr: f32, betas: Option<(f64, f64)>, decay: bool) -> Rule {
-        let wd = |w: f32| if decay { w } else { 0.0 };
-        let pick = |d1: f32, d2: f32| betas.map_or((d1, d2), |(a, b)| (a as f32, b as f32));
-        match *self {
-            Rule::Adam(h) => {
-                let (beta1, beta2) = pick(h.beta1, h.beta2);
-                Rule::Adam(AdamHyper { lr, beta1, beta2, weight_decay: wd(h.weight_decay), ..h })
-            }
-            Rule::Lamb(h) => {
-                let (beta1, beta2) = pick(h.beta1, h.beta2);
-                Rule::Lamb(LambHyper { lr, beta1, beta2, weight_decay: wd(h.weight_decay), ..h })
-            }
-            Rule::Lion(h) => {
-                let (beta1, beta2) = pick(h.beta1, h.beta2);
-                Rule::Lion(LionHyper { lr, beta1, beta2, weight_decay: wd(h.weight_decay) })
-            }
-            Rule::Sgd(h) => Rule::Sgd(SgdHyper { lr, weight_decay: wd(h.weight_decay), ..h }),
-        }
-    }
-}
+use rustspeed_optim::{StepContext, UpdateRule};
 
 /// Elements per parallel piece of an element-wise update: large enough that scheduling costs little.
 const OPTIMIZER_CHUNK: usize = 1 << 16;
 
 pub struct Optimizer {
-    rule: Rule,
-    /// One flat buffer per state slot, over the parameter layout.
+    rule: Box<dyn UpdateRule>,
+    /// One flat buffer per state slot the rule names, over the partition.
     slots: Vec<Vec<f32>>,
     applied_steps: u64,
 }
 
 impl Optimizer {
     /// An optimizer whose state covers `owned_len` parameters (the whole model, or a ZeRO partition).
-    pub fn new(rule: Rule, owned_len: usize) -> Self {
+    pub fn new(rule: Box<dyn UpdateRule>, owned_len: usize) -> Self {
         let slots = rule.slot_names().iter().map(|_| vec![0.0; owned_len]).collect();
         Optimizer { rule, slots, applied_steps: 0 }
     }
 
-    pub fn rule(&self) -> &Rule {
-        &self.rule
+    pub fn rule(&self) -> &dyn UpdateRule {
+        &*self.rule
     }
 
     pub fn base_lr(&self) -> f64 {
@@ -106,7 +42,7 @@ impl Optimizer {
         self.rule.slot_names().iter().copied().zip(self.slots.iter().map(|s| s.as_slice()))
     }
 
-    /// Restores state buffers and the step count (from a checkpoint); `slots` in [`Rule::slot_names`] order.
+    /// Restores state buffers and the step count (from a checkpoint); `slots` in [`UpdateRule::slot_names`] order.
     pub fn restore(&mut self, slots: Vec<Vec<f32>>, applied_steps: u64) {
         assert_eq!(slots.len(), self.slots.len(), "optimizer state slot count");
         self.slots = slots;
@@ -153,8 +89,8 @@ impl Optimizer {
                 if start >= end {
                     continue;
                 }
-                let rule = self.rule.for_tensor(lr, betas, entry.spec.weight_decay);
-                let chunk = if matches!(rule, Rule::Lamb(_)) { end - start } else { OPTIMIZER_CHUNK };
+                let context = StepContext { step, lr, betas, decay: entry.spec.weight_decay };
+                let chunk = if self.rule.needs_whole_tensors() { end - start } else { OPTIMIZER_CHUNK };
                 // Skip to the tensor's place in the partition (past padding or another segment's gap).
                 let skip = segment.at + (start - owned.start) - at;
                 (_, rest_p) = std::mem::take(&mut rest_p).split_at_mut(skip);
@@ -175,14 +111,15 @@ impl Optimizer {
                             head
                         })
                         .collect();
-                    pieces.push((rule, p, g, slots));
+                    pieces.push((context, p, g, slots));
                     (rest_p, rest_g) = (rp, rg);
                     left -= len;
                 }
                 at = segment.at + (end - owned.start);
             }
         }
-        pieces.into_par_iter().for_each(|(rule, p, grads, mut slots)| {
+        let rule = &*self.rule;
+        pieces.into_par_iter().for_each(|(context, p, grads, mut slots)| {
             let wide: Vec<f32>;
             let g: &[f32] = match G::as_f32(grads) {
                 Some(g) if grad_scale == 1.0 => g,
@@ -194,24 +131,10 @@ impl Optimizer {
                     &wide
                 }
             };
-            step_piece(rule, step, p, g, &mut slots);
+            rule.step(&context, p, g, &mut slots);
             if zero_grads {
                 grads.fill(G::default());
             }
         });
-    }
-}
-
-/// One rule's update of one piece of parameters, gradients and state slots.
-fn step_piece(rule: Rule, step: u64, p: &mut [f32], g: &[f32], slots: &mut [&mut [f32]]) {
-    match (rule, slots) {
-        (Rule::Adam(h), [m, v]) => adam_step(&h, step, p, g, m, v),
-        (Rule::Lamb(h), [m, v]) => {
-            lamb_step(&h, step, p, g, m, v);
-        }
-        (Rule::Lion(h), [m]) => lion_step(&h, p, g, m),
-        (Rule::Sgd(h), [buf]) => sgd_step(&h, step == 1, p, g, Some(buf)),
-        (Rule::Sgd(h), []) => sgd_step(&h, step == 1, p, g, None),
-        (rule, slots) => unreachable!("{rule:?} with {} state slots", slots.len()),
     }
 }

@@ -2,12 +2,12 @@
 //! precision, ZeRO stage and communicator. Nothing else in the engine inspects the config's options.
 
 use crate::error::EngineError;
-use crate::optimizer::{Optimizer, Rule};
+use crate::optimizer::Optimizer;
 use crate::precision::Precision;
 use crate::zero::{ZeroPlan, ZeroStage};
 use rustspeed_config::{BatchSizes, DataType, DeepSpeedConfig, OptimizerConfig, SchedulerConfig};
 use rustspeed_nn::ParamLayout;
-use rustspeed_optim::{AdamHyper, LambHyper, LionHyper, LrSchedule, SgdHyper, WarmupType};
+use rustspeed_optim::{AdamHyper, LambHyper, LionHyper, LrSchedule, SgdHyper, UpdateRule, WarmupType};
 use std::ops::Range;
 
 /// What [`crate::Engine::new`] runs with.
@@ -48,7 +48,7 @@ impl Setup {
             }
         };
         if stage != ZeroStage::Stage0 {
-            check_zero_optimizer(&rule, config)?;
+            check_zero_optimizer(&*rule, config)?;
         }
         let schedule = config.scheduler.as_ref().map_or(Ok(LrSchedule::Constant), schedule_of)?;
         if config.fp16.enabled && config.fp16.fp16_master_weights_and_grads {
@@ -57,7 +57,7 @@ impl Setup {
             ));
         }
         let zero = ZeroPlan::new(stage, groups, layout.numel(), rank, world);
-        let precision = Precision::of(config, zero.sharded(), matches!(rule, Rule::Adam(_)));
+        let precision = Precision::of(config, zero.sharded(), rule.fused_fp16_wrapper());
         let accumulate_in_fp32 = accumulation_in_fp32(config, precision.storage(), stage)?;
         check_communication_type(config)?;
         check_offload(config)?;
@@ -135,22 +135,26 @@ fn check_offload(config: &DeepSpeedConfig) -> Result<(), EngineError> {
 /// DeepSpeed's rule for optimizers under ZeRO: Adam-family (and Lion) are tested, others need
 /// `zero_allow_untested_optimizer`. Lamb's per-tensor trust ratio needs whole tensors, which a partition cuts,
 /// so rustspeed refuses it under ZeRO.
-fn check_zero_optimizer(rule: &Rule, config: &DeepSpeedConfig) -> Result<(), EngineError> {
-    match rule {
-        Rule::Adam(_) | Rule::Lion(_) => Ok(()),
-        Rule::Lamb(_) => Err(EngineError::Unsupported(
-            "Lamb with ZeRO stages 1-3 (its trust ratio needs whole tensors); use stage 0 or another optimizer".into(),
-        )),
-        Rule::Sgd(_) if config.zero_allow_untested_optimizer => Ok(()),
-        Rule::Sgd(_) => Err(EngineError::Config(
+fn check_zero_optimizer(rule: &dyn UpdateRule, config: &DeepSpeedConfig) -> Result<(), EngineError> {
+    if rule.needs_whole_tensors() {
+        return Err(EngineError::Unsupported(format!(
+            "{} with ZeRO stages 1-3 (its update needs whole tensors, which a partition cuts); use stage 0 or another optimizer",
+            rule.name()
+        )));
+    }
+    match rule.tested_with_zero() || config.zero_allow_untested_optimizer {
+        true => Ok(()),
+        false => Err(EngineError::Config(
             "You are using an untested ZeRO Optimizer. Please add <\"zero_allow_untested_optimizer\": true> in the configuration file to use it.".into(),
         )),
     }
 }
 
-fn rule_of(opt: &OptimizerConfig) -> Rule {
+/// The update rule of an `optimizer` block: the config's hyperparameters (with DeepSpeed's defaults) in the
+/// rule's own types. The one place a config `type` meets its rule.
+pub fn rule_of(opt: &OptimizerConfig) -> Box<dyn UpdateRule> {
     match opt {
-        OptimizerConfig::Adam(c) => Rule::Adam(AdamHyper {
+        OptimizerConfig::Adam(c) => Box::new(AdamHyper {
             lr: c.lr as f32,
             beta1: c.betas[0] as f32,
             beta2: c.betas[1] as f32,
@@ -159,7 +163,7 @@ fn rule_of(opt: &OptimizerConfig) -> Rule {
             bias_correction: c.bias_correction,
             adam_w_mode: c.adam_w_mode,
         }),
-        OptimizerConfig::Lamb(c) => Rule::Lamb(LambHyper {
+        OptimizerConfig::Lamb(c) => Box::new(LambHyper {
             lr: c.lr as f32,
             beta1: c.betas[0] as f32,
             beta2: c.betas[1] as f32,
@@ -170,13 +174,13 @@ fn rule_of(opt: &OptimizerConfig) -> Rule {
             max_coeff: c.max_coeff as f32,
             min_coeff: c.min_coeff as f32,
         }),
-        OptimizerConfig::Lion(c) => Rule::Lion(LionHyper {
+        OptimizerConfig::Lion(c) => Box::new(LionHyper {
             lr: c.lr as f32,
             beta1: c.betas[0] as f32,
             beta2: c.betas[1] as f32,
             weight_decay: c.weight_decay as f32,
         }),
-        OptimizerConfig::Sgd(c) => Rule::Sgd(SgdHyper {
+        OptimizerConfig::Sgd(c) => Box::new(SgdHyper {
             lr: c.lr as f32,
             momentum: c.momentum as f32,
             dampening: c.dampening as f32,

@@ -11,7 +11,8 @@
 
 use crate::cast::{load, store, Contents, Element};
 
-use crate::matmul::{gemm_raw, Dst, Threads};
+use crate::gemm_dispatch::gemm_raw;
+use crate::gemm_types::{Dst, Threads};
 use crate::vmath::{self, simd_fn};
 use crate::SendPtr;
 use rayon::prelude::*;

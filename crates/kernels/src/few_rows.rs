@@ -6,7 +6,7 @@
 //! product of `2·M·N·K` flops (measured 128×1024 · (4096×1024)ᵀ: 12–14 ms directly, 6.3–6.6 ms this way;
 //! bench/README.md).
 
-use crate::matmul::Threads;
+use crate::gemm_types::Threads;
 use crate::transpose::transpose_raw;
 use rayon::prelude::*;
 
@@ -26,7 +26,7 @@ const TILE: usize = 32;
 /// qualify.
 ///
 /// # Safety
-/// As [`crate::matmul::gemm_raw`].
+/// As [`crate::gemm_dispatch::gemm_raw`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn try_few_rows(
     m: usize,

@@ -23,6 +23,8 @@ pub mod cast;
 pub mod embedding;
 mod few_rows;
 pub mod gelu;
+mod gemm_dispatch;
+mod gemm_types;
 pub mod layernorm;
 pub mod lstm;
 pub mod matmul;

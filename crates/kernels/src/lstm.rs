@@ -17,7 +17,8 @@
 //! set; with `dots` prefetching across its calls and vectorized cell loops the layer forward went ~15.7 -> ~13.2 ms.
 
 use crate::cast::{load, store, Contents, Element};
-use crate::matmul::{gemm, Dst, MatMut, MatRef, Threads};
+use crate::gemm_types::{Dst, Threads};
+use crate::matmul::{gemm, MatMut, MatRef};
 use crate::skinny::{add_rows_product, dots, DOTS_OUT, PARALLEL_MIN_FLOPS, SKINNY, SKINNY_COLS};
 use crate::vmath::{sigmoid, simd_fn, tanh};
 use crate::SendPtr;

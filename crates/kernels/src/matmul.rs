@@ -3,44 +3,13 @@
 //! `gemm` takes arbitrary row and column strides, so transposed and strided operands (a head's slice of the
 //! fused QKV buffer, one time step of a batch-first LSTM buffer) cost no copies. The views below check their
 //! extents against the slice once, so the single `unsafe` call into `gemm` only ever sees in-bounds memory.
+//! Which code computes a product (the `gemm` crate, or `skinny` / `few_rows` for the shapes it handles slowly) is
+//! chosen in `gemm_dispatch`.
 
 use crate::cast::{load, store, store_opt, Contents, Element};
-
-use gemm::Parallelism;
-
-/// How many threads a matrix product may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Threads {
-    /// One thread: for products issued from inside an already parallel loop (e.g. one attention head each).
-    Single,
-    /// All threads of the current rayon pool.
-    Pool,
-}
-
-impl Threads {
-    pub(crate) fn parallelism(self) -> Parallelism {
-        match self {
-            Threads::Single => Parallelism::None,
-            Threads::Pool => Parallelism::Rayon(0),
-        }
-    }
-}
-
-/// Whether a product overwrites its destination or adds to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dst {
-    Overwrite,
-    Accumulate,
-}
-
-impl From<Contents> for Dst {
-    fn from(contents: Contents) -> Dst {
-        match contents {
-            Contents::Overwrite => Dst::Overwrite,
-            Contents::Accumulate => Dst::Accumulate,
-        }
-    }
-}
+use crate::gemm_dispatch::gemm_raw;
+// Defined beside the paths that share them; public here, where users of `gemm` and the linear layer find them.
+pub use crate::gemm_types::{Dst, Threads};
 
 /// A read-only strided matrix: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -159,59 +128,6 @@ pub fn gemm(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, scale: f32, mode:
             threads,
         )
     }
-}
-
-/// Raw-pointer form of [`gemm`] for kernels that hand disjoint strided pieces of one buffer to parallel tasks.
-///
-/// # Safety
-/// `dst` must be valid for writes of the `m x n` strided matrix, with no overlap among its elements and no other
-/// access to them during the call; the operands must be valid for reads of `m x k` and `k x n`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    dst_cs: usize,
-    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
-    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
-    scale: f32,
-    mode: Dst,
-    threads: Threads,
-) {
-    let lhs_view = (lhs, lhs_rs, lhs_cs);
-    let rhs_view = (rhs, rhs_rs, rhs_cs);
-    if crate::skinny::try_skinny(m, n, k, dst, (dst_rs, dst_cs), lhs_view, rhs_view, scale, mode, threads) {
-        return;
-    }
-    // x · Wᵀ with W's rows contiguous (nn.Linear weights) and few rows of x: the transposed product.
-    let accumulate = mode == Dst::Accumulate;
-    if crate::few_rows::try_few_rows(m, n, k, (dst, dst_rs, dst_cs), lhs_view, rhs_view, scale, accumulate, threads) {
-        return;
-    }
-    let read_dst = mode == Dst::Accumulate;
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs as isize,
-        dst_rs as isize,
-        read_dst,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        scale,
-        false,
-        false,
-        false,
-        threads.parallelism(),
-    );
 }
 
 /// How a weight matrix of a layer mapping `C` inputs to `OC` outputs is stored.

@@ -6,7 +6,7 @@
 //! - [`add_rows_product`] when it is row-major and only a block of its rows takes part: the LSTM backward's
 //!   `dgates_t · W_hh`, one block of `W_hh`'s rows per task, read in place instead of through a transposed copy.
 
-use crate::matmul::{Dst, Threads};
+use crate::gemm_types::{Dst, Threads};
 use crate::vmath::{dot, simd_fn};
 use crate::SendPtr;
 use rayon::prelude::*;
@@ -36,7 +36,7 @@ impl Strided {
 /// operand; returns `false`, doing nothing, for any other product.
 ///
 /// # Safety
-/// As [`crate::matmul::gemm_raw`].
+/// As [`crate::gemm_dispatch::gemm_raw`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn try_skinny(
     m: usize,

@@ -46,6 +46,18 @@ pub trait Layer<E: Element = f32>: Send {
     /// the model keeps, not included).
     fn saved_bytes(&self) -> usize;
 
+    /// Training FLOPs per token of this layer's work at sequence length `t`: a forward's multiply-adds at 2 FLOPs
+    /// each, times 3 for forward plus backward (the backward's two products per forward one). What counts is the
+    /// matrix products; a layer states what else it counts (GPT's layers follow nanoGPT's `6·N`, 6 per parameter
+    /// whatever its use, and attention's `T x T` scores in full, causal mask or not). Summed by
+    /// [`crate::Model::flops_per_token`] for the model FLOP/s and MFU that `bench` reports.
+    fn flops_per_token(&self, t: usize) -> f64;
+
+    /// Elements of activations this layer holds for a micro-batch of `b` sequences of `t` tokens: what it saves
+    /// for its backward (what [`Layer::saved_bytes`] counts after a forward, at one element per value) and its
+    /// output (`B·T·output_width`, which the model keeps). Summed by [`crate::Model::activation_estimate`].
+    fn activation_floats(&self, b: usize, t: usize) -> ActivationFloats;
+
     /// Frees what [`Layer::saved_bytes`] counts. Activation checkpointing calls it after the forward; before the
     /// backward the model runs the forward again on the same input, which restores it exactly.
     fn release_saved(&mut self);
@@ -70,6 +82,22 @@ pub trait Layer<E: Element = f32>: Send {
         dinput: &mut [E],
         scratch: &mut Scratch<E>,
     );
+}
+
+/// Elements of activations one layer holds for a micro-batch ([`Layer::activation_floats`]), split as activation
+/// checkpointing treats them: `saved`, what the layer keeps from its forward for its backward (freed after the
+/// forward and recomputed under checkpointing), and `output`, its output (kept either way: the next layer's input).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActivationFloats {
+    pub saved: usize,
+    pub output: usize,
+}
+
+impl ActivationFloats {
+    /// Everything the layer holds without checkpointing.
+    pub fn total(&self) -> usize {
+        self.saved + self.output
+    }
 }
 
 /// How one backward writes each parameter's gradient: [`Contents::Accumulate`] adds into it,

@@ -15,7 +15,7 @@ pub mod models;
 pub mod param;
 
 pub use error::ModelError;
-pub use layer::{Batch, GradWrites, Layer, Scratch};
-pub use model::{Model, ParamSource, Pass, Phase};
+pub use layer::{ActivationFloats, Batch, GradWrites, Layer, Scratch};
+pub use model::{ActivationEstimate, Model, ParamSource, Pass, Phase};
 pub use models::{preset, GptConfig, LstmConfig, ModelConfig, Preset, PRESETS};
 pub use param::{Flat, FlatMut, Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};

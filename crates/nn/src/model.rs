@@ -4,7 +4,7 @@
 //! caller (the engine) owns, so that it alone decides where they live (sharded, 16-bit, on another rank).
 
 use crate::error::ModelError;
-use crate::layer::{zeroed, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{zeroed, ActivationFloats, Batch, GradWrites, Layer, Scratch};
 use crate::layers::{HeadOutput, LmHead};
 use crate::param::{ParamId, ParamLayout, Window, WindowMut};
 use rustspeed_kernels::cast::{first_non_finite, Contents, Element};
@@ -179,6 +179,35 @@ impl<E: Element> Model<E> {
     /// the head's buffers) held at once since the last call, which starts a new count.
     pub fn take_activation_peak(&mut self) -> usize {
         std::mem::take(&mut self.activation_peak)
+    }
+
+    /// Training FLOPs per token at sequence length `t`: the layers' [`Layer::flops_per_token`] and the head's
+    /// [`LmHead::flops_per_token`]. For GPT this is nanoGPT's `estimate_mfu` count (PaLM, appendix B),
+    /// `6·N + 12·L·T·C` with `N` the parameters without the position embedding; for the LSTM the gates' and the
+    /// head's products, `3·(Σ_l 8H·(C_l + H) + 2·V·H)`.
+    pub fn flops_per_token(&self, t: usize) -> f64 {
+        self.layers.iter().map(|l| l.flops_per_token(t)).sum::<f64>() + self.head.flops_per_token()
+    }
+
+    /// The activations of one micro-batch of `b` sequences of `t` tokens, from the layers'
+    /// [`Layer::activation_floats`] and the head's [`LmHead::activation_floats`]: every layer's output, plus what
+    /// the layers save for their backward — all of it without checkpointing; with `checkpointing`, the most one
+    /// layer saves, since the model holds one layer's saved activations at a time (each layer but the last frees
+    /// them after its forward and recomputes them right before its backward; the last keeps them from its
+    /// forward through its backward and frees them then, before the next is recomputed).
+    ///
+    /// This is an estimate, not what [`Model::take_activation_peak`] measures over training steps. The
+    /// measurement also counts each output's gradient (the model keeps every layer's `dout` buffer from the
+    /// first backward on, another `Σ output` elements) and the head's `N` row losses, but only `N·V` floats of
+    /// head buffer (the logits' gradient overwrites the probabilities in place, where the estimate counts
+    /// `2·N·V`); and it counts LayerNorm statistics at 4 bytes in every precision. In fp32, from the second step
+    /// on (or the first with checkpointing): measured = `4·(layers + Σ output + N·V + N)` bytes.
+    pub fn activation_estimate(&self, b: usize, t: usize, checkpointing: bool) -> ActivationEstimate {
+        let each: Vec<ActivationFloats> = self.layers.iter().map(|l| l.activation_floats(b, t)).collect();
+        let outputs: usize = each.iter().map(|a| a.output).sum();
+        let saved = each.iter().map(|a| a.saved);
+        let saved = if checkpointing { saved.max().unwrap_or(0) } else { saved.sum() };
+        ActivationEstimate { layers: outputs + saved, head: self.head.activation_floats(b, t) }
     }
 
     fn note_activations(&mut self) {
@@ -492,6 +521,23 @@ impl<E: Element> Model<E> {
             Some((layer, _)) => Some(layer.name()),
             None => first_non_finite(self.head.output()).map(|_| "head"),
         }
+    }
+}
+
+/// Elements of activations a model holds for one micro-batch ([`Model::activation_estimate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActivationEstimate {
+    /// The layers' outputs and what they save for their backward, stored as the model's element type (the
+    /// LayerNorm statistics, fp32 in every precision, are counted here too).
+    pub layers: usize,
+    /// The head's logits and their gradient, fp32 in every precision.
+    pub head: usize,
+}
+
+impl ActivationEstimate {
+    /// Bytes, with the layers' elements stored in `element_bytes` each and the head's in 4.
+    pub fn bytes(&self, element_bytes: usize) -> usize {
+        self.layers * element_bytes + self.head * std::mem::size_of::<f32>()
     }
 }
 

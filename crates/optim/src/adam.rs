@@ -10,6 +10,8 @@
 //! on the CPU): `p ← p - lr·wd·p` then `p ← p - (lr/bc₁)·m / (√v·(1/√bc₂) + ε)`, which is the same update as the
 //! GPU kernel's up to rounding. `torch.optim.AdamW` and `torch.optim.Adam(weight_decay=…)` are the same rules.
 
+use crate::rule::{betas_of, decay_of, slots_of, StepContext, UpdateRule};
+
 /// Hyperparameters of one Adam step. Defaults are DeepSpeed's `FusedAdam` constructor defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamHyper {
@@ -68,4 +70,38 @@ pub(crate) fn bias_corrections(enabled: bool, beta1: f32, beta2: f32, step: u64)
     // Steps past i32::MAX leave βᵗ at 0 for any β < 1, so saturating the exponent changes nothing.
     let t = i32::try_from(step).unwrap_or(i32::MAX);
     (1.0 - (beta1 as f64).powi(t), 1.0 - (beta2 as f64).powi(t))
+}
+
+impl UpdateRule for AdamHyper {
+    fn name(&self) -> &'static str {
+        "Adam"
+    }
+
+    fn slot_names(&self) -> &'static [&'static str] {
+        &["exp_avg", "exp_avg_sq"]
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn needs_whole_tensors(&self) -> bool {
+        false
+    }
+
+    fn tested_with_zero(&self) -> bool {
+        true
+    }
+
+    fn fused_fp16_wrapper(&self) -> bool {
+        true
+    }
+
+    fn step(&self, context: &StepContext, params: &mut [f32], grads: &[f32], slots: &mut [&mut [f32]]) {
+        let (beta1, beta2) = betas_of(context, self.beta1, self.beta2);
+        let hp =
+            AdamHyper { lr: context.lr, beta1, beta2, weight_decay: decay_of(context, self.weight_decay), ..*self };
+        let [m, v] = slots_of(self, slots);
+        adam_step(&hp, context.step, params, grads, m, v);
+    }
 }

@@ -21,6 +21,8 @@
 //! each shard, sum the [`LambSquaredNorms`] over the shards, [`lamb_trust_ratio`], then [`lamb_apply`] on each
 //! shard. [`lamb_step`] does all three for a whole tensor.
 
+use crate::rule::{betas_of, decay_of, slots_of, StepContext, UpdateRule};
+
 use crate::adam::bias_corrections;
 
 /// Hyperparameters of one Lamb step. Defaults are DeepSpeed's `FusedLamb` constructor defaults.
@@ -158,4 +160,38 @@ pub fn lamb_apply(
 fn update(hp: &LambHyper, p: f32, m: f32, v: f32) -> f32 {
     let denom = if hp.eps_inside_sqrt { (v + hp.eps).sqrt() } else { v.sqrt() + hp.eps };
     m / denom + hp.weight_decay * p
+}
+
+impl UpdateRule for LambHyper {
+    fn name(&self) -> &'static str {
+        "Lamb"
+    }
+
+    fn slot_names(&self) -> &'static [&'static str] {
+        &["exp_avg", "exp_avg_sq"]
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn needs_whole_tensors(&self) -> bool {
+        true
+    }
+
+    fn tested_with_zero(&self) -> bool {
+        false
+    }
+
+    fn fused_fp16_wrapper(&self) -> bool {
+        false
+    }
+
+    fn step(&self, context: &StepContext, params: &mut [f32], grads: &[f32], slots: &mut [&mut [f32]]) {
+        let (beta1, beta2) = betas_of(context, self.beta1, self.beta2);
+        let hp =
+            LambHyper { lr: context.lr, beta1, beta2, weight_decay: decay_of(context, self.weight_decay), ..*self };
+        let [m, v] = slots_of(self, slots);
+        lamb_step(&hp, context.step, params, grads, m, v);
+    }
 }

@@ -8,15 +8,15 @@
 //! corrections, step sizes) are formed in f64 and rounded once.
 
 mod adam;
-mod kind;
 pub mod lamb;
 mod lion;
+mod rule;
 pub mod schedule;
 mod sgd;
 
 pub use adam::{adam_step, AdamHyper};
-pub use kind::OptimizerKind;
 pub use lamb::{lamb_step, LambHyper, LambReport};
 pub use lion::{lion_step, LionHyper};
+pub use rule::{StepContext, UpdateRule};
 pub use schedule::{LrSchedule, ScheduleError, WarmupType};
 pub use sgd::{sgd_step, SgdHyper};

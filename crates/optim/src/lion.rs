@@ -7,6 +7,8 @@
 //! the CUDA kernel treats `c = 0` as negative (moves by `+lr`) and the CPU kernel uses `copysign`, so `+0` moves
 //! by `-lr`; rustspeed follows the sign function rather than either artefact.
 
+use crate::rule::{betas_of, decay_of, slots_of, StepContext, UpdateRule};
+
 /// Hyperparameters of one Lion step. Defaults are DeepSpeed's `FusedLion` constructor defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LionHyper {
@@ -44,5 +46,38 @@ fn sign(x: f32) -> f32 {
         -1.0
     } else {
         x
+    }
+}
+
+impl UpdateRule for LionHyper {
+    fn name(&self) -> &'static str {
+        "Lion"
+    }
+
+    fn slot_names(&self) -> &'static [&'static str] {
+        &["exp_avg"]
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn needs_whole_tensors(&self) -> bool {
+        false
+    }
+
+    fn tested_with_zero(&self) -> bool {
+        true
+    }
+
+    fn fused_fp16_wrapper(&self) -> bool {
+        false
+    }
+
+    fn step(&self, context: &StepContext, params: &mut [f32], grads: &[f32], slots: &mut [&mut [f32]]) {
+        let (beta1, beta2) = betas_of(context, self.beta1, self.beta2);
+        let hp = LionHyper { lr: context.lr, beta1, beta2, weight_decay: decay_of(context, self.weight_decay) };
+        let [m] = slots_of(self, slots);
+        lion_step(&hp, params, grads, m);
     }
 }

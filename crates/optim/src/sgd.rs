@@ -3,6 +3,8 @@
 //! `g ← g + wd·p`; `b ← g` on the first step, else `b ← μb + (1-τ)g`; `g ← g + μb` (Nesterov) or `g ← b`;
 //! `p ← p - lr·g`.
 
+use crate::rule::{decay_of, StepContext, UpdateRule};
+
 /// Hyperparameters of one SGD step. Defaults are `torch.optim.SGD`'s.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdHyper {
@@ -40,6 +42,46 @@ pub fn sgd_step(hp: &SgdHyper, first_step: bool, params: &mut [f32], grads: &[f3
             for (p, &g) in params.iter_mut().zip(grads) {
                 *p -= hp.lr * (g + hp.weight_decay * *p);
             }
+        }
+    }
+}
+
+impl UpdateRule for SgdHyper {
+    fn name(&self) -> &'static str {
+        "SGD"
+    }
+
+    /// A momentum buffer when the momentum is non-zero, else no state.
+    fn slot_names(&self) -> &'static [&'static str] {
+        match self.momentum != 0.0 {
+            true => &["momentum_buffer"],
+            false => &[],
+        }
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn needs_whole_tensors(&self) -> bool {
+        false
+    }
+
+    fn tested_with_zero(&self) -> bool {
+        false
+    }
+
+    fn fused_fp16_wrapper(&self) -> bool {
+        false
+    }
+
+    fn step(&self, context: &StepContext, params: &mut [f32], grads: &[f32], slots: &mut [&mut [f32]]) {
+        let hp = SgdHyper { lr: context.lr, weight_decay: decay_of(context, self.weight_decay), ..*self };
+        let first = context.step == 1;
+        match slots {
+            [buf] => sgd_step(&hp, first, params, grads, Some(buf)),
+            [] => sgd_step(&hp, first, params, grads, None),
+            _ => panic!("{self:?} takes at most one state slot, got {}", slots.len()),
         }
     }
 }

@@ -4,9 +4,7 @@
 //! gradients for 5 steps and compares the parameters after every step (and Lamb's trust ratios).
 
 use rustspeed_optim::lamb::{lamb_apply, lamb_moments, lamb_trust_ratio, LambSquaredNorms};
-use rustspeed_optim::{
-    adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
-};
+use rustspeed_optim::{lamb_step, lion_step, AdamHyper, LambHyper, LionHyper, SgdHyper, StepContext, UpdateRule};
 use serde_json::Value;
 
 /// Parameters are below 2.5 in magnitude and stored in fp32 (ulp ≤ 2.4e-7); five steps leave ≤ 3.5e-7 of
@@ -87,9 +85,9 @@ fn cases(optimizer: &str) -> Vec<Case> {
         .collect()
 }
 
-/// State buffers as the engine would size them: `slots` zeroed buffers per tensor.
-fn state(case: &Case, kind: OptimizerKind) -> Vec<Vec<Vec<f32>>> {
-    let slots = kind.state_slots_per_param();
+/// State buffers as the engine sizes them: one zeroed buffer per slot the rule names, per tensor.
+fn state(case: &Case, rule: &dyn UpdateRule) -> Vec<Vec<Vec<f32>>> {
+    let slots = rule.slot_names().len();
     case.initial.iter().map(|t| vec![vec![0.0; t.len()]; slots]).collect()
 }
 
@@ -121,10 +119,12 @@ fn adam_both_decay_modes_with_and_without_bias_correction_match_reference() {
             bias_correction: case.flag("bias_correction"),
             adam_w_mode: case.flag("adam_w_mode"),
         };
-        let mut st = state(case, OptimizerKind::Adam);
+        let mut st = state(case, &hp);
+        // Through the rule's trait, as the engine steps it: the configured lr, decay on.
         case.replay(|step, i, params, grads| {
-            let [m, v] = &mut st[i][..] else { panic!("Adam keeps two state slots") };
-            adam_step(&hp, step, params, grads, m, v);
+            let context = StepContext { step, lr: hp.lr, betas: None, decay: true };
+            let mut slots: Vec<&mut [f32]> = st[i].iter_mut().map(|s| s.as_mut_slice()).collect();
+            hp.step(&context, params, grads, &mut slots);
             None
         });
     }
@@ -142,9 +142,11 @@ fn sgd_variants_match_pytorch() {
             nesterov: case.flag("nesterov"),
             weight_decay: case.f32("weight_decay"),
         };
-        let mut st = state(case, OptimizerKind::Sgd { with_momentum: hp.momentum != 0.0 });
+        let mut st = state(case, &hp);
         case.replay(|step, i, params, grads| {
-            sgd_step(&hp, step == 1, params, grads, st[i].first_mut().map(|b| &mut b[..]));
+            let context = StepContext { step, lr: hp.lr, betas: None, decay: true };
+            let mut slots: Vec<&mut [f32]> = st[i].iter_mut().map(|s| s.as_mut_slice()).collect();
+            hp.step(&context, params, grads, &mut slots);
             None
         });
     }
@@ -161,7 +163,7 @@ fn lion_matches_reference_rule() {
             beta2: case.f32("beta2"),
             weight_decay: case.f32("weight_decay"),
         };
-        let mut st = state(case, OptimizerKind::Lion);
+        let mut st = state(case, &hp);
         case.replay(|_, i, params, grads| {
             lion_step(&hp, params, grads, &mut st[i][0]);
             None
@@ -175,7 +177,7 @@ fn lamb_matches_deepspeed_kernel_rule_per_tensor() {
     assert_eq!(cases.len(), 3, "fixture has plain, eps-inside-sqrt without bias correction, and clamped Lamb");
     for case in &cases {
         let hp = lamb_hyper(case);
-        let mut st = state(case, OptimizerKind::Lamb);
+        let mut st = state(case, &hp);
         case.replay(|step, i, params, grads| {
             let [m, v] = &mut st[i][..] else { panic!("Lamb keeps two state slots") };
             Some(lamb_step(&hp, step, params, grads, m, v).trust_ratio)
@@ -189,7 +191,7 @@ fn lamb_matches_deepspeed_kernel_rule_per_tensor() {
 fn lamb_split_into_shards_matches_reference() {
     for case in &cases("lamb") {
         let hp = lamb_hyper(case);
-        let mut st = state(case, OptimizerKind::Lamb);
+        let mut st = state(case, &hp);
         case.replay(|step, i, params, grads| {
             let [m, v] = &mut st[i][..] else { panic!("Lamb keeps two state slots") };
             let cut = params.len() / 3 + 1;

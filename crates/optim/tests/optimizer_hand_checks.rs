@@ -2,7 +2,7 @@
 //! (and torch.optim.SGD's): the expected values below are derived in the comments, not taken from a run.
 
 use rustspeed_optim::{
-    adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, OptimizerKind, SgdHyper,
+    adam_step, lamb_step, lion_step, sgd_step, AdamHyper, LambHyper, LionHyper, SgdHyper, StepContext, UpdateRule,
 };
 
 /// Relative error of hand-derived steps: the ε terms neglected in the derivations contribute ≤ 1e-5 and the
@@ -174,19 +174,71 @@ fn lamb_zero_norms_give_trust_ratio_one() {
     assert_eq!((report.trust_ratio, p), (1.0, [3.0, 4.0]));
 }
 
-/// The state each optimizer keeps, as the engine's memory accounting uses it (Adam: m and v; Lion: m; SGD:
-/// a momentum buffer only with momentum).
+/// The state each rule names, as the engine sizes, checkpoints and the memory estimate read it (PyTorch's names:
+/// Adam and Lamb m and v; Lion m; SGD a momentum buffer only with momentum), and what ZeRO may do with it.
 #[test]
-fn state_slots_per_optimizer() {
-    let slots = [
-        (OptimizerKind::Adam, 2),
-        (OptimizerKind::Lamb, 2),
-        (OptimizerKind::Lion, 1),
-        (OptimizerKind::Sgd { with_momentum: true }, 1),
-        (OptimizerKind::Sgd { with_momentum: false }, 0),
+fn each_rule_names_its_state_and_its_zero_constraints() {
+    let adam = AdamHyper {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        bias_correction: true,
+        adam_w_mode: true,
+    };
+    let sgd = |momentum| SgdHyper { lr: 1e-3, momentum, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+    let lion = LionHyper { lr: 1e-3, beta1: 0.9, beta2: 0.99, weight_decay: 0.0 };
+    let rules: [(&dyn UpdateRule, &[&str], bool); 5] = [
+        (&adam, &["exp_avg", "exp_avg_sq"], false),
+        (&lamb(1e-3), &["exp_avg", "exp_avg_sq"], true),
+        (&lion, &["exp_avg"], false),
+        (&sgd(0.9), &["momentum_buffer"], false),
+        (&sgd(0.0), &[], false),
     ];
-    for (kind, n) in slots {
-        assert_eq!(kind.state_slots_per_param(), n, "{kind:?}");
-        assert_eq!(kind.state_bytes_per_param(), 4 * n, "{kind:?}");
+    for (rule, names, whole) in rules {
+        assert_eq!(rule.slot_names(), names, "{rule:?}");
+        assert_eq!(rule.needs_whole_tensors(), whole, "{rule:?}");
     }
+}
+
+/// A rule defined outside this crate plugs in through the trait alone: here plain gradient descent with a state
+/// slot counting steps, stepped as the engine steps any rule.
+#[test]
+fn a_toy_rule_is_one_impl() {
+    #[derive(Debug)]
+    struct CountingDescent;
+    impl UpdateRule for CountingDescent {
+        fn name(&self) -> &'static str {
+            "CountingDescent"
+        }
+        fn slot_names(&self) -> &'static [&'static str] {
+            &["count"]
+        }
+        fn lr(&self) -> f32 {
+            0.5
+        }
+        fn needs_whole_tensors(&self) -> bool {
+            false
+        }
+        fn tested_with_zero(&self) -> bool {
+            false
+        }
+        fn fused_fp16_wrapper(&self) -> bool {
+            false
+        }
+        fn step(&self, context: &StepContext, params: &mut [f32], grads: &[f32], slots: &mut [&mut [f32]]) {
+            for ((p, g), c) in params.iter_mut().zip(grads).zip(slots[0].iter_mut()) {
+                *p -= context.lr * g;
+                *c += 1.0;
+            }
+        }
+    }
+    let rule: &dyn UpdateRule = &CountingDescent;
+    let (mut p, mut count) = ([1.0f32, 2.0], [0.0f32; 2]);
+    for step in 1..=2 {
+        let context = StepContext { step, lr: rule.lr(), betas: None, decay: true };
+        rule.step(&context, &mut p, &[1.0, -2.0], &mut [&mut count[..]]);
+    }
+    assert_eq!((p, count), ([0.0, 4.0], [2.0, 2.0]));
 }

@@ -23,8 +23,7 @@ mod hostfile;
 mod pool;
 mod rank_env;
 
-use crate::args::{opt, switch, Args, Opt};
-use crate::commands::parse;
+use crate::args::{opt, parse, switch, Args, Opt};
 use hostfile::{parse_hostfile, HostEntry, HostfileError};
 use pool::{resolve, PoolError, Selection};
 use std::fmt;

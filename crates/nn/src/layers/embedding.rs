@@ -1,6 +1,6 @@
 //! Token embedding, optionally plus a learned position embedding (GPT-2's `wte` + `wpe`).
 
-use crate::layer::{Batch, GradWrites, Layer, Scratch};
+use crate::layer::{ActivationFloats, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
@@ -52,6 +52,16 @@ impl<E: Element> Layer<E> for Embedding {
 
     fn saved_bytes(&self) -> usize {
         0
+    }
+
+    /// None: a lookup, no product. A head tied to the token table counts the table's product (nanoGPT's `6·N`
+    /// counts `wte` once, for the head); the position table is added, not multiplied (nanoGPT leaves `wpe` out).
+    fn flops_per_token(&self, _t: usize) -> f64 {
+        0.0
+    }
+
+    fn activation_floats(&self, b: usize, t: usize) -> ActivationFloats {
+        ActivationFloats { saved: 0, output: b * t * self.width }
     }
 
     fn release_saved(&mut self) {}

@@ -2,7 +2,7 @@
 //! `r = x + c_proj(attn(c_attn(ln_1(x))))`, `out = r + mlp.c_proj(gelu(mlp.c_fc(ln_2(r))))`.
 //! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
 
-use crate::layer::{sized, zeroed, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, zeroed, ActivationFloats, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use rustspeed_kernels::cast::{add_into, Element};
@@ -102,6 +102,23 @@ impl<E: Element> Layer<E> for GptBlock<E> {
         let stats = [&s.ln1_mean, &s.ln1_rstd, &s.ln2_mean, &s.ln2_rstd];
         stored.iter().map(|v| std::mem::size_of_val(v.as_slice())).sum::<usize>()
             + stats.iter().map(|v| std::mem::size_of_val(v.as_slice())).sum::<usize>()
+    }
+
+    /// nanoGPT's estimate for one block: 6 per parameter (`12·C² + 13·C`: the four products' weights, and, as
+    /// its `6·N` does, the biases and LayerNorm gains), plus attention's scores and weighted values, `2·T·C`
+    /// multiply-adds per token over all heads (the full `T x T`, causal mask or not): `12·T·C` for training.
+    fn flops_per_token(&self, t: usize) -> f64 {
+        let c = self.c as f64;
+        6.0 * (12.0 * c * c + 13.0 * c) + 12.0 * (t as f64) * c
+    }
+
+    /// Saved: `ln_1` out, `qkv` (3), attention out, the residual, `ln_2` out (`7·N·C`), the MLP before and after
+    /// the GELU (`8·N·C`), the two LayerNorms' mean and rstd (`4·N`), the attention probabilities
+    /// (`B·NH·T²`); output `N·C`.
+    fn activation_floats(&self, b: usize, t: usize) -> ActivationFloats {
+        let (n, c) = (b * t, self.c);
+        let att = AttentionShape { b, t, c, nh: self.nh }.att_len();
+        ActivationFloats { saved: 15 * n * c + 4 * n + att, output: n * c }
     }
 
     fn release_saved(&mut self) {

@@ -80,6 +80,20 @@ impl<E: Element> LmHead<E> {
         std::mem::size_of_val(self.out.as_slice()) + std::mem::size_of_val(self.losses.as_slice())
     }
 
+    /// Training FLOPs per token of the head's product `x Wᵀ`: `V·C` multiply-adds forward, `6·V·C` for training
+    /// (the bias's adds, the softmax and the loss left out). A head tied to the token embedding counts here what
+    /// nanoGPT's `6·N` counts for `wte`.
+    pub fn flops_per_token(&self) -> f64 {
+        6.0 * (self.vocab_size * self.width) as f64
+    }
+
+    /// Floats the head's activations count for `b` sequences of `t` tokens: the `[N, V]` logits and their
+    /// gradient, fp32 in every precision (`2·N·V`). The head computes the gradient in place of the
+    /// probabilities, so its buffers ([`LmHead::saved_bytes`]) hold `N·V` of them, plus the `N` row losses.
+    pub fn activation_floats(&self, b: usize, t: usize) -> usize {
+        2 * b * t * self.vocab_size
+    }
+
     /// The weight the head reads: its own, or the tied token embedding.
     pub fn weight(&self) -> ParamId {
         self.weight

@@ -1,6 +1,6 @@
 //! A standalone LayerNorm layer (GPT-2's final `ln_f`).
 
-use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, ActivationFloats, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
@@ -38,6 +38,17 @@ impl<E: Element> Layer<E> for LayerNorm {
 
     fn saved_bytes(&self) -> usize {
         std::mem::size_of_val(self.mean.as_slice()) + std::mem::size_of_val(self.rstd.as_slice())
+    }
+
+    /// No product; nanoGPT's `6·N` counts its `2·C` parameters all the same (6 each).
+    fn flops_per_token(&self, _t: usize) -> f64 {
+        6.0 * (2 * self.width) as f64
+    }
+
+    /// Saved: each row's mean and rstd (`2·N`; fp32 in every precision); output `N·C`.
+    fn activation_floats(&self, b: usize, t: usize) -> ActivationFloats {
+        let n = b * t;
+        ActivationFloats { saved: 2 * n, output: n * self.width }
     }
 
     fn release_saved(&mut self) {

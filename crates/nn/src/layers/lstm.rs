@@ -1,6 +1,6 @@
 //! One layer of a stacked `nn.LSTM(batch_first=True)`, names `lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`.
 
-use crate::layer::{sized, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, ActivationFloats, Batch, GradWrites, Layer, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
@@ -58,6 +58,19 @@ impl<E: Element> Layer<E> for Lstm<E> {
 
     fn saved_bytes(&self) -> usize {
         std::mem::size_of_val(self.gates.as_slice()) + std::mem::size_of_val(self.cell.as_slice())
+    }
+
+    /// The four gates' products, `4H·(C + H)` multiply-adds per token forward: `24·H·(C + H)` for training (the
+    /// biases' adds and the gates' elementwise work are left out).
+    fn flops_per_token(&self, _t: usize) -> f64 {
+        let (c, h) = (self.input as f64, self.hidden as f64);
+        3.0 * 2.0 * 4.0 * h * (c + h)
+    }
+
+    /// Saved: the gates (`4·N·H`) and cell states (`N·H`); output: the hidden states, `N·H`.
+    fn activation_floats(&self, b: usize, t: usize) -> ActivationFloats {
+        let n = b * t;
+        ActivationFloats { saved: 5 * n * self.hidden, output: n * self.hidden }
     }
 
     fn release_saved(&mut self) {
