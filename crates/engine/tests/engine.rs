@@ -308,3 +308,56 @@ fn corrupted_truncated_or_missing_checkpoints_are_errors() {
     assert!(engine(&lstm(), json).load_checkpoint(&dir).is_ok(), "the restored file loads again");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A rule written outside the optimizer crate plugs into the engine's optimizer through `UpdateRule` alone: the
+/// engine sizes and names its state from the rule, and steps every tensor's owned piece with that tensor's
+/// weight-decay flag (here: decaying tensors move by `lr·g`, others by `2·lr·g`, and the slot counts steps).
+#[test]
+fn a_rule_defined_in_a_test_runs_in_the_engine_optimizer() {
+    use rustspeed_engine::optimizer::Optimizer;
+    use rustspeed_engine::zero::Segment;
+    use rustspeed_nn::{Init, ParamLayout, ParamSpec};
+    use rustspeed_optim::{StepContext, UpdateRule};
+
+    #[derive(Debug)]
+    struct Toy;
+    impl UpdateRule for Toy {
+        fn name(&self) -> &'static str {
+            "Toy"
+        }
+        fn slot_names(&self) -> &'static [&'static str] {
+            &["steps"]
+        }
+        fn lr(&self) -> f32 {
+            0.25
+        }
+        fn needs_whole_tensors(&self) -> bool {
+            false
+        }
+        fn tested_with_zero(&self) -> bool {
+            false
+        }
+        fn fused_fp16_wrapper(&self) -> bool {
+            false
+        }
+        fn step(&self, context: &StepContext, params: &mut [f32], grads: &[f32], slots: &mut [&mut [f32]]) {
+            let factor = if context.decay { 1.0 } else { 2.0 };
+            for ((p, g), count) in params.iter_mut().zip(grads).zip(slots[0].iter_mut()) {
+                *p -= factor * context.lr * g;
+                *count = context.step as f32;
+            }
+        }
+    }
+    let mut layout = ParamLayout::default();
+    layout.push(ParamSpec::new("w", &[2, 2], Init::Zeros)); // rank 2: decays
+    layout.push(ParamSpec::new("b", &[3], Init::Zeros)); // rank 1: does not
+                                                         // A rank owning elements 2..6 of the 7 (a partition cutting both tensors), at partition offset 0.
+    let segments = [Segment { layout: 2..6, at: 0 }];
+    let mut optimizer = Optimizer::new(Box::new(Toy), 4);
+    let (mut params, mut grads) = (vec![0.0f32; 4], vec![1.0f32; 4]);
+    optimizer.apply(&layout, &mut params, &mut grads, false, 1.0, &segments, 0.5, None);
+    assert_eq!(params, [-0.5, -0.5, -1.0, -1.0], "w's elements 2, 3 decay; b's 0, 1 do not");
+    let slots: Vec<(&str, Vec<f32>)> = optimizer.slots().map(|(n, s)| (n, s.to_vec())).collect();
+    assert_eq!(slots, [("steps", vec![1.0; 4])]);
+    assert_eq!(optimizer.applied_steps(), 1);
+}
