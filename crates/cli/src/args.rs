@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 /// One option a command accepts.
@@ -109,6 +110,24 @@ impl Args {
         match self.get(name) {
             None => Ok(default),
             Some(v) => v.parse().map_err(|e| ArgError(format!("--{name} {v}: {e}"))),
+        }
+    }
+
+    /// [`Args::parsed`] within `range` (a NaN is outside every range); the error gives the allowed range.
+    pub fn parsed_in<T>(&self, name: &str, default: T, range: RangeInclusive<T>) -> Result<T, ArgError>
+    where
+        T: FromStr + PartialOrd + fmt::Display,
+        T::Err: fmt::Display,
+    {
+        let value = self.parsed(name, default)?;
+        match range.contains(&value) {
+            true => Ok(value),
+            false => Err(ArgError(format!(
+                "--{name} {}: must be between {} and {}",
+                self.get(name).unwrap_or_default(),
+                range.start(),
+                range.end()
+            ))),
         }
     }
 }

@@ -51,14 +51,20 @@ const GENERATE_OPTS: &[Opt] = &[
     opt("tag", "TAG", "checkpoint tag (default: latest)"),
 ];
 
+/// Bounds of `generate`'s numbers: more tokens than a run could want, a temperature past which sampling is
+/// uniform to within fp32.
+const MAX_GENERATED_TOKENS: usize = 1 << 20;
+const MAX_TEMPERATURE: f32 = 1e4;
+
 pub fn generate(argv: &[String]) -> Result<(), String> {
     let Some(a) = parse("generate", GENERATE_OPTS, argv)? else { return Ok(()) };
     let run = PathBuf::from(a.required("run").map_err(|e| e.to_string())?);
     let prompt = a.required("prompt").map_err(|e| e.to_string())?;
     let d = SampleOptions::default();
     let opts = SampleOptions {
-        tokens: a.parsed("tokens", d.tokens).map_err(|e| e.to_string())?,
-        temperature: a.parsed("temperature", d.temperature).map_err(|e| e.to_string())?,
+        tokens: a.parsed_in("tokens", d.tokens, 1..=MAX_GENERATED_TOKENS).map_err(|e| e.to_string())?,
+        // Finite and not negative (0 is greedy); a NaN is in no range.
+        temperature: a.parsed_in("temperature", d.temperature, 0.0..=MAX_TEMPERATURE).map_err(|e| e.to_string())?,
         top_k: a.parsed("top-k", d.top_k).map_err(|e| e.to_string())?,
         seed: a.parsed("seed", d.seed).map_err(|e| e.to_string())?,
     };
@@ -115,7 +121,8 @@ fn write_weights(a: &Args) -> Result<(), String> {
     let model = weights.spec.config.build().map_err(|e| e.to_string())?;
     let metadata = HashMap::from([("rustspeed_model".to_string(), weights.spec.to_json().to_string())]);
     let bytes = save_params(model.layout(), &weights.params, "", Some(metadata))?;
-    std::fs::write(&out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    // Whole or not at all: a failed write (a full disk) leaves no truncated file that a rerun would refuse.
+    crate::atomic::write_atomically(&out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
     println!("wrote {} ({} fp32 parameters of {})", out.display(), model.num_params(), weights.spec.preset);
     Ok(())
 }
@@ -143,6 +150,10 @@ fn mib(bytes: usize) -> String {
     format!("{:>10.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// The largest world size, micro-batch, vocabulary or LSTM sequence `estimate` takes: sizes beyond it are no
+/// run's, and their products would overflow the byte counts.
+const MAX_ESTIMATE_SIZE: usize = 1 << 20;
+
 /// Prints the predicted bytes per rank for ZeRO stages 0-3 (the ZeRO paper's model plus activations).
 pub fn estimate(argv: &[String]) -> Result<(), String> {
     use rustspeed_engine::memory::{estimate as predict, Workload};
@@ -151,8 +162,9 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
     let Some(a) = parse("estimate", ESTIMATE_OPTS, argv)? else { return Ok(()) };
     let e = |e: crate::args::ArgError| e.to_string();
     let p = rustspeed_nn::preset(a.required("model").map_err(e)?).map_err(|e| e.to_string())?;
-    let config = p.config(p.vocab_size.unwrap_or(a.parsed("vocab", 65).map_err(e)?)).map_err(|e| e.to_string())?;
-    let world: usize = a.parsed("world-size", 1).map_err(e)?;
+    let vocab = a.parsed_in("vocab", 65, 1..=MAX_ESTIMATE_SIZE).map_err(e)?;
+    let config = p.config(p.vocab_size.unwrap_or(vocab)).map_err(|e| e.to_string())?;
+    let world: usize = a.parsed_in("world-size", 1, 1..=MAX_ESTIMATE_SIZE).map_err(e)?;
     // The rule of each name with DeepSpeed's defaults; its state slots are what it keeps per parameter.
     let block = match a.get("optimizer").unwrap_or("adam") {
         "adam" => r#"{"type": "Adam"}"#,
@@ -169,15 +181,14 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
     let precision = a.get("precision").unwrap_or("fp32");
     let storage = StorageType::from_name(precision)
         .ok_or_else(|| format!("--precision {precision}: expected fp32, fp16 or bf16"))?;
-    let default_t = match &config {
-        rustspeed_nn::ModelConfig::Gpt(c) => c.block_size,
-        rustspeed_nn::ModelConfig::Lstm(_) => 64,
+    // A GPT's sequence is at most its context; an LSTM has none.
+    let (default_t, max_t) = match &config {
+        rustspeed_nn::ModelConfig::Gpt(c) => (c.block_size, c.block_size),
+        rustspeed_nn::ModelConfig::Lstm(_) => (64, MAX_ESTIMATE_SIZE),
     };
-    if world == 0 {
-        return Err("--world-size must be at least 1".into());
-    }
     let params = config.build().map_err(|e| e.to_string())?.num_params();
-    let (b, t) = (a.parsed("micro-batch", 8).map_err(e)?, a.parsed("seq-len", default_t).map_err(e)?);
+    let b = a.parsed_in("micro-batch", 8, 1..=MAX_ESTIMATE_SIZE).map_err(e)?;
+    let t = a.parsed_in("seq-len", default_t, 1..=max_t).map_err(e)?;
     println!(
         "{} ({params} parameters), {world} rank(s), micro-batch {b} x {t} tokens, {}; MiB per rank:",
         p.name,

@@ -1,6 +1,7 @@
 //! `rustspeed`: prepare a corpus, train a model from a DeepSpeed config, sample from it, export it.
 
 mod args;
+mod atomic;
 mod bench;
 mod bench_zero;
 mod commands;

@@ -1,10 +1,10 @@
 //! Loss-curve chart rasterised in-house (lines, a built-in 5x7 font, axes, legend) and written as a compressed PNG
 //! by the `png` crate.
 
+use crate::atomic::write_atomically;
 use std::borrow::Cow;
-use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One line on the chart.
 pub struct Series<'a> {
@@ -375,40 +375,6 @@ pub fn write_loss_curve_png(path: &Path, train: &[(u64, f32)], val: &[(u64, f32)
     write_atomically(path, &png)
 }
 
-/// Hidden sibling of `path` for the in-progress write; the process id keeps two concurrent runs from sharing one.
-fn temporary_sibling(path: &Path) -> io::Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-    let mut temporary = OsString::from(".");
-    temporary.push(name);
-    temporary.push(format!(".{}.tmp", std::process::id()));
-    Ok(path.with_file_name(temporary))
-}
-
-/// Writes `bytes` to a temporary sibling, flushes it to disk, and renames it over `path`: a rename within one
-/// directory is atomic, so a crash leaves either the old file or the new one, never a truncated one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temporary = temporary_sibling(path)?;
-    let written = write_and_sync(&temporary, bytes)
-        .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", temporary.display())))
-        .and_then(|()| {
-            std::fs::rename(&temporary, path)
-                .map_err(|e| io::Error::new(e.kind(), format!("renaming {} into place: {e}", temporary.display())))
-        });
-    if written.is_err() {
-        // Best effort: the write already failed, and a leftover hidden file is harmless next to that error.
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
-}
-
-/// Without the sync, a crash soon after the rename can leave the new name pointing at not-yet-written blocks.
-fn write_and_sync(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 /// Palette (RGB triples) and one index byte per pixel, or None when `rgb` has more colours than a palette holds.
 fn palette_indices(rgb: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut index_of = std::collections::HashMap::<[u8; 3], u8>::new();
@@ -459,6 +425,8 @@ fn encode_png(canvas: &Canvas) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
 
     /// Bresenham steps and the 2-px brush may place the stroke one pixel off the exactly-rounded data point.
     const LINE_PIXEL_TOLERANCE: i64 = 1;

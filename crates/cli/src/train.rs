@@ -27,6 +27,12 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Bounds of the numeric flags: beyond them a run cannot be meant (and a timeout past ~2^63 ns overflows).
+const MAX_THREAD_RANKS: usize = 4096;
+const MAX_THREADS_PER_RANK: usize = 1024;
+/// A week.
+const MAX_COMM_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
 const OPTS: &[Opt] = &[
     opt("model", "PRESET", "model preset (rustspeed presets lists them)"),
     opt("config", "DS.json", "DeepSpeed JSON config"),
@@ -86,15 +92,12 @@ fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
             .get("print-every")
             .map(|v| v.parse().map_err(|err| format!("--print-every {v}: {err}")))
             .transpose()?,
-        world_size: positive("world-size", a.parsed("world-size", 1).map_err(e)?)? as usize,
+        world_size: a.parsed_in("world-size", 1, 1..=MAX_THREAD_RANKS).map_err(e)?,
         threads_per_rank: match a.get("threads-per-rank") {
             None => None,
-            Some(v) => {
-                let n = v.parse().map_err(|err| format!("--threads-per-rank {v}: {err}"))?;
-                Some(positive("threads-per-rank", n)? as usize)
-            }
+            Some(_) => Some(a.parsed_in("threads-per-rank", 1, 1..=MAX_THREADS_PER_RANK).map_err(e)?),
         },
-        comm_timeout_s: positive("comm-timeout", a.parsed("comm-timeout", 600).map_err(e)?)?,
+        comm_timeout_s: a.parsed_in("comm-timeout", 600, 1..=MAX_COMM_TIMEOUT_S).map_err(e)?,
     }))
 }
 

@@ -155,6 +155,49 @@ fn version_help_and_misspelt_commands() {
     fails(&rustspeed(&["train", "--stpes", "3"]), &["unknown option --stpes", "did you mean --steps?"]);
 }
 
+/// Numbers at the edge of their type, zero or NaN are errors that give the allowed range, before anything runs.
+#[test]
+fn numeric_flags_are_checked_against_their_ranges() {
+    let max = u64::MAX.to_string();
+    let cases: [(&[&str], &str); 9] = [
+        (&["estimate", "--model", "gpt2-124m", "--micro-batch", "0"], "--micro-batch 0: must be between 1 and"),
+        (&["estimate", "--model", "gpt2-124m", "--seq-len", "0"], "--seq-len 0: must be between 1 and 1024"),
+        (&["estimate", "--model", "gpt2-124m", "--seq-len", "4096"], "--seq-len 4096: must be between 1 and 1024"),
+        (&["estimate", "--model", "gpt-tiny", "--world-size", &max], "--world-size"),
+        (
+            &["train", "--model", "gpt-tiny", "--config", "c", "--data", "d", "--out", "o", "--comm-timeout", &max],
+            "--comm-timeout",
+        ),
+        (
+            &["train", "--model", "gpt-tiny", "--config", "c", "--data", "d", "--out", "o", "--threads-per-rank", &max],
+            "--threads-per-rank",
+        ),
+        (
+            &["generate", "--run", "r", "--prompt", "a", "--temperature", "NaN"],
+            "--temperature NaN: must be between 0 and",
+        ),
+        (&["generate", "--run", "r", "--prompt", "a", "--temperature", "-0.5"], "--temperature -0.5"),
+        (&["generate", "--run", "r", "--prompt", "a", "--temperature", "inf"], "--temperature inf"),
+    ];
+    for (args, needle) in cases {
+        fails(&rustspeed(args), &[needle]);
+    }
+}
+
+/// A misspelt switch of a block rustspeed does not implement is an unknown key, not a silently disabled block.
+#[test]
+fn a_misspelt_switch_is_an_unknown_key() {
+    let sb = Sandbox::new("switch");
+    let config = sb
+        .write("tb.json", r#"{"train_batch_size": 2, "optimizer": {"type": "Adam"}, "tensorboard": {"enable": true}}"#);
+    let out = sb.path("run");
+    fails(
+        &rustspeed(&train_args(s(&config), "unused", s(&out), "1")),
+        &["tensorboard.enable", "did you mean `enabled`?"],
+    );
+    assert!(!out.exists(), "nothing was written");
+}
+
 #[test]
 fn bad_input_files_are_named_errors() {
     let sb = Sandbox::new("inputs");

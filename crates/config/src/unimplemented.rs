@@ -59,6 +59,15 @@ fn default_valued_blocks() -> [(&'static str, Value); 3] {
 pub(crate) fn check_unimplemented_blocks(top: &Block<'_>) -> Result<(), ConfigError> {
     for name in SWITCHED_BLOCKS {
         if let Some(block) = top.block(name, &format!("\"{name}\": {{\"enabled\": false}}"))? {
+            // The block's other keys are ignored while it is off, but not a misspelt switch: `"enable": true`
+            // must not read as off.
+            if let Some(key) = block.keys().find(|k| *k != "enabled" && closest(k, ["enabled"]).is_some()) {
+                return Err(ConfigError::UnknownKey {
+                    path: block.path_of(key),
+                    suggestion: Some("enabled".to_string()),
+                    hint: None,
+                });
+            }
             if block.bool_or("enabled", false)? {
                 return Err(ConfigError::Unsupported {
                     path: block.path_of("enabled"),
