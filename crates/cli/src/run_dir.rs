@@ -1,6 +1,8 @@
 //! The run directory: every path of a run, named once. `train` creates and fills it; `generate`, `export` and
 //! `consolidate` read it.
 
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// A run directory (`train --out RUN_DIR`).
@@ -48,8 +50,70 @@ impl RunDir {
         self.root.join("ds_config.json")
     }
 
+    /// The lock file that makes one process the run's only writer.
+    fn lock_file(&self) -> PathBuf {
+        self.root.join(".lock")
+    }
+
+    /// Takes the run directory for this process (creating it if needed): an exclusive advisory lock
+    /// (`flock`) on its lock file, held until the returned guard is dropped or the process ends (a dead
+    /// holder's lock is released by the kernel, so a stale lock never blocks). A second writer gets an error
+    /// naming the holder's PID. Readers (`generate`, `export`, `consolidate`) do not lock: a checkpoint tag
+    /// appears whole by its rename.
+    pub fn lock(&self) -> Result<RunLock, String> {
+        let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", self.lock_file().display());
+        std::fs::create_dir_all(&self.root).map_err(|e| format!("{}: {e}", self.root.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.lock_file())
+            .map_err(|e| io("cannot open", e))?;
+        if !try_lock_exclusive(&file).map_err(|e| io("cannot lock", e))? {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() { "another process".to_string() } else { format!("process {holder}") };
+            return Err(format!(
+                "{} is in use by {who} (one writer per run directory); wait for it to finish or stop it",
+                self.root.display()
+            ));
+        }
+        file.set_len(0).map_err(|e| io("cannot write", e))?;
+        file.rewind().map_err(|e| io("cannot write", e))?;
+        write!(file, "{}", std::process::id()).map_err(|e| io("cannot write", e))?;
+        Ok(RunLock { _file: file })
+    }
+
     /// Whether a run has already written here (a checkpoint or metrics).
     pub fn holds_a_run(&self) -> bool {
         self.checkpoints().exists() || self.metrics().exists()
     }
+}
+
+/// The run directory's lock, held while this lives.
+pub struct RunLock {
+    _file: File,
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: true when taken, false when another open file description holds it.
+#[cfg(unix)]
+fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: the descriptor belongs to `file`, which outlives the call; flock only reads it.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        e => Err(e),
+    }
+}
+
+/// Without `flock` the run directory is not locked (every process may write).
+#[cfg(not(unix))]
+fn try_lock_exclusive(_file: &File) -> std::io::Result<bool> {
+    Ok(true)
 }

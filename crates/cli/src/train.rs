@@ -177,6 +177,12 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     // checkpoint shards into it, after the barrier that opens each checkpoint).
     let process_comm = process_communicator(&s)?;
     let lead_process = process_comm.as_ref().is_none_or(|c| c.rank() == 0);
+    // One writer per run directory: the lead process (the only one, or global rank 0 of a launched job, whose
+    // other ranks are part of the same run) holds the lock for the run's life, taken once the inputs are checked.
+    let _lock = match lead_process {
+        true => Some(RunDir::new(&s.out).lock()?),
+        false => None,
+    };
     if !s.resume && lead_process {
         prepare_run_dir(&s, &config, &data, &spec, t)?;
     }

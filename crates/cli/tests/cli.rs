@@ -198,6 +198,40 @@ fn a_misspelt_switch_is_an_unknown_key() {
     assert!(!out.exists(), "nothing was written");
 }
 
+/// One writer per run directory: while a run trains, a second `train` on its directory (resumed or fresh) is an
+/// error naming the holder's PID; once the holder is killed (kill -9, no clean-up), its lock is gone and the run
+/// resumes.
+#[test]
+fn a_second_writer_is_refused_and_a_dead_holders_lock_does_not_block() {
+    let sb = Sandbox::new("lock");
+    let data = sb.data();
+    let config = sb.write("ds.json", CONFIG);
+    let run = sb.path("run");
+    // train_args saves every 3 steps.
+    let long = train_args(s(&config), s(&data), s(&run), "1000000");
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_rustspeed"))
+        .args(&long)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded wait for its first checkpoint (a few seconds at most on a loaded machine).
+    let latest = run.join("checkpoints/latest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !latest.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(latest.exists(), "the holder wrote no checkpoint in time");
+    let pid = format!("in use by process {}", holder.id());
+    fails(&rustspeed(&[&train_args(s(&config), s(&data), s(&run), "1000000")[..], &["--resume"]].concat()), &[&pid]);
+    fails(&rustspeed(&train_args(s(&config), s(&data), s(&run), "5")), &[&pid]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let done: u64 = fs::read_to_string(&latest).unwrap().trim().trim_start_matches("global_step").parse().unwrap();
+    let next = (done + 1).to_string();
+    ok(&rustspeed(&[&train_args(s(&config), s(&data), s(&run), &next)[..], &["--resume"]].concat()));
+}
+
 #[test]
 fn bad_input_files_are_named_errors() {
     let sb = Sandbox::new("inputs");
