@@ -466,39 +466,15 @@ impl<E: Element> Model<E> {
             let input = if i > 0 { self.acts[i - 1].as_slice() } else { &[] };
             let (output, dout, writes) = (&self.acts[i], &drest[0], &self.starting_layers[i]);
             let layer = &mut self.layers[i];
-            match group {
-                Some(g) => {
-                    let (params, mut grads) = source.params_and_grads(g);
-                    layer.backward(
-                        layout,
-                        &params,
-                        &mut grads,
-                        writes,
-                        &batch,
-                        input,
-                        output,
-                        dout,
-                        dinput,
-                        &mut self.scratch,
-                    );
-                    source.after(g, Pass::Backward, is_last(k))?;
-                    k += 1;
-                }
-                None => {
-                    let (params, mut grads) = (Window { base: 0, data: &[] }, WindowMut { base: 0, data: &mut [] });
-                    layer.backward(
-                        layout,
-                        &params,
-                        &mut grads,
-                        writes,
-                        &batch,
-                        input,
-                        output,
-                        dout,
-                        dinput,
-                        &mut self.scratch,
-                    );
-                }
+            // A layer without parameters reads and writes empty windows.
+            let (params, mut grads) = match group {
+                Some(g) => source.params_and_grads(g),
+                None => (Window { base: 0, data: &[][..] }, WindowMut { base: 0, data: &mut [][..] }),
+            };
+            layer.backward(layout, &params, &mut grads, writes, &batch, input, output, dout, dinput, &mut self.scratch);
+            if let Some(g) = group {
+                source.after(g, Pass::Backward, is_last(k))?;
+                k += 1;
             }
             if self.checkpointing {
                 self.layers[i].release_saved();
