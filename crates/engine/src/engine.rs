@@ -239,18 +239,15 @@ impl<E: Element> Engine<E> {
     pub fn memory(&self) -> MemoryReport {
         let (e, f) = (std::mem::size_of::<E>(), std::mem::size_of::<f32>());
         let gradients = self.grads.bytes();
-        // Stage 3 in fp32: the masters are the parameters (as at the other stages in fp32).
+        // Stage 3: the persistent groups' whole copies, and the masters, which in fp32 are the parameters (as at
+        // the other stages in fp32).
         let (parameters, master_weights) = match &self.copy {
             ModelCopy::Whole { params, master } => (params.len() * e, master.separate().len() * f),
-            ModelCopy::Sharded(sharded) if E::IS_F32 => (sharded.master.len() * f, 0),
+            ModelCopy::Sharded(sharded) if E::IS_F32 => ((sharded.master.len() + sharded.persistent_len()) * f, 0),
             ModelCopy::Sharded(sharded) => (sharded.persistent_len() * e, sharded.master.len() * f),
         };
-        let persistent = match &self.copy {
-            ModelCopy::Sharded(sharded) if E::IS_F32 => sharded.persistent_len() * e,
-            _ => 0,
-        };
         MemoryReport {
-            parameters: parameters + persistent,
+            parameters,
             gradients,
             gradient_staging: self.residency.gradients * e,
             gathered_parameters: self.residency.gathered * e,

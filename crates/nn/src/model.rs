@@ -395,9 +395,8 @@ impl<E: Element> Model<E> {
         }
         for i in (0..self.layers.len()).rev() {
             if self.released[i] {
-                recompute(&mut *self.layers[i], layout, &params, &batch, &mut self.acts, i);
-                self.activation_peak =
-                    self.activation_peak.max(held_activations(&self.acts, &self.dacts, &self.layers, &self.head));
+                let peak = &mut self.activation_peak;
+                recompute(&mut self.layers, i, layout, &params, &batch, &mut self.acts, &self.dacts, &self.head, peak);
             }
             let (dbefore, drest) = self.dacts.split_at_mut(i);
             let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
@@ -457,9 +456,8 @@ impl<E: Element> Model<E> {
             }
             if self.released[i] {
                 let params = group.map_or(Window { base: 0, data: &[] }, |g| source.params(g));
-                recompute(&mut *self.layers[i], layout, &params, &batch, &mut self.acts, i);
-                self.activation_peak =
-                    self.activation_peak.max(held_activations(&self.acts, &self.dacts, &self.layers, &self.head));
+                let peak = &mut self.activation_peak;
+                recompute(&mut self.layers, i, layout, &params, &batch, &mut self.acts, &self.dacts, &self.head, peak);
             }
             let (dbefore, drest) = self.dacts.split_at_mut(i);
             let dinput = dbefore.last_mut().map_or(&mut [][..], |v| v.as_mut_slice());
@@ -568,18 +566,24 @@ impl<E: Element> ParamSource<E> for Whole<'_, E> {
 }
 
 /// Activation checkpointing: runs layer `i`'s forward again on its input (`acts[i - 1]`), which restores what it
-/// released and rewrites its output `acts[i]` with the same values (the kernels are deterministic).
+/// released and rewrites its output `acts[i]` with the same values (the kernels are deterministic); `peak` takes
+/// the activations held then, the backward's most.
+#[allow(clippy::too_many_arguments)]
 fn recompute<E: Element>(
-    layer: &mut dyn Layer<E>,
+    layers: &mut [Box<dyn Layer<E>>],
+    i: usize,
     layout: &ParamLayout,
     params: &Window<'_, E>,
     batch: &Batch,
     acts: &mut [Vec<E>],
-    i: usize,
+    dacts: &[Vec<E>],
+    head: &LmHead<E>,
+    peak: &mut usize,
 ) {
     let (before, rest) = acts.split_at_mut(i);
     let input = before.last().map_or(&[][..], |v| v.as_slice());
-    layer.forward(layout, params, batch, input, &mut rest[0]);
+    layers[i].forward(layout, params, batch, input, &mut rest[0]);
+    *peak = (*peak).max(held_activations(acts, dacts, layers, head));
 }
 
 /// Bytes of activations held: layer outputs and their gradients, what the layers saved, the head's buffers.
