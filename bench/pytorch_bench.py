@@ -12,6 +12,8 @@ Models, written to match rustspeed's `gpt` and `lstm` families (torch 2.15, CPU,
   rustspeed decays them), lr 3e-4, weight decay 0.1.
 - `lstm`: the seed's `MyLM`: Embedding(V, E) -> LSTM(E, H, L, batch_first) -> Linear(H, V); SGD momentum 0.9,
   lr 1e-3.
+- `llama`: transformers' own `LlamaForCausalLM` from the `--hf-config` JSON rustspeed passes (sdpa attention, its
+  fastest on CPU), fused AdamW (decay on rank >= 2), lr 3e-4, weight decay 0.1.
 
 A step is forward, cross-entropy loss, backward, optimizer step, zeroing gradients; tokens and targets are
 uniform random ids drawn before timing. The last line is machine-readable:
@@ -19,6 +21,7 @@ uniform random ids drawn before timing. The last line is machine-readable:
 """
 
 import argparse
+import json
 import math
 import resource
 import statistics
@@ -84,7 +87,34 @@ class MyLM(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
+class HfLlama(nn.Module):
+    """transformers' own `LlamaForCausalLM` (its fastest CPU attention, sdpa), returning the mean loss."""
+
+    def __init__(self, config_json):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = json.loads(config_json)
+        config.pop("model_type", None)
+        self.inner = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="sdpa"))
+
+    def forward(self, tokens, targets):
+        logits = self.inner(input_ids=tokens).logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def adamw(model):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused=True is PyTorch's fastest AdamW on CPU (one kernel over all tensors).
+    return torch.optim.AdamW(groups, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, fused=True)
+
+
 def build(args):
+    if args.model == "llama":
+        model = HfLlama(args.hf_config)
+        return model, adamw(model)
     if args.model == "gpt":
         model = Gpt(args.vocab, args.layers, args.heads, args.width, args.context)
         decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -99,11 +129,12 @@ def build(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["gpt", "lstm"], required=True)
+    ap.add_argument("--model", choices=["gpt", "lstm", "llama"], required=True)
+    ap.add_argument("--hf-config", default="", help="llama: the model's config.json, as one JSON string")
     ap.add_argument("--vocab", type=int, required=True)
-    ap.add_argument("--layers", type=int, required=True)
+    ap.add_argument("--layers", type=int, default=0)
     ap.add_argument("--heads", type=int, default=1)
-    ap.add_argument("--width", type=int, required=True, help="GPT d_model, or the LSTM's embedding size")
+    ap.add_argument("--width", type=int, default=0, help="GPT d_model, or the LSTM's embedding size")
     ap.add_argument("--hidden", type=int, default=0, help="LSTM hidden size")
     ap.add_argument("--context", type=int, default=0, help="GPT context length")
     ap.add_argument("--batch", type=int, required=True)

@@ -1,11 +1,13 @@
-//! `rustspeed bench gpt|lstm|gpt2-124m`: times full training steps (forward, loss, backward, optimizer) of a fixed
+//! `rustspeed bench gpt|lstm|gpt2-124m|llama|smollm2-135m`: times full training steps (forward, loss, backward, optimizer) of a fixed
 //! workload, reports median ms/step, tokens/s, model FLOP/s and its share of this machine's sgemm peak (measured
 //! on the spot), peak memory; with `--compare-pytorch`, runs the same model in PyTorch (`bench/pytorch_bench.py`,
 //! embedded in the binary) alternately with rustspeed in the same invocation and prints the ratio.
 //!
 //! Workloads (DESIGN.md, "Benchmarks"): `gpt` = the `gpt-bench` preset, batch 8 x 128 tokens, AdamW lr 3e-4
 //! weight decay 0.1; `lstm` = `lstm-seed`, batch 4 x 32, SGD momentum 0.9 lr 1e-3; `gpt2-124m` = GPT-2 small,
-//! batch 4 x 256, AdamW as `gpt`. Tokens and targets are uniform random ids, drawn once.
+//! batch 4 x 256, AdamW as `gpt`; `llama` = `llama-bench` (gpt-bench's FLOPs per token), batch 8 x 128, AdamW as
+//! `gpt`; `smollm2-135m` = SmolLM2-135M, batch 4 x 256, AdamW as `gpt`. Tokens and targets are uniform random ids,
+//! drawn once.
 
 use crate::args::{opt, parse, switch, Opt};
 use rustspeed_config::DeepSpeedConfig;
@@ -68,6 +70,24 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "gpt2-124m",
         preset: "gpt2-124m",
+        batch: 4,
+        seq: 256,
+        optimizer_json: r#"{"type": "AdamW", "params": {"lr": 3e-4, "weight_decay": 0.1}}"#,
+        default_steps: 5,
+        default_warmup: 1,
+    },
+    Workload {
+        name: "llama",
+        preset: "llama-bench",
+        batch: 8,
+        seq: 128,
+        optimizer_json: r#"{"type": "AdamW", "params": {"lr": 3e-4, "weight_decay": 0.1}}"#,
+        default_steps: 20,
+        default_warmup: 3,
+    },
+    Workload {
+        name: "smollm2-135m",
+        preset: "smollm2-135m",
         batch: 4,
         seq: 256,
         optimizer_json: r#"{"type": "AdamW", "params": {"lr": 3e-4, "weight_decay": 0.1}}"#,
@@ -243,6 +263,12 @@ fn torch_args(config: &ModelConfig, w: &Workload, s: &Settings) -> Vec<String> {
             format!("--heads={}", c.n_head),
             format!("--width={}", c.n_embd),
             format!("--context={}", c.block_size),
+        ],
+        ModelConfig::Llama(c) => vec![
+            "--model".into(),
+            "llama".into(),
+            format!("--vocab={}", c.vocab_size),
+            format!("--hf-config={}", rustspeed_nn::hf_config::to_hf_json(config)),
         ],
         ModelConfig::Lstm(c) => vec![
             "--model".into(),

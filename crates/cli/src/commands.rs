@@ -26,6 +26,8 @@ pub fn prepare(argv: &[String]) -> Result<(), String> {
     let opts = PrepareOptions {
         val_fraction: a.parsed("val-fraction", PrepareOptions::default().val_fraction).map_err(|e| e.to_string())?,
         overwrite: a.flag("overwrite"),
+        // Phase lines redraw themselves with "\r": for a person watching, not for a log file or a pipe.
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let start = std::time::Instant::now();
     let report = prepare_data(&input, &spec, &out, &opts).map_err(|e| e.to_string())?;
@@ -78,6 +80,14 @@ pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SampleOpt
     let tokenizer =
         Tokenizer::load(&RunDir::new(run).tokenizer()).map_err(|e| format!("run {}: {e}", run.display()))?;
     let weights = load_weights(&RunDir::new(run).checkpoints(), tag).map_err(|e| e.to_string())?;
+    // A symbol without a row in the model would be read out of bounds (or silently mean another token).
+    let (symbols, rows) = (tokenizer.vocab_size(), weights.spec.config.vocab_size());
+    if symbols > rows {
+        return Err(format!(
+            "run {}: its tokenizer has {symbols} symbols but the model only {rows} token rows (tokenizer/ and checkpoint are not of one run)",
+            run.display()
+        ));
+    }
     let mut model = weights.spec.config.build().map_err(|e| e.to_string())?;
     let ids = tokenizer.encode(prompt).map_err(|e| format!("the prompt cannot be encoded: {e}"))?;
     let out = sample(&mut model, &weights.params, &ids, opts).map_err(|e| e.to_string())?;
@@ -86,8 +96,13 @@ pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SampleOpt
 
 const EXPORT_OPTS: &[Opt] = &[
     opt("run", "RUN_DIR", "a directory written by `rustspeed train`"),
-    opt("out", "FILE", "safetensors file to write"),
+    opt("out", "PATH", "safetensors file to write (a directory with --format hf)"),
     opt("tag", "TAG", "checkpoint tag (default: latest)"),
+    opt(
+        "format",
+        "FORMAT",
+        "safetensors (default) | hf: a Hugging Face model directory (config.json, weights, tokenizer)",
+    ),
 ];
 
 /// Writes the weights under their state-dict names: Hugging Face GPT-2 (`GPT2LMHeadModel`, Conv1D orientation,
@@ -95,7 +110,17 @@ const EXPORT_OPTS: &[Opt] = &[
 /// configuration.
 pub fn export(argv: &[String]) -> Result<(), String> {
     let Some(a) = parse("export", EXPORT_OPTS, argv)? else { return Ok(()) };
-    write_weights(&a)
+    match a.get("format").unwrap_or("safetensors") {
+        "safetensors" => write_weights(&a),
+        "hf" => {
+            let run = PathBuf::from(a.required("run").map_err(|e| e.to_string())?);
+            let out = PathBuf::from(a.required("out").map_err(|e| e.to_string())?);
+            crate::hf::export_dir(&run, a.get("tag"), &out)?;
+            println!("wrote {} (config.json, model.safetensors, tokenizer)", out.display());
+            Ok(())
+        }
+        other => Err(format!("--format {other}: expected safetensors or hf")),
+    }
 }
 
 /// `rustspeed consolidate RUN_DIR --out FILE`: DeepSpeed's `zero_to_fp32` — one fp32 safetensors file of the
@@ -107,7 +132,8 @@ pub fn consolidate(argv: &[String]) -> Result<(), String> {
         Some((run, rest)) if !run.starts_with("--") => [vec!["--run".to_string(), run.clone()], rest.to_vec()].concat(),
         _ => argv.to_vec(),
     };
-    let Some(a) = parse("consolidate", EXPORT_OPTS, &argv)? else { return Ok(()) };
+    // Everything of export but --format: consolidation writes one fp32 safetensors file.
+    let Some(a) = parse("consolidate", &EXPORT_OPTS[..3], &argv)? else { return Ok(()) };
     write_weights(&a)
 }
 
@@ -127,16 +153,44 @@ fn write_weights(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-pub fn presets() -> Result<(), String> {
-    for p in PRESETS {
-        let vocab = p.vocab_size.map_or("from data".to_string(), |v| v.to_string());
-        println!("{:<10} vocab {:<9} {}", p.name, vocab, p.description);
+/// Vocabulary printed in the description of a preset that takes its vocabulary from the data: a placeholder to
+/// edit (a description must fix one, with a row for each of the data's symbols).
+const PLACEHOLDER_VOCAB: usize = 256;
+
+/// `rustspeed presets` lists the presets; `rustspeed presets NAME` prints NAME's model description (a
+/// Hugging Face `config.json`) to copy, edit and pass as `--model FILE`.
+pub fn presets(argv: &[String]) -> Result<(), String> {
+    match argv {
+        [] => {
+            for p in PRESETS {
+                let vocab = p.vocab_size.map_or("from data".to_string(), |v| v.to_string());
+                println!("{:<13} vocab {:<9} {}", p.name, vocab, p.description);
+            }
+            println!("\n`rustspeed presets NAME` prints a preset's config.json, to edit and pass as --model FILE");
+            Ok(())
+        }
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!("usage: rustspeed presets [NAME]\n  lists the model presets; with NAME, prints its config.json (to edit and pass as --model FILE)");
+            Ok(())
+        }
+        [name] => {
+            let p = rustspeed_nn::preset(name).map_err(|e| e.to_string())?;
+            let config = p.config(p.vocab_size.unwrap_or(PLACEHOLDER_VOCAB)).map_err(|e| e.to_string())?;
+            if p.vocab_size.is_none() {
+                eprintln!(
+                    "{name} takes its vocabulary from the data; vocab_size {PLACEHOLDER_VOCAB} is a placeholder to set"
+                );
+            }
+            let text = serde_json::to_string_pretty(&rustspeed_nn::hf_config::to_hf_json(&config));
+            println!("{}", text.expect("JSON serializes"));
+            Ok(())
+        }
+        _ => Err("usage: rustspeed presets [NAME]".into()),
     }
-    Ok(())
 }
 
 const ESTIMATE_OPTS: &[Opt] = &[
-    opt("model", "PRESET", "model preset"),
+    opt("model", "PRESET|config.json", "a model preset or a model description file"),
     opt("world-size", "N", "data-parallel ranks (default 1)"),
     opt("vocab", "V", "vocabulary size for presets that take it from the data (default 65)"),
     opt("micro-batch", "B", "sequences per micro-batch, for activations (default 8)"),
@@ -161,9 +215,13 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
     use rustspeed_engine::StorageType;
     let Some(a) = parse("estimate", ESTIMATE_OPTS, argv)? else { return Ok(()) };
     let e = |e: crate::args::ArgError| e.to_string();
-    let p = rustspeed_nn::preset(a.required("model").map_err(e)?).map_err(|e| e.to_string())?;
+    let name = a.required("model").map_err(e)?;
     let vocab = a.parsed_in("vocab", 65, 1..=MAX_ESTIMATE_SIZE).map_err(e)?;
-    let config = p.config(p.vocab_size.unwrap_or(vocab)).map_err(|e| e.to_string())?;
+    // A preset with its own vocabulary keeps it, one without takes --vocab; a description file fixes its own.
+    let config = match rustspeed_nn::preset(name) {
+        Ok(p) => p.config(p.vocab_size.unwrap_or(vocab)).map_err(|e| e.to_string())?,
+        Err(_) => rustspeed_nn::hf_config::resolve(name, 1).map_err(|e| e.to_string())?.config,
+    };
     let world: usize = a.parsed_in("world-size", 1, 1..=MAX_ESTIMATE_SIZE).map_err(e)?;
     // The rule of each name with DeepSpeed's defaults; its state slots are what it keeps per parameter.
     let block = match a.get("optimizer").unwrap_or("adam") {
@@ -182,16 +240,13 @@ pub fn estimate(argv: &[String]) -> Result<(), String> {
     let storage = StorageType::from_name(precision)
         .ok_or_else(|| format!("--precision {precision}: expected fp32, fp16 or bf16"))?;
     // A GPT's sequence is at most its context; an LSTM has none.
-    let (default_t, max_t) = match &config {
-        rustspeed_nn::ModelConfig::Gpt(c) => (c.block_size, c.block_size),
-        rustspeed_nn::ModelConfig::Lstm(_) => (64, MAX_ESTIMATE_SIZE),
-    };
+    let (default_t, max_t) = (config.default_seq_len(), config.context_length().unwrap_or(MAX_ESTIMATE_SIZE));
     let params = config.build().map_err(|e| e.to_string())?.num_params();
     let b = a.parsed_in("micro-batch", 8, 1..=MAX_ESTIMATE_SIZE).map_err(e)?;
     let t = a.parsed_in("seq-len", default_t, 1..=max_t).map_err(e)?;
     println!(
         "{} ({params} parameters), {world} rank(s), micro-batch {b} x {t} tokens, {}; MiB per rank:",
-        p.name,
+        name,
         storage.name()
     );
     println!("stage  parameters  gradients    staging   gathered     master  optimizer  activations      total");

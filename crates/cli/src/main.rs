@@ -5,8 +5,11 @@ mod atomic;
 mod bench;
 mod bench_zero;
 mod commands;
+mod eval;
+mod hf;
 mod launch;
 mod metrics;
+mod monitor;
 mod plot;
 mod progress;
 mod run_dir;
@@ -22,14 +25,15 @@ usage: rustspeed <command> [options]     (rustspeed help <command>, or <command>
 
 commands:
   prepare    text file -> tokenizer + token shards (train/validation)
-  train      train a model preset on prepared data with a DeepSpeed JSON config
+  train      train a model (a preset, a config.json, or Hugging Face weights) on prepared data with a DeepSpeed JSON config
   generate   sample text from a trained run
-  export     write a run's weights as one safetensors file (Hugging Face / PyTorch names)
-  presets    list the model presets
+  eval       mean loss and perplexity of a run (or Hugging Face weights) on a data split or a text file
+  export     write a run's weights as one safetensors file, or (--format hf) a Hugging Face model directory
+  presets    list the model presets; `presets NAME` prints one as a config.json to edit
   launch     run a command on N ranks through mpirun (DeepSpeed's hostfile, --include/--exclude, --num_gpus)
   estimate   predicted memory per rank for ZeRO stages 0-3
   consolidate  one fp32 safetensors file from a (sharded) checkpoint (DeepSpeed's zero_to_fp32)
-  bench      time training steps of a fixed workload (gpt|lstm|gpt2-124m), optionally against PyTorch
+  bench      time training steps of a fixed workload (gpt|lstm|gpt2-124m|llama|smollm2-135m), optionally against PyTorch
   bench-zero per-rank memory and tokens/s of a workload on N thread ranks at each ZeRO stage
 ";
 
@@ -53,10 +57,11 @@ fn keep_freed_memory() {
 fn keep_freed_memory() {}
 
 /// Every command, as an unknown command's suggestion searches them.
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "prepare",
     "train",
     "generate",
+    "eval",
     "export",
     "presets",
     "launch",
@@ -73,8 +78,9 @@ fn run(command: &str, rest: &[String]) -> Result<(), String> {
         "prepare" => commands::prepare(rest),
         "train" => train::run(rest),
         "generate" => commands::generate(rest),
+        "eval" => eval::run(rest),
         "export" => commands::export(rest),
-        "presets" => commands::presets(),
+        "presets" => commands::presets(rest),
         "launch" => launch::run(rest),
         "estimate" => commands::estimate(rest),
         "consolidate" => commands::consolidate(rest),

@@ -64,29 +64,83 @@ pub struct Metrics {
     file: File,
 }
 
-/// Reads the rows of a metrics file (unparsable lines are skipped).
-pub fn read_rows(path: &Path) -> Vec<Row> {
-    fs::read_to_string(path).map(|t| t.lines().skip(1).filter_map(Row::parse).collect()).unwrap_or_default()
+/// Reads the rows of a metrics file. A last line without its newline is a row torn by a killed run and is
+/// dropped (the returned note says so); any other line that does not parse is an error naming its number, so
+/// that a damaged file is never silently shortened.
+pub fn read_rows(path: &Path) -> Result<(Vec<Row>, Option<String>), String> {
+    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    // `split` yields an empty last piece after a final newline; anything else there was cut short.
+    let torn = lines.pop().filter(|rest| !rest.is_empty());
+    let mut rows = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let text = std::str::from_utf8(line).ok();
+        if i == 0 {
+            if text.is_some_and(|t| t.starts_with("step,loss,")) {
+                continue;
+            }
+            return Err(format!("{}: line 1 is not the header '{HEADER}'", path.display()));
+        }
+        let row = text.and_then(Row::parse).ok_or_else(|| {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+            format!(
+                "{}: line {} is not a metrics row ('{shown}'); repair or remove that line, then rerun",
+                path.display(),
+                i + 1
+            )
+        })?;
+        rows.push(row);
+    }
+    let note = torn.map(|rest| {
+        format!(
+            "{}: dropped an incomplete last line of {} bytes (written when the run stopped)",
+            path.display(),
+            rest.len()
+        )
+    });
+    Ok((rows, note))
 }
 
 impl Metrics {
-    /// Opens `path` for a run that has completed `resumed_step` steps: rows after that step (from an interrupted
-    /// run) are dropped, so the file matches the checkpoint it continues from.
-    pub fn open(path: &Path, resumed_step: u64) -> Result<Metrics, String> {
-        let keep: Vec<Row> = read_rows(path).into_iter().filter(|r| r.step <= resumed_step).collect();
+    /// Opens `path` for a run that has completed `resumed_step` steps (0 for a new run): rows after that step
+    /// (from an interrupted run) are dropped, so the file matches the checkpoint it continues from, and that
+    /// version is on disk before training goes on. Returns what was dropped, in words.
+    pub fn open(path: &Path, resumed_step: u64) -> Result<(Metrics, Vec<String>), String> {
+        let mut notes = Vec::new();
+        let mut keep = Vec::new();
+        if resumed_step > 0 && !path.exists() {
+            notes.push(format!("{} was missing; it starts again at step {}", path.display(), resumed_step + 1));
+        } else if resumed_step > 0 {
+            let (rows, torn) = read_rows(path)?;
+            notes.extend(torn);
+            let total = rows.len();
+            keep = rows.into_iter().filter(|r| r.step <= resumed_step).collect();
+            if keep.len() < total {
+                notes.push(format!(
+                    "{}: dropped {} row(s) after step {resumed_step}, which the checkpoint does not cover",
+                    path.display(),
+                    total - keep.len()
+                ));
+            }
+        }
         let mut text = format!("{HEADER}\n");
         keep.iter().for_each(|r| text.push_str(&format!("{}\n", r.to_line())));
-        let tmp = path.with_extension("csv.tmp");
-        fs::write(&tmp, text).and_then(|_| fs::rename(&tmp, path)).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::atomic::write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
         let file = OpenOptions::new().append(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Metrics { path: path.to_path_buf(), file })
+        Ok((Metrics { path: path.to_path_buf(), file }, notes))
     }
 
     pub fn append(&mut self, row: &Row) -> Result<(), String> {
         writeln!(self.file, "{}", row.to_line()).map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
-    pub fn rows(&self) -> Vec<Row> {
-        read_rows(&self.path)
+    /// Puts every appended row on disk: called before a checkpoint commits, so that the rows up to its step
+    /// survive whatever kills the run after it.
+    pub fn sync(&mut self) -> Result<(), String> {
+        self.file.sync_data().map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    pub fn rows(&self) -> Result<Vec<Row>, String> {
+        read_rows(&self.path).map(|(rows, _)| rows)
     }
 }

@@ -87,6 +87,11 @@ impl RunDir {
     }
 
     /// Whether a run has already written here (a checkpoint or metrics).
+    /// Whether a checkpoint was committed (`latest` exists; a save interrupted before that leaves none).
+    pub fn has_checkpoint(&self) -> bool {
+        self.checkpoints().join(rustspeed_engine::checkpoint::LATEST).exists()
+    }
+
     pub fn holds_a_run(&self) -> bool {
         self.checkpoints().exists() || self.metrics().exists()
     }

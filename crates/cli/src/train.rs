@@ -7,11 +7,13 @@
 //! RUN_DIR/tokenizer/      the data's tokenizer, so that `generate` needs only the run
 //! RUN_DIR/metrics.csv     step,loss,lr,grad_norm,tokens_per_s,val_loss,loss_scale,skipped,overflow_layer
 //! RUN_DIR/loss.png        the loss curves, written at the end
+//! RUN_DIR/<job_name>/     DeepSpeed's csv_monitor and tensorboard files, where enabled (default output_path)
 //! RUN_DIR/checkpoints/    `latest` and one directory per saved step
 //! ```
 
 use crate::args::{opt, parse, switch, Opt};
 use crate::metrics::{Metrics, Row};
+use crate::monitor::{Event, Monitors};
 use crate::plot::write_loss_curve_png;
 use crate::progress::{format_duration, Progress};
 use crate::run_dir::RunDir;
@@ -20,9 +22,9 @@ use rustspeed_comm::{Communicator, SingleRank};
 use rustspeed_config::DeepSpeedConfig;
 use rustspeed_data::{Dataset, Loader, LoaderState};
 use rustspeed_engine::model_spec::ModelSpec;
-use rustspeed_engine::{Engine, StorageType};
+use rustspeed_engine::{Engine, Precision, StorageType};
 use rustspeed_kernels::cast::{bf16, f16, Element};
-use rustspeed_nn::{preset, ModelConfig};
+use rustspeed_nn::ModelConfig;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,13 +36,14 @@ const MAX_THREADS_PER_RANK: usize = 1024;
 const MAX_COMM_TIMEOUT_S: u64 = 7 * 24 * 3600;
 
 const OPTS: &[Opt] = &[
-    opt("model", "PRESET", "model preset (rustspeed presets lists them)"),
+    opt("model", "PRESET|config.json", "a model preset (rustspeed presets lists them) or a model description file"),
+    opt("init-from", "PATH", "start from Hugging Face weights: a .safetensors file or a model directory (config.json + weights; --model may then be left out)"),
     opt("config", "DS.json", "DeepSpeed JSON config"),
     opt("data", "DATA_DIR", "directory written by `rustspeed prepare`"),
     opt("out", "RUN_DIR", "run directory (created; never overwritten without --resume)"),
     opt("steps", "N", "train until this many optimizer steps in total (default 1000)"),
     switch("resume", "continue the run in RUN_DIR from its latest checkpoint"),
-    opt("seq-len", "T", "tokens per sequence (default: the GPT context, 64 for LSTMs)"),
+    opt("seq-len", "T", "tokens per sequence (default: the model's context up to 1024, 64 for LSTMs)"),
     opt("seed", "S", "seed of initialization and data order (default 1337)"),
     opt("eval-every", "N", "validate every N steps (default 100)"),
     opt("eval-batches", "N", "validation micro-batches per evaluation (default 20)"),
@@ -51,18 +54,21 @@ const OPTS: &[Opt] = &[
     opt("comm-timeout", "SECONDS", "how long a collective waits for a peer before failing (default 600)"),
 ];
 
-/// Sequence length of LSTM runs when not given (they have no context limit).
-const LSTM_DEFAULT_SEQ_LEN: usize = 64;
+/// Seed of a fresh run when `--seed` is not given.
+const DEFAULT_SEED: u64 = 1337;
 
 struct Settings {
-    preset: String,
+    /// `--model`; on `--resume` optional (the run's own model).
+    preset: Option<String>,
+    init_from: Option<PathBuf>,
     config_path: PathBuf,
     data: PathBuf,
     out: PathBuf,
     steps: u64,
     resume: bool,
     seq_len: Option<usize>,
-    seed: u64,
+    /// `None` until given or adopted: a fresh run defaults to [`DEFAULT_SEED`], a resumed one takes its own.
+    seed: Option<u64>,
     eval_every: u64,
     eval_batches: usize,
     save_every: u64,
@@ -72,19 +78,26 @@ struct Settings {
     comm_timeout_s: u64,
 }
 
+impl Settings {
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+}
+
 fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
     let Some(a) = parse("train", OPTS, argv)? else { return Ok(None) };
     let e = |e: crate::args::ArgError| e.to_string();
     let positive = |name: &str, v: u64| if v == 0 { Err(format!("--{name} must be at least 1")) } else { Ok(v) };
     Ok(Some(Settings {
-        preset: a.required("model").map_err(e)?.to_string(),
+        preset: a.get("model").map(str::to_string),
+        init_from: a.get("init-from").map(PathBuf::from),
         config_path: a.required("config").map_err(e)?.into(),
         data: a.required("data").map_err(e)?.into(),
         out: a.required("out").map_err(e)?.into(),
         steps: positive("steps", a.parsed("steps", 1000).map_err(e)?)?,
         resume: a.flag("resume"),
         seq_len: a.get("seq-len").map(|v| v.parse().map_err(|err| format!("--seq-len {v}: {err}"))).transpose()?,
-        seed: a.parsed("seed", 1337).map_err(e)?,
+        seed: a.get("seed").map(|_| a.parsed("seed", DEFAULT_SEED)).transpose().map_err(e)?,
         eval_every: positive("eval-every", a.parsed("eval-every", 100).map_err(e)?)?,
         eval_batches: positive("eval-batches", a.parsed("eval-batches", 20).map_err(e)?)? as usize,
         save_every: positive("save-every", a.parsed("save-every", 500).map_err(e)?)?,
@@ -102,11 +115,7 @@ fn settings(argv: &[String]) -> Result<Option<Settings>, String> {
 }
 
 fn seq_len_for(config: &ModelConfig, asked: Option<usize>) -> Result<usize, String> {
-    let (default, limit) = match config {
-        ModelConfig::Gpt(c) => (c.block_size, Some(c.block_size)),
-        ModelConfig::Lstm(_) => (LSTM_DEFAULT_SEQ_LEN, None),
-    };
-    match (asked.unwrap_or(default), limit) {
+    match (asked.unwrap_or(config.default_seq_len()), config.context_length()) {
         (0, _) => Err("--seq-len must be at least 1".into()),
         (t, Some(max)) if t > max => Err(format!("--seq-len {t} exceeds the model's context length {max}")),
         (t, _) => Ok(t),
@@ -136,7 +145,7 @@ fn validate<E: Element>(
 
 /// On `--resume`, the sequence length and seed come from the run's `run.json` (a different value would break
 /// the exact continuation); one given on the command line must agree.
-fn adopt_run_settings(s: &mut Settings) -> Result<(), String> {
+fn adopt_run_settings(s: &mut Settings) -> Result<ModelSpec, String> {
     let path = RunDir::new(&s.out).run_settings();
     let text = std::fs::read_to_string(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
     let run: serde_json::Value =
@@ -147,9 +156,14 @@ fn adopt_run_settings(s: &mut Settings) -> Result<(), String> {
     if s.seq_len.is_some_and(|asked| asked as u64 != t) {
         return Err(format!("--resume: the run was trained with --seq-len {t}"));
     }
+    if s.seed.is_some_and(|asked| asked != seed) {
+        return Err(format!(
+            "--resume: the run was trained with --seed {seed} (its data order follows it); leave --seed out"
+        ));
+    }
     s.seq_len = Some(t as usize);
-    s.seed = seed;
-    Ok(())
+    s.seed = Some(seed);
+    ModelSpec::from_json(&run["model"]).map_err(|e| format!("--resume: {}: {e}", path.display()))
 }
 
 /// What every rank needs to start: the checked inputs of the run.
@@ -158,21 +172,59 @@ struct Run {
     config: DeepSpeedConfig,
     data: Dataset,
     spec: ModelSpec,
+    /// The starting parameters of `--init-from` (loaded once for all ranks); `None`: initialized from the seed.
+    init: Option<Vec<f32>>,
     t: usize,
+}
+
+/// The run's model and, with `--init-from`, its starting weights. A resumed run keeps its own model (a `--model`
+/// given again must describe the same one) and starts from its checkpoint.
+fn model_and_init(
+    s: &Settings,
+    saved: Option<ModelSpec>,
+    data_vocab: usize,
+) -> Result<(ModelSpec, Option<Vec<f32>>), String> {
+    if let Some(saved) = saved {
+        if let Some(model) = &s.preset {
+            let (asked, _) = crate::hf::describe(Some(model), None, data_vocab)?;
+            if asked.config != saved.config {
+                return Err(format!(
+                    "--resume: --model {model} is not the run's model ({}); leave --model out",
+                    saved.preset
+                ));
+            }
+        }
+        return Ok((saved, None));
+    }
+    let (spec, notes) = crate::hf::describe(s.preset.as_deref(), s.init_from.as_deref(), data_vocab)?;
+    notes.iter().for_each(|note| eprintln!("note: {note}"));
+    let init = s.init_from.as_deref().map(|path| crate::hf::load_init(&spec, path)).transpose()?;
+    Ok((spec, init))
 }
 
 pub fn run(argv: &[String]) -> Result<(), String> {
     let Some(mut s) = settings(argv)? else { return Ok(()) };
-    if s.resume {
-        adopt_run_settings(&mut s)?;
+    let run_dir = RunDir::new(&s.out);
+    // A run killed before its first checkpoint has nothing to resume: it is started over by a plain `train`.
+    if s.resume && !run_dir.has_checkpoint() {
+        return Err(match run_dir.holds_a_run() {
+            true => format!(
+                "--resume: {} saved no checkpoint before it stopped, so there is nothing to resume; run the same command without --resume to start it over",
+                s.out.display()
+            ),
+            false => format!("--resume: {} holds no run to resume", s.out.display()),
+        });
     }
+    let saved_model = match s.resume {
+        true => Some(adopt_run_settings(&mut s)?),
+        false => None,
+    };
     // 1. Inputs: config, data, model. All checked before anything is written.
     let config = DeepSpeedConfig::from_file(&s.config_path).map_err(|e| e.to_string())?;
     config.batch_sizes(s.world_size).map_err(|e| e.to_string())?;
     let data = Dataset::open(&s.data).map_err(|e| e.to_string())?;
-    let model_config = preset(&s.preset).and_then(|p| p.config(data.vocab_size())).map_err(|e| e.to_string())?;
-    let t = seq_len_for(&model_config, s.seq_len)?;
-    let spec = ModelSpec { preset: s.preset.clone(), config: model_config };
+    let (spec, init) = model_and_init(&s, saved_model, data.vocab_size())?;
+    let t = seq_len_for(&spec.config, s.seq_len)?;
     // Under a multi-process launcher only global rank 0 creates the run directory (the others write their
     // checkpoint shards into it, after the barrier that opens each checkpoint).
     let process_comm = process_communicator(&s)?;
@@ -186,7 +238,7 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     if !s.resume && lead_process {
         prepare_run_dir(&s, &config, &data, &spec, t)?;
     }
-    let run = Run { s, config, data, spec, t };
+    let run = Run { s, config, data, spec, init, t };
     // 2. Ranks: threads of this process, or this process alone under a launcher; each rank gets its own rayon
     //    pool, the host's cores shared among the ranks on it, so that they do not fight over cores.
     let world = run.s.world_size;
@@ -266,13 +318,17 @@ fn train_rank(run: &Run, comm: Box<dyn Communicator>) -> Result<(), String> {
 
 /// One rank's training loop. Rank 0 also validates, writes metrics and reports progress.
 fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(), String> {
-    let Run { s, config, data, spec, t } = run;
+    let Run { s, config, data, spec, t, .. } = run;
     let (rank, world, t) = (comm.rank(), comm.world_size(), *t);
     let model = spec.config.build_as::<E>().map_err(|e| e.to_string())?;
-    let params = model.layout().init_params(s.seed);
+    let seed = s.seed();
+    let params = match &run.init {
+        Some(init) => init.clone(),
+        None => model.layout().init_params(seed),
+    };
     let mut engine = Engine::with_communicator(model, params, config.clone(), comm).map_err(|e| e.to_string())?;
     let b = engine.batch_sizes().micro_batch_size;
-    let mut loader = Loader::new(&data.train, b, t, s.seed, rank, world).map_err(|e| format!("training data: {e}"))?;
+    let mut loader = Loader::new(&data.train, b, t, seed, rank, world).map_err(|e| format!("training data: {e}"))?;
     let run_dir = RunDir::new(&s.out);
     let ckpt_dir = run_dir.checkpoints();
     if s.resume {
@@ -283,20 +339,39 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
         let client = resumed.client_state;
         let state = LoaderState::from_json(&client["loader"]).map_err(|e| format!("--resume: data position: {e}"))?;
         loader.restore(&state).map_err(|e| format!("--resume: {e}"))?;
+        // Every sample of every step came from the loader, so its position counts the run's samples exactly.
+        let samples = engine.counters().global_samples;
+        let read = state.epoch.checked_mul(loader.windows_per_epoch() as u64).and_then(|w| w.checked_add(state.cursor));
+        if read != Some(samples) || state.seed != seed {
+            return Err(format!(
+                "--resume: the checkpoint's data position (epoch {}, window {}, seed {}) does not match its {samples} samples and seed {seed}",
+                state.epoch, state.cursor, state.seed
+            ));
+        }
     }
     let first = engine.counters().global_steps;
     if first >= s.steps {
         return Err(format!("the run already has {first} steps; pass a larger --steps to continue it"));
     }
     let lead = rank == 0;
-    let mut metrics = if lead { Some(Metrics::open(&run_dir.metrics(), first)?) } else { None };
+    // Rank 0 writes the run's records: metrics.csv and DeepSpeed's monitors, cut back to the checkpoint's step.
+    let mut records = match lead {
+        true => {
+            let (metrics, mut notes) = Metrics::open(&run_dir.metrics(), first)?;
+            let mut monitors = Monitors::open(config, &s.out, engine.counters().global_samples)?;
+            notes.extend(monitors.take_notes());
+            notes.iter().for_each(|note| eprintln!("{note}"));
+            Some((metrics, monitors))
+        }
+        false => None,
+    };
     let every = s.print_every.or(engine.config().steps_per_print).unwrap_or(10);
     let progress = Progress::new(first, s.steps, every);
     if lead {
         let bs = engine.batch_sizes();
         eprintln!(
             "training {} ({} parameters, {}) on {} tokens: {} steps of {} sequences x {t} tokens ({world} rank(s), micro-batch {b}, accumulation {}, ZeRO stage {})",
-            s.preset,
+            spec.preset,
             engine.model().num_params(),
             E::NAME,
             data.train.len(),
@@ -312,46 +387,60 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
     let mut last_val = None;
     for step in first + 1..=s.steps {
         let report = engine.train_batch(t, |x, y| loader.next_batch(x, y)).map_err(|e| e.to_string())?;
-        if step % s.save_every == 0 || step == s.steps {
-            let client = json!({ "loader": loader.state().to_json() });
-            engine.save_checkpoint(&ckpt_dir, spec, client).map_err(|e| e.to_string())?;
-        }
         // Every rank validates on the same batches: evaluation is a collective (stage 3 gathers the parameters),
         // and the other ranks would wait for rank 0 at the next step anyway. Rank 0 reports.
         let val_loss = match step % s.eval_every == 0 || step == s.steps {
-            true => Some(validate(&mut engine, data, b, t, s.eval_batches, s.seed)?),
+            true => Some(validate(&mut engine, data, b, t, s.eval_batches, seed)?),
             false => None,
         };
-        let Some(metrics) = metrics.as_mut() else { continue };
-        let tokens_per_s = report.tokens as f64 / report.timings.total().as_secs_f64().max(1e-9);
-        last_val = val_loss.or(last_val);
-        let row = Row {
-            step,
-            loss: report.loss,
-            lr: report.lr,
-            grad_norm: report.grad_norm,
-            tokens_per_s,
-            val_loss,
-            loss_scale: report.loss_scale,
-            skipped: report.skipped,
-            overflow_layer: report.overflow_layer.clone(),
-        };
-        metrics.append(&row)?;
-        let mut note = val_loss.map_or(String::new(), |v| format!("  val_loss {v:.4}"));
-        if report.skipped {
-            let layer = report.overflow_layer.as_deref().unwrap_or("?");
-            let scale = engine.precision().loss_scale();
-            note += &format!(
-                "  skipped: fp16 overflow (first in {layer}) at loss scale {}, now {scale}",
-                report.loss_scale
-            );
+        let save = step % s.save_every == 0 || step == s.steps;
+        if let Some((metrics, monitors)) = records.as_mut() {
+            let tokens_per_s = report.tokens as f64 / report.timings.total().as_secs_f64().max(1e-9);
+            last_val = val_loss.or(last_val);
+            let row = Row {
+                step,
+                loss: report.loss,
+                lr: report.lr,
+                grad_norm: report.grad_norm,
+                tokens_per_s,
+                val_loss,
+                loss_scale: report.loss_scale,
+                skipped: report.skipped,
+                overflow_layer: report.overflow_layer.clone(),
+            };
+            metrics.append(&row)?;
+            monitors.record(&Event {
+                global_samples: engine.counters().global_samples,
+                train_loss: report.loss,
+                lr: report.lr,
+                loss_scale: matches!(engine.precision(), Precision::Fp16(_)).then_some(report.loss_scale),
+                val_loss,
+            })?;
+            // The step's records are on disk before its checkpoint exists: a kill after the commit loses none.
+            if save {
+                metrics.sync()?;
+                monitors.sync()?;
+            }
+            let mut note = val_loss.map_or(String::new(), |v| format!("  val_loss {v:.4}"));
+            if report.skipped {
+                let layer = report.overflow_layer.as_deref().unwrap_or("?");
+                let scale = engine.precision().loss_scale();
+                note += &format!(
+                    "  skipped: fp16 overflow (first in {layer}) at loss scale {}, now {scale}",
+                    report.loss_scale
+                );
+            }
+            progress.update(step, report.loss, report.lr, tokens_per_s, &note);
         }
-        progress.update(step, report.loss, report.lr, tokens_per_s, &note);
+        if save {
+            let client = json!({ "loader": loader.state().to_json() });
+            engine.save_checkpoint(&ckpt_dir, spec, client).map_err(|e| e.to_string())?;
+        }
     }
-    let Some(metrics) = metrics else { return Ok(()) };
+    let Some((metrics, _)) = records else { return Ok(()) };
 
     // Summary and the loss curve.
-    let rows = metrics.rows();
+    let rows = metrics.rows()?;
     let train: Vec<(u64, f32)> = rows.iter().map(|r| (r.step, r.loss)).collect();
     let val: Vec<(u64, f32)> = rows.iter().filter_map(|r| r.val_loss.map(|v| (r.step, v))).collect();
     let png = run_dir.loss_chart();
@@ -368,7 +457,8 @@ fn train_rank_as<E: Element>(run: &Run, comm: Box<dyn Communicator>) -> Result<(
     Ok(())
 }
 
-/// Creates a new run directory; refuses one that already holds a run.
+/// Creates a new run directory; refuses one that already holds a run with a checkpoint, and starts over one
+/// whose run stopped before saving any (there is nothing of it to resume, only its first rows of metrics).
 fn prepare_run_dir(
     s: &Settings,
     config: &DeepSpeedConfig,
@@ -378,7 +468,12 @@ fn prepare_run_dir(
 ) -> Result<(), String> {
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let run_dir = RunDir::new(&s.out);
-    if run_dir.holds_a_run() {
+    if run_dir.holds_a_run() && !run_dir.has_checkpoint() {
+        eprintln!(
+            "{} holds a run that stopped before its first checkpoint; starting it over",
+            run_dir.root().display()
+        );
+    } else if run_dir.holds_a_run() {
         return Err(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --out (nothing is overwritten)",
             run_dir.root().display()
@@ -388,7 +483,7 @@ fn prepare_run_dir(
     std::fs::create_dir_all(&tokenizer_dir).map_err(|e| io(&tokenizer_dir, e))?;
     data.tokenizer.save(&tokenizer_dir).map_err(|e| e.to_string())?;
     let run = json!({
-        "model": spec.to_json(), "data": data.dir().display().to_string(), "seq_len": t, "seed": s.seed,
+        "model": spec.to_json(), "data": data.dir().display().to_string(), "seq_len": t, "seed": s.seed(),
     });
     let write = |p: PathBuf, v: &serde_json::Value| {
         std::fs::write(&p, serde_json::to_string_pretty(v).expect("JSON serializes")).map_err(|e| io(&p, e))

@@ -14,10 +14,14 @@
 //!   ignores unknown top-level keys; rustspeed refuses them, because a misspelt key silently falls back to a
 //!   default. A known key in the wrong place (`"loss_scale"` at the top level) says which block it belongs in.
 //! * DeepSpeed blocks rustspeed does not implement are accepted only when they ask for nothing: `amp`,
-//!   `autotuning`, `comet`, `comms_logger`, `csv_monitor`, `curriculum_learning`, `data_efficiency`,
-//!   `eigenvalue`, `elasticity`, `flops_profiler`, `hybrid_engine`, `nebula`, `progressive_layer_drop`,
-//!   `tensorboard`, `torch_autocast`, `wandb` with `enabled` false or absent; `checkpoint`, `aio`, `pipeline`
-//!   with every key at DeepSpeed's default. Otherwise: "not supported by rustspeed".
+//!   `autotuning`, `comet`, `comms_logger`, `curriculum_learning`, `data_efficiency`, `eigenvalue`,
+//!   `elasticity`, `flops_profiler`, `hybrid_engine`, `nebula`, `progressive_layer_drop`, `torch_autocast`,
+//!   `wandb` with `enabled` false or absent; `checkpoint`, `aio`, `pipeline` with every key at DeepSpeed's
+//!   default. Otherwise: "not supported by rustspeed" (`wandb` and `comet` need a network service; the local
+//!   monitors `csv_monitor` and `tensorboard` are implemented).
+//! * `tensorboard` and `csv_monitor` with `output_path` "" write into the run directory (DeepSpeed: the current
+//!   directory); the training loop also logs the validation loss, as `Train/Samples/val_loss`. Their unknown keys
+//!   are errors even when disabled, as in DeepSpeed (pydantic `extra="forbid"`).
 //! * `activation_checkpointing` turns activation checkpointing on by its presence (DeepSpeed leaves that to the
 //!   model's code; rustspeed owns its models); its keys that need model parallelism or a profiler are refused.
 //! * Integer keys accept whole numbers in any JSON spelling (`8`, `8.0`, `5e8`, as DeepSpeed's own docs write bucket
@@ -79,6 +83,12 @@
 //! `bf16` (legacy name `bfloat16`; an object): `enabled` (false), `immediate_grad_update` (false). fp16 and bf16
 //! both enabled is DeepSpeed's error.
 //!
+//! `tensorboard`, `csv_monitor` (each an object): `enabled` (false), `output_path` ("" = the run directory),
+//! `job_name` ("DeepSpeedJobName"). Files go in `output_path/job_name/`: TensorBoard's
+//! `events.out.tfevents.*`, or one `Train_Samples_<name>.csv` per scalar with header `step,<name>`. Scalars
+//! (x-axis: global samples): `Train/Samples/train_loss`, `Train/Samples/lr`, `Train/Samples/loss_scale` (fp16),
+//! `Train/Samples/val_loss` (where validation ran; a rustspeed addition).
+//!
 //! | `zero_optimization` (sizes in elements) | |
 //! |---|---|
 //! | `stage` | 0..=3 (0) |
@@ -106,6 +116,7 @@ mod batch;
 mod checkpointing;
 mod duplicates;
 mod error;
+mod monitor;
 mod optimizer;
 mod precision;
 mod reader;
@@ -121,6 +132,7 @@ use serde_json::Value;
 pub use batch::BatchSizes;
 pub use checkpointing::ActivationCheckpointingConfig;
 pub use error::ConfigError;
+pub use monitor::MonitorConfig;
 pub use optimizer::{AdamConfig, AdamKind, LambConfig, LionConfig, OptimizerConfig, SgdConfig, SUPPORTED_OPTIMIZERS};
 pub use precision::{Bf16Config, Fp16Config};
 pub use reader::closest;
@@ -185,6 +197,10 @@ pub struct DeepSpeedConfig {
     /// `activation_checkpointing` (default None = off; the block's presence turns it on, see
     /// [`ActivationCheckpointingConfig`]).
     pub activation_checkpointing: Option<ActivationCheckpointingConfig>,
+    /// `tensorboard` (default disabled): TensorBoard event files of the training scalars, see [`MonitorConfig`].
+    pub tensorboard: MonitorConfig,
+    /// `csv_monitor` (default disabled): one CSV file per training scalar, see [`MonitorConfig`].
+    pub csv_monitor: MonitorConfig,
 }
 
 impl Default for DeepSpeedConfig {
@@ -216,6 +232,8 @@ impl Default for DeepSpeedConfig {
             graph_harvesting: false,
             grad_accum_dtype: None,
             activation_checkpointing: None,
+            tensorboard: MonitorConfig::default(),
+            csv_monitor: MonitorConfig::default(),
         }
     }
 }

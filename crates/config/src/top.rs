@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::checkpointing::ActivationCheckpointingConfig;
 use crate::error::ConfigError;
+use crate::monitor::MonitorConfig;
 use crate::optimizer::OptimizerConfig;
 use crate::precision::{Bf16Config, Fp16Config};
 use crate::reader::{Block, Bound};
@@ -118,11 +119,21 @@ pub(crate) fn parse(map: &Map<String, Value>) -> Result<DeepSpeedConfig, ConfigE
             Some(block) => Some(ActivationCheckpointingConfig::parse(block)?),
             None => None,
         },
+        tensorboard: monitor(&top, "tensorboard")?,
+        csv_monitor: monitor(&top, "csv_monitor")?,
     };
     check_unimplemented_blocks(&top)?;
     check_combinations(&config)?;
     top.finish_with(misplaced_key_hint)?;
     Ok(config)
+}
+
+/// The monitor block `name` (`tensorboard` or `csv_monitor`); absent means disabled.
+fn monitor(top: &Block<'_>, name: &'static str) -> Result<MonitorConfig, ConfigError> {
+    match top.block(name, &format!("\"{name}\": {{\"enabled\": true}}"))? {
+        Some(block) => MonitorConfig::parse(block),
+        None => Ok(MonitorConfig::default()),
+    }
 }
 
 /// The checks DeepSpeed makes across blocks, with its texts.
@@ -235,6 +246,13 @@ pub(crate) fn to_json(config: &DeepSpeedConfig) -> Value {
     }
     if let Some(checkpointing) = &config.activation_checkpointing {
         put("activation_checkpointing", checkpointing.to_json());
+    }
+    // Disabled monitors are left out, so that records of runs without them read as before they existed.
+    if let Some(block) = config.tensorboard.to_json() {
+        put("tensorboard", block);
+    }
+    if let Some(block) = config.csv_monitor.to_json() {
+        put("csv_monitor", block);
     }
     Value::Object(map)
 }

@@ -9,12 +9,11 @@ use crate::error::ConfigError;
 use crate::reader::{closest, Block};
 
 /// Blocks switched by `enabled` (default false).
-const SWITCHED_BLOCKS: [&str; 16] = [
+const SWITCHED_BLOCKS: [&str; 14] = [
     "amp",
     "autotuning",
     "comet",
     "comms_logger",
-    "csv_monitor",
     "curriculum_learning",
     "data_efficiency",
     "eigenvalue",
@@ -23,10 +22,18 @@ const SWITCHED_BLOCKS: [&str; 16] = [
     "hybrid_engine",
     "nebula",
     "progressive_layer_drop",
-    "tensorboard",
     "torch_autocast",
     "wandb",
 ];
+
+/// The network service a monitor block logs to, for the blocks whose local alternatives rustspeed implements.
+fn network_service(name: &str) -> Option<&'static str> {
+    match name {
+        "wandb" => Some("Weights & Biases"),
+        "comet" => Some("Comet ML"),
+        _ => None,
+    }
+}
 
 /// Blocks without a switch, with DeepSpeed's default for each key (semantics §1.7–1.11).
 fn default_valued_blocks() -> [(&'static str, Value); 3] {
@@ -71,9 +78,15 @@ pub(crate) fn check_unimplemented_blocks(top: &Block<'_>) -> Result<(), ConfigEr
             if block.bool_or("enabled", false)? {
                 return Err(ConfigError::Unsupported {
                     path: block.path_of("enabled"),
-                    reason: format!(
-                        "rustspeed does not implement DeepSpeed's `{name}`; remove the block or set \"enabled\": false"
-                    ),
+                    reason: match network_service(name) {
+                        Some(service) => format!(
+                            "rustspeed does not implement DeepSpeed's `{name}` (it needs the {service} service); use \
+                             csv_monitor or tensorboard, or set \"enabled\": false"
+                        ),
+                        None => format!(
+                            "rustspeed does not implement DeepSpeed's `{name}`; remove the block or set \"enabled\": false"
+                        ),
+                    },
                 });
             }
         }

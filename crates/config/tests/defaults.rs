@@ -281,3 +281,39 @@ fn unimplemented_blocks_are_accepted_when_disabled_or_default() {
     );
     assert_eq!(c, DeepSpeedConfig::default());
 }
+
+#[test]
+fn monitor_blocks_take_deepspeeds_defaults_and_custom_values() {
+    // DeepSpeed's TensorBoardConfig / CSVConfig defaults (§1.10), written out.
+    let expected_default =
+        MonitorConfig { enabled: false, output_path: String::new(), job_name: "DeepSpeedJobName".into() };
+    assert_eq!(MonitorConfig::default(), expected_default);
+    let c = parse("{}");
+    assert_eq!((c.tensorboard.clone(), c.csv_monitor.clone()), (expected_default.clone(), expected_default.clone()));
+
+    let c = parse(r#"{"tensorboard": {"enabled": true}, "csv_monitor": {"enabled": true, "job_name": "auto"}}"#);
+    let enabled_default = MonitorConfig { enabled: true, ..expected_default.clone() };
+    assert_eq!(c.tensorboard, enabled_default);
+    assert_eq!(c.csv_monitor, enabled_default, "\"auto\" is the default");
+
+    let c = parse(
+        r#"{"tensorboard": {"enabled": true, "output_path": "logs/tb", "job_name": "bert"},
+            "csv_monitor": {"enabled": true, "output_path": "/tmp/csv", "job_name": null}}"#,
+    );
+    assert_eq!(c.tensorboard, MonitorConfig { enabled: true, output_path: "logs/tb".into(), job_name: "bert".into() });
+    assert_eq!(
+        c.csv_monitor,
+        MonitorConfig { enabled: true, output_path: "/tmp/csv".into(), job_name: "DeepSpeedJobName".into() }
+    );
+    // Nothing else of the config changes.
+    assert_eq!(
+        DeepSpeedConfig { tensorboard: expected_default.clone(), csv_monitor: expected_default, ..c },
+        parse("{}")
+    );
+}
+
+#[test]
+fn a_disabled_monitor_is_the_default_whatever_its_other_keys() {
+    let c = parse(r#"{"tensorboard": {"enabled": false, "output_path": "logs/", "job_name": "x"}, "csv_monitor": {}}"#);
+    assert_eq!(c, DeepSpeedConfig::default());
+}

@@ -254,8 +254,8 @@ fn unknown_scheduler_types_and_missing_params() {
 
 #[test]
 fn enabled_unimplemented_blocks_are_not_supported() {
-    let m = message(r#"{"tensorboard": {"enabled": true, "output_path": "runs"}}"#);
-    assert!(m.starts_with("`tensorboard.enabled` is not supported by rustspeed"), "{m}");
+    let m = message(r#"{"flops_profiler": {"enabled": true}}"#);
+    assert!(m.starts_with("`flops_profiler.enabled` is not supported by rustspeed"), "{m}");
     let m = message(r#"{"activation_checkpointing": {"partition_activations": true}}"#);
     assert!(m.starts_with("`activation_checkpointing.partition_activations` is not supported by rustspeed"), "{m}");
     assert_eq!(
@@ -327,4 +327,50 @@ fn file_errors_name_the_path() {
     std::fs::write(&good, "\u{feff}{\"train_micro_batch_size_per_gpu\": 2}").unwrap();
     assert_eq!(DeepSpeedConfig::from_file(&good).unwrap().train_micro_batch_size_per_gpu, Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn network_monitors_stay_refused_and_say_why() {
+    assert_eq!(
+        message(r#"{"wandb": {"enabled": true, "project": "p"}}"#),
+        "`wandb.enabled` is not supported by rustspeed: rustspeed does not implement DeepSpeed's `wandb` (it needs \
+         the Weights & Biases service); use csv_monitor or tensorboard, or set \"enabled\": false"
+    );
+    let m = message(r#"{"comet": {"enabled": true}}"#);
+    assert!(m.starts_with("`comet.enabled` is not supported by rustspeed"), "{m}");
+    assert!(m.contains("it needs the Comet ML service") && m.contains("use csv_monitor or tensorboard"), "{m}");
+    // Still accepted when off, other keys ignored as before.
+    DeepSpeedConfig::from_json_str(r#"{"wandb": {"enabled": false, "team": "t"}, "comet": {}}"#).unwrap();
+}
+
+#[test]
+fn monitor_blocks_check_their_keys_and_types() {
+    for block in ["csv_monitor", "tensorboard"] {
+        // Unknown keys are errors (pydantic extra="forbid"), enabled or not, with the closest key.
+        for enabled in [true, false] {
+            assert_eq!(
+                unknown(&format!(r#"{{"{block}": {{"enabled": {enabled}, "output_pth": "x"}}}}"#)),
+                (format!("{block}.output_pth"), Some("output_path".to_string()))
+            );
+        }
+        // A misspelt switch is not a disabled block.
+        assert_eq!(
+            unknown(&format!(r#"{{"{block}": {{"enable": true}}}}"#)),
+            (format!("{block}.enable"), Some("enabled".to_string()))
+        );
+        assert_eq!(
+            message(&format!(r#"{{"{block}": {{"enabled": "yes"}}}}"#)),
+            format!(r#"`{block}.enabled` must be true or false, got "yes""#)
+        );
+        assert_eq!(
+            message(&format!(r#"{{"{block}": {{"enabled": true, "job_name": 7}}}}"#)),
+            format!("`{block}.job_name` must be a string, got 7")
+        );
+        assert_eq!(
+            message(&format!(r#"{{"{block}": true}}"#)),
+            format!(r#"`{block}` must be an object such as `"{block}": {{"enabled": true}}`, got true"#)
+        );
+    }
+    // A monitor key at the top level is unknown there.
+    assert_eq!(unknown(r#"{"job_name": "x"}"#).0, "job_name");
 }

@@ -121,6 +121,7 @@ fn every_block_with_non_default_values_round_trips() {
         r#"{"scheduler": {"type": "LRRangeTest", "params": {"lr_range_test_min_lr": 0.0001,
                 "lr_range_test_step_size": 10, "lr_range_test_step_rate": 2, "lr_range_test_staircase": true}},
             "zero_optimization": true, "allgather_size": 64}"#,
+        r#"{"tensorboard": {"enabled": true}, "csv_monitor": {"enabled": true, "output_path": "logs/", "job_name": "j"}}"#,
     ];
     for text in texts {
         let config = DeepSpeedConfig::from_json_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -148,4 +149,19 @@ fn to_json_writes_the_canonical_names() {
     assert_eq!(json["zero_optimization"]["stage"], 1);
     assert_eq!(json["optimizer"]["type"], "AdamW");
     assert_eq!(json["communication_data_type"], "fp32");
+}
+
+#[test]
+fn monitors_appear_in_the_record_only_when_enabled() {
+    // A disabled block (the docs-style config's tensorboard) is left out, so records of runs without monitors
+    // stay as they were.
+    let json = DeepSpeedConfig::from_json_str(DOCS_STYLE_CONFIG).unwrap().to_json();
+    assert!(json.get("tensorboard").is_none() && json.get("csv_monitor").is_none(), "{json}");
+    let c = DeepSpeedConfig::from_json_str(r#"{"csv_monitor": {"enabled": true, "output_path": "out"}}"#).unwrap();
+    let json = c.to_json();
+    assert_eq!(
+        json["csv_monitor"],
+        serde_json::json!({"enabled": true, "output_path": "out", "job_name": "DeepSpeedJobName"})
+    );
+    assert!(json.get("tensorboard").is_none());
 }

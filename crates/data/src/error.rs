@@ -13,6 +13,11 @@ pub enum DataError {
     InputMissing { path: PathBuf },
     /// The corpus given to `prepare` has no bytes.
     InputEmpty { path: PathBuf },
+    /// The corpus given to `prepare` is a directory, not a text file.
+    InputIsDirectory { path: PathBuf },
+    /// The corpus lies inside the output directory (or is it), which `prepare` replaces; `resolved` is the
+    /// canonical path of the corpus where it differs from `input` (a relative path or a symbolic link).
+    InputInsideOutput { input: PathBuf, resolved: Option<PathBuf>, out_dir: PathBuf },
     /// The corpus is not valid UTF-8; `byte_offset` is where the first invalid sequence starts.
     InputNotUtf8 { path: PathBuf, byte_offset: usize },
     /// `prepare` would replace a directory that already holds something.
@@ -101,6 +106,18 @@ impl fmt::Display for DataError {
             DataError::Io { action, path, source } => write!(f, "cannot {action} {}: {source}", path.display()),
             DataError::InputMissing { path } => write!(f, "input text {} does not exist", path.display()),
             DataError::InputEmpty { path } => write!(f, "input text {} is empty", path.display()),
+            DataError::InputIsDirectory { path } => {
+                write!(f, "input text {} is a directory; give one UTF-8 text file", path.display())
+            }
+            DataError::InputInsideOutput { input, resolved, out_dir } => write!(
+                f,
+                "input text {}{} is inside the output directory {}, which prepare writes and replaces: move the \
+                 input out of {} or choose another output directory (--out)",
+                input.display(),
+                resolved.as_ref().map(|path| format!(" ({})", path.display())).unwrap_or_default(),
+                out_dir.display(),
+                out_dir.display()
+            ),
             DataError::InputNotUtf8 { path, byte_offset } => write!(
                 f,
                 "input text {} is not valid UTF-8: the first invalid byte sequence is at byte offset {byte_offset}",

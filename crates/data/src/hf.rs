@@ -4,11 +4,11 @@ use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::PreTokenizerWrapper;
+use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, PreTokenizerWrapper, Trainer};
 
 use crate::error::DataError;
+use crate::tokenizer::MAX_BPE_TRAINING_PIECE_BYTES;
 
 #[derive(Clone, Debug)]
 pub(crate) struct HfTokenizer {
@@ -34,6 +34,10 @@ impl HfTokenizer {
     /// encodes and nothing is unknown), and merges are learned up to `vocab_size` tokens. No prefix space is
     /// added, so `decode(encode(text)) == text` exactly.
     ///
+    /// Training sees every word longer than [`MAX_BPE_TRAINING_PIECE_BYTES`] cut into pieces of at most that
+    /// many bytes (see [`bounded_pretokens`]); encoding is not cut, it is exactly what the saved `tokenizer.json`
+    /// does, here and in any other program that loads it.
+    ///
     /// The trainer is deterministic: the alphabet is sorted, ties between equally frequent pairs go to the
     /// smaller pair of ids, and word counts do not depend on the order the threads count them in. A corpus with
     /// fewer distinct pairs than needed yields a vocabulary smaller than `vocab_size`.
@@ -43,19 +47,27 @@ impl HfTokenizer {
             path: None,
             message,
         };
-        let trainer = BpeTrainerBuilder::new()
+        // The library's own progress bar is compiled out (its `progressbar` feature is off) and would print to
+        // stdout; `prepare` reports progress on stderr itself.
+        let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .show_progress(false)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
-        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-        let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
-        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        let pre_tokenizer = ByteLevel::new(false, true, true);
         // Word counts are gathered per chunk, in parallel; the chunks end where the whole text's words end too
-        // (see `chunking_is_exact`), so the counts are those of the whole text.
+        // (see `chunking_is_exact`), so the counts are those of the whole text. This is what
+        // `tokenizers::Tokenizer::train` does (there is no normalizer and no added token), with the words cut.
         let chunks = line_aligned_chunks(corpus, CHUNK_BYTES);
-        tokenizer.train(&mut trainer, chunks.into_iter()).map_err(|e| training_error(e.to_string()))?;
+        trainer
+            .feed(chunks.into_iter(), |chunk| bounded_pretokens(&pre_tokenizer, chunk, MAX_BPE_TRAINING_PIECE_BYTES))
+            .map_err(|e| training_error(e.to_string()))?;
+        let mut model = BPE::default();
+        // No special tokens were configured, so the trainer returns none to add.
+        trainer.train(&mut model).map_err(|e| training_error(e.to_string()))?;
+        let mut tokenizer = tokenizers::Tokenizer::new(model);
+        tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
         let json = tokenizer.to_string(false).map_err(|e| training_error(e.to_string()))?;
         HfTokenizer::from_json(json, None)
     }
@@ -173,6 +185,58 @@ fn chunking_is_exact(tokenizer: &tokenizers::Tokenizer) -> bool {
     tokenizer.get_normalizer().is_none() && byte_level_regex && added_tokens_keep_lines
 }
 
+/// The byte-level words of `text` that BPE training counts: the pre-tokenizer's words, except that a word of more
+/// than `max_bytes` bytes of `text` is cut into pieces of at most `max_bytes` bytes, at character boundaries, each
+/// mapped to byte-level characters on its own.
+///
+/// Why: the library's trainer rewrites a word's whole symbol vector for every occurrence of a merged pair in it,
+/// so its time grows with the square of a word's length. A corpus without whitespace or punctuation is a single
+/// word (1 MB of letters took about five minutes for 256 merges); cut, the cost per word is bounded. Cutting only
+/// drops the pairs that straddle a cut, one per `max_bytes` bytes; the words of ordinary text are much shorter
+/// and are not cut at all.
+fn bounded_pretokens(pre_tokenizer: &ByteLevel, text: &str, max_bytes: usize) -> tokenizers::Result<Vec<String>> {
+    let mut pre_tokenized = PreTokenizedString::from(text);
+    pre_tokenizer.pre_tokenize(&mut pre_tokenized)?;
+    let mut words = Vec::new();
+    for (mapped, (start, end), _) in pre_tokenized.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+        if end - start <= max_bytes {
+            words.push(mapped.to_owned());
+            continue;
+        }
+        let original = text.get(start..end).ok_or_else(|| {
+            format!("the pre-tokenizer reported the word at bytes {start}..{end}, not a piece of the text")
+        })?;
+        // The same byte-to-character mapping, without the regex: the piece stays one word.
+        let byte_mapper = ByteLevel::new(false, true, false);
+        for piece in char_bounded_pieces(original, max_bytes) {
+            let mut piece_words = PreTokenizedString::from(piece);
+            byte_mapper.pre_tokenize(&mut piece_words)?;
+            let splits = piece_words.get_splits(OffsetReferential::Original, OffsetType::Byte);
+            words.extend(splits.into_iter().map(|(mapped_piece, _, _)| mapped_piece.to_owned()));
+        }
+    }
+    Ok(words)
+}
+
+/// `text` cut into consecutive pieces of at most `max_bytes` bytes (at least 4, the longest UTF-8 character),
+/// each as long as possible without splitting a character.
+fn char_bounded_pieces(text: &str, max_bytes: usize) -> impl Iterator<Item = &str> {
+    let max_bytes = max_bytes.max(4);
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start == text.len() {
+            return None;
+        }
+        let mut end = (start + max_bytes).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let piece = &text[start..end];
+        start = end;
+        Some(piece)
+    })
+}
+
 /// Splits `text` into pieces of about `chunk_bytes` (or more, up to the next boundary), each ending right after a
 /// lone newline: a '\n' whose neighbours are both non-whitespace characters (Unicode White_Space, as the
 /// regex's `\s`). Concatenated, the pieces are `text`.
@@ -219,6 +283,68 @@ mod tests {
             }
             assert!(chunks.len() > 1);
         }
+    }
+
+    #[test]
+    fn char_bounded_pieces_are_short_whole_characters_that_concatenate_to_the_text() {
+        let text = "é日本z".repeat(40) + "abc";
+        for max_bytes in [4, 5, 9, 10, 100, 1000] {
+            let pieces: Vec<&str> = char_bounded_pieces(&text, max_bytes).collect();
+            assert_eq!(pieces.concat(), text);
+            assert!(pieces.iter().all(|piece| !piece.is_empty() && piece.len() <= max_bytes), "{max_bytes}");
+            // As long as possible: the next character would not have fitted.
+            for pair in pieces.windows(2) {
+                let next = pair[1].chars().next().unwrap();
+                assert!(pair[0].len() + next.len_utf8() > max_bytes, "{max_bytes}: {pair:?}");
+            }
+        }
+        assert_eq!(char_bounded_pieces("", 8).count(), 0);
+    }
+
+    /// The library's own split of `text` into byte-level words.
+    fn library_words(text: &str) -> Vec<String> {
+        let mut pre_tokenized = PreTokenizedString::from(text);
+        ByteLevel::new(false, true, true).pre_tokenize(&mut pre_tokenized).unwrap();
+        let splits = pre_tokenized.get_splits(OffsetReferential::Original, OffsetType::Byte);
+        splits.into_iter().map(|(word, _, _)| word.to_owned()).collect()
+    }
+
+    #[test]
+    fn only_words_longer_than_the_bound_are_cut() {
+        let pre_tokenizer = ByteLevel::new(false, true, true);
+        let long_word = "é日本z".repeat(30);
+        let text = format!("{TRICKY} {long_word}, and {}\n{TRICKY}", " ".repeat(100));
+        let words = library_words(&text);
+        assert_eq!(bounded_pretokens(&pre_tokenizer, &text, usize::MAX).unwrap(), words);
+        let longest = text.split_whitespace().map(str::len).max().unwrap();
+        assert_eq!(bounded_pretokens(&pre_tokenizer, &text, longest).unwrap(), words, "no word is longer");
+
+        let max_bytes = 16;
+        let bounded = bounded_pretokens(&pre_tokenizer, &text, max_bytes).unwrap();
+        assert_eq!(bounded.concat(), words.concat(), "cutting loses and changes nothing");
+        // One byte-level character per byte of the text.
+        assert!(bounded.iter().all(|piece| piece.chars().count() <= max_bytes), "{bounded:?}");
+        assert!(bounded.len() > words.len());
+        let short: Vec<&String> = words.iter().filter(|word| word.chars().count() <= max_bytes).collect();
+        assert!(short.iter().all(|word| bounded.contains(word)), "short words stay whole");
+    }
+
+    #[test]
+    fn training_without_long_words_equals_the_library_training() {
+        let text = TRICKY.repeat(20);
+        let ours = HfTokenizer::train_byte_level_bpe(&text, 300).unwrap();
+        let mut trainer = tokenizers::models::TrainerWrapper::BpeTrainer(
+            BpeTrainerBuilder::new()
+                .vocab_size(300)
+                .show_progress(false)
+                .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+                .build(),
+        );
+        let mut library = tokenizers::Tokenizer::new(BPE::default());
+        library.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        library.with_decoder(Some(ByteLevelDecoder::default()));
+        library.train(&mut trainer, [text.as_str()].into_iter()).unwrap();
+        assert_eq!(ours.json(), library.to_string(false).unwrap());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod hf;
 mod loader;
 pub mod meta;
 mod prepare;
+mod progress;
 pub mod shard;
 mod spec;
 mod tokenizer;
@@ -27,4 +28,6 @@ pub use meta::{DatasetMeta, ShardMeta};
 pub use prepare::{prepare, PrepareOptions, PrepareReport};
 pub use shard::TokenShard;
 pub use spec::TokenizerSpec;
-pub use tokenizer::{Tokenizer, HF_TOKENIZER_FILE, TOKENIZER_META_FILE};
+pub use tokenizer::{
+    Tokenizer, HF_TOKENIZER_CONFIG_FILE, HF_TOKENIZER_FILE, MAX_BPE_TRAINING_PIECE_BYTES, TOKENIZER_META_FILE,
+};

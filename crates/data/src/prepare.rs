@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{io_error, DataError};
 use crate::meta::{DatasetMeta, ShardMeta, DATA_FORMAT_VERSION, META_FILE, TRAIN_FILE, VAL_FILE};
+use crate::progress::Progress;
 use crate::shard::{checksum, checksum_text, encode_tokens, token_width, write_shard};
 use crate::spec::TokenizerSpec;
 use crate::tokenizer::Tokenizer;
@@ -18,11 +19,14 @@ pub struct PrepareOptions {
     pub val_fraction: f64,
     /// Replace an existing prepared directory. Default false: an existing non-empty directory is an error.
     pub overwrite: bool,
+    /// Report each phase (reading, tokenizer training, encoding, writing) and its elapsed time on stderr; meant
+    /// for a terminal. Default false.
+    pub progress: bool,
 }
 
 impl Default for PrepareOptions {
     fn default() -> Self {
-        PrepareOptions { val_fraction: 0.1, overwrite: false }
+        PrepareOptions { val_fraction: 0.1, overwrite: false, progress: false }
     }
 }
 
@@ -52,7 +56,8 @@ pub struct PrepareReport {
 /// Everything is written into a hidden sibling directory that is renamed to `out_dir` once complete, with
 /// `meta.json` written last inside it: an interrupted run leaves no `out_dir` that [`crate::Dataset::open`]
 /// accepts (at most a `.NAME.tmp-*` directory to delete). An existing non-empty `out_dir` is replaced only with
-/// `overwrite`, and only if it is a prepared data set.
+/// `overwrite`, and only if it is a prepared data set. An `input` inside `out_dir` (or that is `out_dir`) is refused
+/// before anything is read or written, since replacing `out_dir` would delete it.
 pub fn prepare(
     input: &Path,
     spec: &TokenizerSpec,
@@ -66,11 +71,13 @@ pub fn prepare(
             rule: "must be in [0, 1): the training split cannot be empty",
         });
     }
-    let text = read_corpus(input)?;
+    check_input_outside_output(input, out_dir)?;
     let existing = check_output(out_dir, opts.overwrite)?;
+    let progress = Progress::new(opts.progress);
+    let text = progress.phase(&format!("reading {}", input.display()), || read_corpus(input))?;
 
-    let tokenizer = Tokenizer::build(spec, &text)?;
-    let tokens = tokenizer.encode(&text)?;
+    let tokenizer = progress.phase(&format!("building the {spec} tokenizer"), || Tokenizer::build(spec, &text))?;
+    let tokens = progress.phase(&format!("encoding {} bytes", text.len()), || tokenizer.encode(&text))?;
     if tokens.is_empty() {
         return Err(DataError::Tokenizer {
             action: "tokenize",
@@ -108,7 +115,7 @@ pub fn prepare(
     };
 
     let staging = create_staging_dir(out_dir)?;
-    let written = (|| {
+    let written = progress.phase(&format!("writing {}", out_dir.display()), || {
         tokenizer.save(&staging)?;
         write_shard(&staging.join(TRAIN_FILE), &train_bytes, width)?;
         write_shard(&staging.join(VAL_FILE), &val_bytes, width)?;
@@ -117,7 +124,7 @@ pub fn prepare(
         fs::write(&meta_path, meta_text).map_err(io_error("write", &meta_path))?;
         sync_dir(&staging);
         install(&staging, out_dir, existing)
-    })();
+    });
     if written.is_err() {
         // Best effort: the staging directory is incomplete and no use to anyone.
         let _ = fs::remove_dir_all(&staging);
@@ -134,6 +141,39 @@ pub fn prepare(
         token_width: width,
         out_dir: out_dir.to_path_buf(),
     })
+}
+
+/// Refuses a directory as `input` (the corpus is one file), and an `input` that replacing `out_dir` would delete:
+/// the file, or the symbolic link naming it, inside `out_dir` (or being `out_dir`). Paths are compared
+/// canonicalized (absolute, `..` and links resolved), so relative spellings and links are seen through.
+fn check_input_outside_output(input: &Path, out_dir: &Path) -> Result<(), DataError> {
+    let metadata = fs::metadata(input).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => DataError::InputMissing { path: input.to_path_buf() },
+        _ => DataError::Io { action: "inspect", path: input.to_path_buf(), source },
+    })?;
+    if metadata.is_dir() {
+        return Err(DataError::InputIsDirectory { path: input.to_path_buf() });
+    }
+    let Ok(out_canonical) = fs::canonicalize(out_dir) else {
+        // No `out_dir` yet (or not reachable, which `check_output` reports): nothing of the input's is in it.
+        return Ok(());
+    };
+    let target = fs::canonicalize(input).map_err(io_error("resolve the path of", input))?;
+    // Where the name itself lives: a link inside `out_dir` would be deleted even if its target survives.
+    let name_location = match (input.parent().filter(|p| !p.as_os_str().is_empty()), input.file_name()) {
+        (Some(parent), Some(name)) => fs::canonicalize(parent).ok().map(|parent| parent.join(name)),
+        (None, Some(name)) => fs::canonicalize(".").ok().map(|cwd| cwd.join(name)),
+        _ => None,
+    };
+    let inside = |path: &Path| path.starts_with(&out_canonical);
+    if inside(&target) || name_location.as_deref().is_some_and(inside) {
+        return Err(DataError::InputInsideOutput {
+            input: input.to_path_buf(),
+            resolved: (target != input).then_some(target),
+            out_dir: out_dir.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// The corpus as text; missing, empty and non-UTF-8 inputs are errors naming the path.

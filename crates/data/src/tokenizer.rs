@@ -14,10 +14,18 @@ use crate::error::{io_error, DataError};
 use crate::hf::HfTokenizer;
 use crate::spec::TokenizerSpec;
 
+mod hf_export;
+pub use hf_export::HF_TOKENIZER_CONFIG_FILE;
+
 /// Name of the file that says which kind of tokenizer a directory holds.
 pub const TOKENIZER_META_FILE: &str = "tokenizer_meta.json";
 /// Name of the Hugging Face tokenizer file (`bpe` and `hf` kinds).
 pub const HF_TOKENIZER_FILE: &str = "tokenizer.json";
+/// Longest word, in bytes, that byte-level BPE training counts whole; longer ones are cut into pieces of at most
+/// this many bytes, which bounds the trainer's time (quadratic in a word's length) on text without whitespace or
+/// punctuation, and so also the length of a learned token. Ordinary words are far shorter and never cut; encoding
+/// never cuts.
+pub const MAX_BPE_TRAINING_PIECE_BYTES: usize = 256;
 const TOKENIZER_FORMAT: &str = "rustspeed-tokenizer";
 const TOKENIZER_FORMAT_VERSION: u64 = 1;
 
@@ -53,7 +61,8 @@ impl Tokenizer {
         Tokenizer { inner: Inner::Char(CharVocab::from_corpus(corpus)) }
     }
 
-    /// Byte-level BPE trained on `corpus` with at most `vocab_size` tokens (at least the 256 byte tokens).
+    /// Byte-level BPE trained on `corpus` with at most `vocab_size` tokens (at least the 256 byte tokens). Words
+    /// longer than [`MAX_BPE_TRAINING_PIECE_BYTES`] are trained on in pieces.
     pub fn train_bpe(corpus: &str, vocab_size: usize) -> Result<Tokenizer, DataError> {
         if !(crate::spec::MIN_BPE_VOCAB..=crate::spec::MAX_VOCAB).contains(&vocab_size) {
             return Err(DataError::InvalidOption {

@@ -116,7 +116,8 @@ fn zero_val_fraction_gives_an_empty_validation_split() {
     let tmp = TempDir::new("prep-noval");
     let input = write_corpus(&tmp, "abcabc");
     let out = tmp.join("data");
-    let report = prepare(&input, &TokenizerSpec::Char, &out, &PrepareOptions { val_fraction: 0.0, overwrite: false });
+    let report =
+        prepare(&input, &TokenizerSpec::Char, &out, &PrepareOptions { val_fraction: 0.0, ..PrepareOptions::default() });
     assert_eq!(report.unwrap().val_tokens, 0);
     assert!(Dataset::open(&out).unwrap().val.is_empty());
 }
@@ -148,7 +149,7 @@ fn invalid_val_fraction_is_rejected() {
     let tmp = TempDir::new("prep-frac");
     let input = write_corpus(&tmp, "some text");
     for bad in [1.0, -0.1, f64::NAN, 2.0] {
-        let opts = PrepareOptions { val_fraction: bad, overwrite: false };
+        let opts = PrepareOptions { val_fraction: bad, ..PrepareOptions::default() };
         let err = prepare(&input, &TokenizerSpec::Char, &tmp.join("data"), &opts).unwrap_err();
         assert!(err.to_string().contains("val_fraction"), "{err}");
     }
@@ -186,6 +187,108 @@ fn existing_output_is_replaced_only_with_overwrite_and_only_if_it_is_a_data_set(
     std::fs::create_dir(&empty).unwrap();
     prepare_default(&second, &TokenizerSpec::Char, &empty).unwrap();
     assert!(Dataset::open(&empty).is_ok());
+}
+
+/// Every file under `dir` with its bytes, sorted by path: a snapshot to compare before and after.
+fn tree_snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_symlink() {
+                files.push((path.clone(), std::fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()));
+            } else {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `path` (absolute) spelled relative to the current directory, with as many ".." as the current directory is
+/// deep: a relative path without changing the process's current directory, which other tests share.
+fn relative_to_cwd(path: &Path) -> std::path::PathBuf {
+    let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+    let mut relative = std::path::PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        relative.push("..");
+    }
+    relative.join(path.canonicalize().unwrap().strip_prefix("/").unwrap())
+}
+
+#[test]
+fn an_input_inside_the_output_directory_is_refused_and_survives() {
+    let tmp = TempDir::new("prep-inside");
+    let out = tmp.join("data");
+    let first = write_corpus(&tmp, "aaaa bbbb");
+    prepare_default(&first, &TokenizerSpec::Char, &out).unwrap();
+    // The reported setup: the corpus kept in the prepared directory, prepared again into it with overwrite.
+    let input = out.join("corpus.txt");
+    let corpus_bytes = "the corpus, kept beside its data set\n".as_bytes();
+    std::fs::write(&input, corpus_bytes).unwrap();
+    let opts = PrepareOptions { overwrite: true, ..PrepareOptions::default() };
+    let outside = tmp.join("outside.txt");
+    std::fs::write(&outside, "a corpus elsewhere").unwrap();
+
+    let mut attempts = vec![
+        ("as given", input.clone(), out.clone()),
+        ("with '..' in both paths", out.join("../data/corpus.txt"), tmp.join("data/../data")),
+        ("relative", relative_to_cwd(&input), relative_to_cwd(&out)),
+    ];
+    #[cfg(unix)]
+    {
+        // A link outside the directory to the corpus inside it; a link inside it to a corpus outside (the link
+        // itself would be deleted).
+        let link_to_inside = tmp.join("link-to-corpus.txt");
+        std::os::unix::fs::symlink(&input, &link_to_inside).unwrap();
+        let link_inside = out.join("link-to-outside.txt");
+        std::os::unix::fs::symlink(&outside, &link_inside).unwrap();
+        attempts.push(("a link to it", link_to_inside, out.clone()));
+        attempts.push(("a link inside", link_inside, out.clone()));
+    }
+    let before = tree_snapshot(tmp.path());
+    for (how, input, out_arg) in attempts {
+        let err = prepare(&input, &TokenizerSpec::Char, &out_arg, &opts).unwrap_err();
+        assert!(matches!(err, DataError::InputInsideOutput { .. }), "{how}: {err:?}");
+        let message = err.to_string();
+        let named = |path: &Path| message.contains(&path.display().to_string());
+        assert!(named(&input) && named(&out_arg), "{how}: the message names both paths: {message}");
+        assert!(message.contains("move the input out") && message.contains("--out"), "{how}: {message}");
+        assert_eq!(tree_snapshot(tmp.path()), before, "{how}: nothing is written, moved or deleted");
+    }
+    assert_eq!(std::fs::read(&input).unwrap(), corpus_bytes, "the input survives byte for byte");
+    assert_eq!(Dataset::open(&out).unwrap().vocab_size(), 3, "the old data set is untouched");
+
+    // The same corpus outside, and a sibling directory whose name merely starts with the output's, are fine.
+    std::fs::create_dir(tmp.join("data2")).unwrap();
+    std::fs::write(tmp.join("data2/corpus.txt"), corpus_bytes).unwrap();
+    prepare(&tmp.join("data2/corpus.txt"), &TokenizerSpec::Char, &out, &opts).unwrap();
+    assert_eq!(std::fs::read(tmp.join("data2/corpus.txt")).unwrap(), corpus_bytes);
+}
+
+#[test]
+fn the_output_path_being_the_input_or_a_directory_input_is_refused() {
+    let tmp = TempDir::new("prep-same");
+    let input = write_corpus(&tmp, "some text");
+    let err = prepare_default(&input, &TokenizerSpec::Char, &input).unwrap_err();
+    assert!(matches!(err, DataError::InputInsideOutput { .. }), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), "some text");
+
+    // A directory as input, including the output directory itself (and so `--out` inside the input).
+    let dir = tmp.join("texts");
+    std::fs::create_dir(&dir).unwrap();
+    for out in [tmp.join("data"), dir.clone(), dir.join("data")] {
+        let err = prepare_default(&dir, &TokenizerSpec::Char, &out).unwrap_err();
+        assert!(matches!(err, DataError::InputIsDirectory { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("texts") && message.contains("is a directory"), "{message}");
+        assert!(!out.exists() || out == dir, "nothing is written");
+    }
 }
 
 /// Prepares a small char data set in `tmp/data` and returns its directory.

@@ -1,11 +1,11 @@
 //! What a run records about its model, so that `generate`, `export` and `--resume` rebuild the same one.
 
 use crate::error::EngineError;
-use rustspeed_nn::{GptConfig, LstmConfig, ModelConfig};
+use rustspeed_nn::{hf_config, GptConfig, LstmConfig, ModelConfig};
 use serde_json::{json, Value};
 
 /// The preset a run was started with and the resolved configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
     pub preset: String,
     pub config: ModelConfig,
@@ -18,6 +18,12 @@ impl ModelSpec {
                 "family": "gpt", "vocab_size": c.vocab_size, "block_size": c.block_size,
                 "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd,
             }),
+            // Llama in Hugging Face's own terms (the family's other keys are its `config.json`'s).
+            ModelConfig::Llama(_) => {
+                let mut hf = hf_config::to_hf_json(&self.config);
+                hf["family"] = json!("llama");
+                hf
+            }
             ModelConfig::Lstm(c) => json!({
                 "family": "lstm", "vocab_size": c.vocab_size, "embedding_dim": c.embedding_dim,
                 "hidden_size": c.hidden_size, "num_layers": c.num_layers,
@@ -39,6 +45,11 @@ impl ModelSpec {
                 n_head: size("n_head")?,
                 n_embd: size("n_embd")?,
             }),
+            Some("llama") => {
+                let mut hf = c.clone();
+                hf.as_object_mut().ok_or_else(|| bad("config"))?.remove("family");
+                hf_config::from_hf_json(&hf).map_err(|e| EngineError::Manifest(format!("model.config: {e}")))?.config
+            }
             Some("lstm") => ModelConfig::Lstm(LstmConfig {
                 vocab_size: size("vocab_size")?,
                 embedding_dim: size("embedding_dim")?,

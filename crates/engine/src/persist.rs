@@ -17,7 +17,7 @@ use crate::error::EngineError;
 use crate::model_spec::ModelSpec;
 use crate::zero::{Shard, ZeroStage};
 use rustspeed_kernels::cast::{cast_from_f32, Element};
-use rustspeed_nn::io::{load_params, save_params};
+use rustspeed_nn::io::{load_params, save_params, stored_f32s};
 use rustspeed_nn::{Init, ParamLayout, ParamSpec};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -112,15 +112,45 @@ fn load_tag(root: &Path, tag: Option<&str>) -> Result<Loaded, EngineError> {
 /// else the parameters.
 pub fn load_weights(root: &Path, tag: Option<&str>) -> Result<Weights, EngineError> {
     let Loaded { dir, manifest, files } = load_tag(root, tag)?;
-    let spec = ModelSpec::from_json(&manifest["model"])?;
-    let model = spec.config.build()?;
     let bad = |msg: String| EngineError::Checkpoint(format!("{}: {msg}", dir.display()));
-    let plan = SavedPlan::read(&manifest, model.num_params()).map_err(bad)?;
+    let spec = ModelSpec::from_json(&manifest["model"])?;
+    spec.config.validate()?;
+    // The model's size is checked against the tensors present before the model is built or anything allocated.
+    let numel = spec.config.num_params().ok_or_else(|| bad("its model's parameter count overflows".into()))?;
+    let plan = SavedPlan::read(&manifest, numel).map_err(bad)?;
+    check_stored(&files, &manifest, &plan, numel).map_err(bad)?;
+    let model = spec.config.build()?;
+    if manifest["layout"] != layout_json(model.layout()) {
+        return Err(bad("its parameter layout differs from the model its manifest describes".into()));
+    }
     let params = match saved_masters(&manifest, &plan) {
         true => read_slots(&files, &plan, &[MASTER_SLOT], model.layout()).map_err(bad)?.remove(0),
         false => read_model_file(&files, model.layout()).map_err(bad)?,
     };
     Ok(Weights { spec, params, manifest, dir })
+}
+
+/// Checks that the checkpoint's files hold exactly the F32 elements its plan implies for `numel` parameters
+/// (read from the files' headers, which are checked against their bytes), so that no size from the manifest is
+/// allocated unless that much data is really there.
+fn check_stored(files: &Files, manifest: &Value, plan: &SavedPlan, numel: usize) -> Result<(), String> {
+    let slot_names = manifest["optimizer"]["slots"].as_array().ok_or("optimizer.slots is missing")?;
+    let slots = slot_names.len() + saved_masters(manifest, plan) as usize;
+    let expect = |name: &str, want: usize| -> Result<(), String> {
+        let bytes = files.get(name).ok_or(format!("{name} is missing"))?;
+        match stored_f32s(bytes).map_err(|e| format!("{name}: {e}"))? {
+            got if got == want => Ok(()),
+            got => Err(format!("{name} holds {got} values; its manifest implies {want}")),
+        }
+    };
+    if files.contains_key(MODEL_FILE) {
+        expect(MODEL_FILE, numel)?;
+    }
+    match (slots, plan.stage) {
+        (0, _) => Ok(()),
+        (_, ZeroStage::Stage0) => expect(OPTIMIZER_FILE, slots * numel),
+        _ => (0..plan.world).try_for_each(|rank| expect(&shard_file(rank), slots * plan.partition())),
+    }
 }
 
 /// Whether the checkpoint's optimizer state holds the fp32 masters.
@@ -206,6 +236,43 @@ fn changed_keys(old: &Value, new: &Value, prefix: &str) -> Vec<String> {
         (a, b) if a == b => Vec::new(),
         (a, b) => vec![format!("{prefix} {a} -> {b}")],
     }
+}
+
+/// The largest counter a checkpoint may hold: no run takes 2^53 steps, and below it a counter is exact in an
+/// f64 (JSON readers of other languages) and can be advanced without overflow.
+const MAX_COUNTER: u64 = 1 << 53;
+
+/// The counters must agree with one another and with the tag (every step, applied or skipped, advances
+/// `global_steps`; only applied ones advance the optimizer and the schedule; each step has at least one
+/// micro-step and one sample), so that a damaged counter is an error instead of a wrong continuation.
+fn check_counters(manifest: &Value, c: &Counters, applied: u64) -> Result<(), String> {
+    let all = [c.micro_steps, c.global_steps, c.global_samples, c.skipped_steps, applied];
+    if all.iter().any(|&n| n > MAX_COUNTER) {
+        return Err(format!("a counter exceeds {MAX_COUNTER}: {c:?}, applied_steps {applied}"));
+    }
+    let tag = format!("global_step{}", c.global_steps);
+    if manifest["tag"] != tag {
+        return Err(format!("counters.global_steps {} does not match its tag {}", c.global_steps, manifest["tag"]));
+    }
+    if c.skipped_steps > c.global_steps || applied != c.global_steps - c.skipped_steps {
+        return Err(format!(
+            "optimizer.applied_steps {applied} is not global_steps {} less skipped_steps {}",
+            c.global_steps, c.skipped_steps
+        ));
+    }
+    if c.micro_steps < c.global_steps || c.global_samples < c.global_steps {
+        return Err(format!(
+            "counters (micro_steps {}, global_samples {}) are fewer than its global_steps {}",
+            c.micro_steps, c.global_samples, c.global_steps
+        ));
+    }
+    if manifest["lr_scheduler"]["last_batch_iteration"] != json!(applied as i64 - 1) {
+        return Err(format!(
+            "lr_scheduler.last_batch_iteration {} does not follow optimizer.applied_steps {applied}",
+            manifest["lr_scheduler"]["last_batch_iteration"]
+        ));
+    }
+    Ok(())
 }
 
 /// What a resume changed relative to the saved run, in words (empty when nothing did).
@@ -324,6 +391,7 @@ impl<E: Element> Engine<E> {
             return Err(bad("its parameter layout differs from this model's (another preset or vocabulary?)".into()));
         }
         let plan = SavedPlan::read(&manifest, layout.numel()).map_err(bad)?;
+        check_stored(&files, &manifest, &plan, layout.numel()).map_err(bad)?;
         let names = self.optimizer.rule().slot_names();
         if manifest["optimizer"]["slots"] != json!(names) {
             return Err(bad(format!(
@@ -369,6 +437,14 @@ impl<E: Element> Engine<E> {
         let applied = manifest["optimizer"]["applied_steps"]
             .as_u64()
             .ok_or_else(|| bad("optimizer.applied_steps is missing".into()))?;
+        check_counters(&manifest, &counters, applied).map_err(bad)?;
+        let gas = self.batch.gradient_accumulation_steps as u64;
+        if !counters.micro_steps.is_multiple_of(gas) {
+            return Err(bad(format!(
+                "counters.micro_steps {} is not a multiple of gradient_accumulation_steps {gas}: the run would resume inside an accumulation window",
+                counters.micro_steps
+            )));
+        }
         self.restore(&masters, slots, applied)?;
         self.precision = precision;
         self.counters = counters;

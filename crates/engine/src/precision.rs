@@ -155,18 +155,33 @@ impl Precision {
             return Err(format!("its loss scaler {saved} differs from the configured one {configured}"));
         }
         let num = |k: &str| saved[k].as_f64().ok_or_else(|| format!("loss_scaler.{k} is missing"));
+        // The state is checked against what the scaler can reach: a finite scale not below its minimum, an
+        // iteration a run can count to (without overflowing as it advances), the last overflow before it, no more
+        // hysteresis left than configured.
+        let min_scale = configured["min_scale"].as_f64().unwrap_or(0.0);
+        let scale_value = num("scale")?;
+        if !(scale_value.is_finite() && scale_value > 0.0 && scale_value >= min_scale) {
+            return Err(format!("loss_scaler.scale {scale_value} is not a finite scale of at least {min_scale}"));
+        }
         match scaler {
-            LossScaler::Static { scale } => *scale = num("scale")?,
+            LossScaler::Static { scale } => *scale = scale_value,
             LossScaler::Dynamic { scale, iteration, last_overflow, hysteresis_left, .. } => {
-                *scale = num("scale")?;
-                *iteration = saved["iteration"].as_u64().ok_or("loss_scaler.iteration is missing")?;
-                *last_overflow = saved["last_overflow"].as_i64().ok_or("loss_scaler.last_overflow is missing")?;
-                *hysteresis_left = saved["hysteresis_left"].as_u64().ok_or("loss_scaler.hysteresis_left is missing")?;
+                let it = saved["iteration"].as_u64().filter(|&i| i <= MAX_SCALER_ITERATION);
+                let it = it.ok_or("loss_scaler.iteration is missing or out of range")?;
+                let last = saved["last_overflow"].as_i64().filter(|&l| l >= -1 && l < it as i64);
+                let last = last.ok_or("loss_scaler.last_overflow is missing or not before its iteration")?;
+                let allowed = configured["hysteresis"].as_u64().unwrap_or(u64::MAX);
+                let left = saved["hysteresis_left"].as_u64().filter(|&h| h <= allowed);
+                let left = left.ok_or("loss_scaler.hysteresis_left is missing or above the configured hysteresis")?;
+                (*scale, *iteration, *last_overflow, *hysteresis_left) = (scale_value, it, last, left);
             }
         }
         Ok(())
     }
 }
+
+/// The largest scaler iteration a checkpoint may hold (as the engine's counters: no run takes 2^53 steps).
+const MAX_SCALER_ITERATION: u64 = 1 << 53;
 
 /// Checks that the engine's element type is the one the config asks for.
 pub(crate) fn check_storage<E: Element>(precision: &Precision) -> Result<(), EngineError> {

@@ -268,12 +268,20 @@ fn a_manifest_whose_shards_do_not_tile_the_layout_is_an_error() {
     for plan in bad_plans {
         let mut bad = manifest.clone();
         bad["shards"] = plan.clone();
-        std::fs::write(&path, serde_json::to_string(&bad).unwrap()).unwrap();
+        let text = serde_json::to_string(&bad).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let err = engine(&lstm(), json).load_checkpoint(&dir).err().unwrap().to_string();
+        assert!(err.contains("fails its checksum"), "{plan}: {err}");
+        // Signed as a writer would sign it, the edit is caught by the plan's own check.
+        let sum = serde_json::json!({ "crc32": crc32fast::hash(text.as_bytes()), "bytes": text.len() });
+        std::fs::write(tag.join("manifest.crc32"), sum.to_string()).unwrap();
         let err = engine(&lstm(), json).load_checkpoint(&dir).err().unwrap().to_string();
         assert!(err.contains("do not tile"), "{plan}: {err}");
         assert!(rustspeed_engine::persist::load_weights(&dir, None).is_err(), "{plan}");
     }
-    std::fs::write(&path, good).unwrap();
+    std::fs::write(&path, &good).unwrap();
+    let sum = serde_json::json!({ "crc32": crc32fast::hash(good.as_bytes()), "bytes": good.len() });
+    std::fs::write(tag.join("manifest.crc32"), sum.to_string()).unwrap();
     assert!(engine(&lstm(), json).load_checkpoint(&dir).is_ok(), "the restored manifest loads again");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,7 +8,7 @@ use rustspeed_engine::model_spec::ModelSpec;
 use rustspeed_engine::Engine;
 use rustspeed_kernels::cast::{bf16, f16, Element};
 use rustspeed_kernels::rng::Rng;
-use rustspeed_nn::{GptConfig, LstmConfig, ModelConfig};
+use rustspeed_nn::{GptConfig, LlamaConfig, LstmConfig, ModelConfig};
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,13 +22,35 @@ const LOSS_RTOL: f32 = 2e-5;
 const PARAM_ATOL: f32 = 2e-5;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Each model with the optimizer of its fixture: AdamW for GPT, SGD with momentum (the seed's) for the LSTM.
+/// Each model with the optimizer of its fixture: AdamW for GPT and Llama, SGD with momentum (the seed's) for the
+/// LSTM.
 /// SGD is not scale-invariant, so a wrong gradient average shows in its losses at once.
-fn models() -> [(&'static str, ModelConfig, &'static str); 2] {
+fn models() -> [(&'static str, ModelConfig, &'static str); 3] {
     [
         (
             "gpt",
             ModelConfig::Gpt(GptConfig { vocab_size: 19, block_size: 8, n_layer: 2, n_head: 2, n_embd: 8 }),
+            r#"{"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.1}}"#,
+        ),
+        (
+            // Grouped-query (2 query heads share 1 key/value head), untied head, biases: every switch at once.
+            "llama",
+            ModelConfig::Llama(LlamaConfig {
+                vocab_size: 19,
+                hidden_size: 8,
+                intermediate_size: 12,
+                num_hidden_layers: 2,
+                num_attention_heads: 2,
+                num_key_value_heads: 1,
+                head_dim: 4,
+                max_position_embeddings: 8,
+                rms_norm_eps: 1e-5,
+                rope_theta: 10000.0,
+                tie_word_embeddings: false,
+                attention_bias: true,
+                mlp_bias: true,
+                initializer_range: 0.2,
+            }),
             r#"{"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.1}}"#,
         ),
         (

@@ -1,13 +1,17 @@
-//! Fused causal multi-head self-attention over a packed QKV buffer.
+//! Fused causal self-attention over a packed QKV buffer: multi-head (GPT-2) and grouped-query (Llama).
 //!
-//! Input `qkv[B, T, 3C]` holds, per position, the query, key and value vectors side by side (`[q | k | v]`,
-//! each `C = NH * HS` wide, head `h` at columns `h*HS..(h+1)*HS`), as GPT-2's `c_attn` produces them. Per
-//! `(b, h)`: `S = scale · Q Kᵀ` with `scale = 1/√HS`, causal mask (`j > i` excluded), `A = softmax(S)` row-wise,
-//! `out = A V`. The forward keeps only `A[B, NH, T, T]` for the backward; the backward needs one `T x T` scratch
-//! per head for `dA`, then `dS = A ⊙ (dA - rowsum(dA ⊙ A))`, `dQ = scale · dS K`, `dK = scale · dSᵀ Q`,
-//! `dV = Aᵀ dout`.
+//! Input `qkv[B, T, (NH + 2·NKV)·HS]` holds, per position, the query, key and value vectors side by side
+//! (`[q | k | v]`: `NH` query heads, then `NKV` key heads, then `NKV` value heads, each `HS` wide; see
+//! [`AttentionShape`]). With `NKV = NH` this is GPT-2's `c_attn` output `[B, T, 3C]`. Query head `h` uses
+//! key/value head `g = h / (NH/NKV)` (Hugging Face's `repeat_kv`). Per `(b, h)`: `S = scale · Q_h K_gᵀ` with
+//! `scale = 1/√HS`, causal mask (`j > i` excluded), `A = softmax(S)` row-wise, `out_h = A V_g`. The forward keeps
+//! only `A[B, NH, T, T]` for the backward; the backward needs one `T x T` scratch per query head for `dA`, then
+//! `dS = A ⊙ (dA - rowsum(dA ⊙ A))`, `dQ_h = scale · dS K_g`, `dK_g = scale · Σ_h dSᵀ Q_h`, `dV_g = Σ_h Aᵀ dout_h`
+//! (sums over the query heads of the group).
 //!
-//! Heads run in parallel (rayon over `B * NH`), each head's products single-threaded.
+//! The forward runs heads in parallel (rayon over `B·NH`); the backward runs key/value heads in parallel (over
+//! `B·NKV`), with the query heads of a group nested in parallel for `dS` and `dQ`. Each product is
+//! single-threaded.
 
 use crate::cast::{load, store, Contents, Element};
 
@@ -43,81 +47,143 @@ simd_fn! {
     }
 }
 
-/// Shape of one attention call.
+/// Shape of one attention call: `NH` query heads and `NKV` key/value heads, all of size `HS`.
+///
+/// The packed input row of each position is `[q | k | v]`, [`AttentionShape::qkv_width`] `= (NH + 2·NKV)·HS`
+/// wide: query head `h` at columns `h·HS..`, key head `g` at `NH·HS + g·HS..`, value head `g` at
+/// `(NH + NKV)·HS + g·HS..`. Query head `h` attends with key/value head `h / (NH/NKV)` (grouped-query attention,
+/// Hugging Face's `repeat_kv`); `NKV = NH` is multi-head attention (GPT-2: the row is `[q | k | v]` of `3C`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
     /// Batch size `B`.
     pub b: usize,
     /// Sequence length `T`.
     pub t: usize,
-    /// Model width `C`.
-    pub c: usize,
-    /// Number of heads `NH`; must divide `C`.
+    /// Query heads `NH`.
     pub nh: usize,
+    /// Key/value heads `NKV`; must divide `NH`.
+    pub nkv: usize,
+    /// Head size `HS`.
+    pub hs: usize,
 }
 
 impl AttentionShape {
-    /// Head size `HS = C / NH`.
-    pub fn head_size(&self) -> usize {
-        self.c / self.nh
+    /// Multi-head attention over width `C` (GPT-2): `NKV = NH`, `HS = C / NH`; `NH` must divide `C`.
+    pub fn mha(b: usize, t: usize, c: usize, nh: usize) -> AttentionShape {
+        assert!(nh > 0 && c.is_multiple_of(nh), "attention: {nh} heads do not divide width {c}");
+        AttentionShape { b, t, nh, nkv: nh, hs: c / nh }
     }
 
-    /// Length of the saved probabilities and of the backward scratch, `B * NH * T * T`.
+    /// Grouped-query attention: `NH` query heads sharing `NKV` key/value heads of size `HS` in groups of
+    /// `NH / NKV` (Llama's `num_attention_heads`, `num_key_value_heads`, `head_dim`).
+    pub fn gqa(b: usize, t: usize, nh: usize, nkv: usize, hs: usize) -> AttentionShape {
+        let shape = AttentionShape { b, t, nh, nkv, hs };
+        shape.check();
+        shape
+    }
+
+    /// Head size `HS`.
+    pub fn head_size(&self) -> usize {
+        self.hs
+    }
+
+    /// Query heads per key/value head, `NH / NKV`.
+    pub fn group_size(&self) -> usize {
+        self.nh / self.nkv
+    }
+
+    /// Width of the queries and of the output, `NH·HS` (GPT-2's `C`).
+    pub fn q_width(&self) -> usize {
+        self.nh * self.hs
+    }
+
+    /// Width of the keys, and of the values, `NKV·HS`.
+    pub fn kv_width(&self) -> usize {
+        self.nkv * self.hs
+    }
+
+    /// Width of a packed `[q | k | v]` row, `(NH + 2·NKV)·HS` (GPT-2's `3C`).
+    pub fn qkv_width(&self) -> usize {
+        self.q_width() + 2 * self.kv_width()
+    }
+
+    /// Length of the saved probabilities `att[B, NH, T, T]`, `B·NH·T²`.
     pub fn att_len(&self) -> usize {
         self.b * self.nh * self.t * self.t
     }
 
+    /// Length of the backward's fp32 scratch: one `T x T` block of `dA`/`dS` per query head, `B·NH·T²` (equal to
+    /// [`AttentionShape::att_len`]). Per query head rather than per key/value head so that the heads of one group
+    /// compute their `dS` in parallel before their key/value head sums them.
+    pub fn scratch_len(&self) -> usize {
+        self.att_len()
+    }
+
     fn check(&self) {
+        assert!(self.hs > 0, "attention: head size 0");
         assert!(
-            self.nh > 0 && self.c.is_multiple_of(self.nh),
-            "attention: {} heads do not divide width {}",
-            self.nh,
-            self.c
+            self.nkv > 0 && self.nh.is_multiple_of(self.nkv),
+            "attention: {} key/value heads do not divide {} query heads",
+            self.nkv,
+            self.nh
         );
+    }
+}
+
+/// Column offsets inside a packed row and row strides of one call, shared by the forward and the backward.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Row stride of `qkv`/`dqkv`, `(NH + 2·NKV)·HS`.
+    w: usize,
+    /// Row stride of `out`/`dout`, `NH·HS`.
+    qw: usize,
+    /// Column where the values start, `(NH + NKV)·HS`.
+    v0: usize,
+    hs: usize,
+}
+
+impl Layout {
+    fn of(shape: AttentionShape) -> Layout {
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        Layout { w: qw + 2 * kvw, qw, v0: qw + kvw, hs: shape.hs }
+    }
+
+    /// Offsets into the packed row of query head `h` and of key/value head `g`: `(q, k, v)`.
+    fn offsets(&self, h: usize, g: usize) -> (usize, usize, usize) {
+        (h * self.hs, self.qw + g * self.hs, self.v0 + g * self.hs)
     }
 }
 
 /// The fp32 kernel of [`attention_forward`].
 fn attention_forward_f32(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: AttentionShape) {
     shape.check();
-    let AttentionShape { b: _, t, c, nh } = shape;
-    let hs = shape.head_size();
+    let AttentionShape { b, t, nh, .. } = shape;
+    let (lay, group) = (Layout::of(shape), shape.group_size());
+    let (w, qw, hs) = (lay.w, lay.qw, lay.hs);
     let scale = 1.0 / (hs as f32).sqrt();
-    assert!(out.len() >= shape.b * t * c && qkv.len() >= shape.b * t * 3 * c && att.len() >= shape.att_len());
+    assert!(out.len() >= b * t * qw && qkv.len() >= b * t * w && att.len() >= shape.att_len());
     let out_ptr = SendPtr(out.as_mut_ptr());
     att[..shape.att_len()].par_chunks_mut(t * t).enumerate().for_each(|(bh, a)| {
         let (bi, h) = (bh / nh, bh % nh);
-        let base = bi * t * 3 * c;
-        let q = qkv[base + h * hs..].as_ptr();
-        let k = qkv[base + c + h * hs..].as_ptr();
-        let v = qkv[base + 2 * c + h * hs..].as_ptr();
+        let (qo, ko, vo) = lay.offsets(h, h / group);
+        let base = bi * t * w;
+        let (q, k, v) = (qkv[base + qo..].as_ptr(), qkv[base + ko..].as_ptr(), qkv[base + vo..].as_ptr());
         let o = out_ptr.get();
         // SAFETY: `a` is this task's own T x T block; q, k, v are T x HS strided reads inside `qkv` (length
-        // checked above); task (bi, h) writes only out[bi, :, h*HS..(h+1)*HS], which no other task touches.
+        // checked above; heads of one group read the same k, v); task (bi, h) writes only
+        // out[bi, :, h*HS..(h+1)*HS], which no other task touches.
         // Row block [i0, i1) needs keys and values 0..i1 only (causal), which roughly halves the work.
         unsafe {
             for (i0, i1) in causal_blocks(t) {
-                let (rows, rq) = (i1 - i0, q.add(i0 * 3 * c));
+                let (rows, rq) = (i1 - i0, q.add(i0 * w));
                 let dst = a.as_mut_ptr().add(i0 * t);
-                gemm_raw(
-                    rows,
-                    i1,
-                    hs,
-                    dst,
-                    t,
-                    1,
-                    (rq, 3 * c, 1),
-                    (k, 1, 3 * c),
-                    scale,
-                    Dst::Overwrite,
-                    Threads::Single,
-                );
+                gemm_raw(rows, i1, hs, dst, t, 1, (rq, w, 1), (k, 1, w), scale, Dst::Overwrite, Threads::Single);
             }
             causal_softmax(a, t);
             for (i0, i1) in causal_blocks(t) {
-                let (rows, dst) = (i1 - i0, o.add(bi * t * c + h * hs + i0 * c));
+                let (rows, dst) = (i1 - i0, o.add(bi * t * qw + h * hs + i0 * qw));
                 let lhs = (a.as_ptr().add(i0 * t), t, 1);
-                gemm_raw(rows, hs, i1, dst, c, 1, lhs, (v, 3 * c, 1), 1.0, Dst::Overwrite, Threads::Single);
+                gemm_raw(rows, hs, i1, dst, qw, 1, lhs, (v, w, 1), 1.0, Dst::Overwrite, Threads::Single);
             }
         }
     });
@@ -133,6 +199,12 @@ fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// The fp32 kernel of [`attention_backward`].
+///
+/// One task per `(b, key/value head g)`: the key and value gradients of head `g` sum contributions from every
+/// query head of its group, so they must be written by one task. Inside it, the group's query heads first compute
+/// their own `dS` (in their own scratch block) and `dQ` in parallel, then `dK_g` and `dV_g` add up the heads'
+/// products one after the other. With `NKV = NH` (GPT-2) each task is one head and its four products, as many
+/// tasks as the forward has: grouping costs multi-head attention nothing.
 fn attention_backward_f32(
     dqkv: &mut [f32],
     scratch: &mut [f32],
@@ -142,109 +214,76 @@ fn attention_backward_f32(
     shape: AttentionShape,
 ) {
     shape.check();
-    let AttentionShape { b: _, t, c, nh } = shape;
-    let hs = shape.head_size();
+    let AttentionShape { b, t, nkv, .. } = shape;
+    let (lay, group) = (Layout::of(shape), shape.group_size());
+    let (w, qw, hs) = (lay.w, lay.qw, lay.hs);
     let scale = 1.0 / (hs as f32).sqrt();
-    let n3c = shape.b * t * 3 * c;
-    assert!(dqkv.len() >= n3c && qkv.len() >= n3c && dout.len() >= shape.b * t * c);
-    assert!(att.len() >= shape.att_len() && scratch.len() >= shape.att_len());
+    assert!(dqkv.len() >= b * t * w && qkv.len() >= b * t * w && dout.len() >= b * t * qw);
+    assert!(att.len() >= shape.att_len() && scratch.len() >= shape.scratch_len());
     let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
-    scratch[..shape.att_len()].par_chunks_mut(t * t).zip(att.par_chunks(t * t)).enumerate().for_each(
-        |(bh, (ds, a))| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let base = bi * t * 3 * c;
-            let q = qkv[base + h * hs..].as_ptr();
-            let k = qkv[base + c + h * hs..].as_ptr();
-            let v = qkv[base + 2 * c + h * hs..].as_ptr();
-            let dy = dout[bi * t * c + h * hs..].as_ptr();
-            let (dq, dk, dv) = {
-                let d = dqkv_ptr.get();
-                (
-                    d.wrapping_add(base + h * hs),
-                    d.wrapping_add(base + c + h * hs),
-                    d.wrapping_add(base + 2 * c + h * hs),
-                )
-            };
-            // SAFETY (all products below): `ds` is this task's own T x T scratch; reads stay inside qkv/dout/att
-            // (lengths checked above); writes go to dqkv[bi, :, {q,k,v} columns of head h], which belong to this
-            // task alone. Only the causal (lower) part of A and dS is non-zero, so row blocks read columns
-            // 0..i1 and column blocks rows j0..T.
-            unsafe {
-                for (j0, j1) in causal_blocks(t) {
-                    // dV[j0..j1] += A[j0..T, j0..j1]ᵀ dout[j0..T]
-                    let (lhs, rhs) = ((a.as_ptr().add(j0 * t + j0), 1, t), (dy.add(j0 * c), c, 1));
-                    gemm_raw(
-                        j1 - j0,
-                        hs,
-                        t - j0,
-                        dv.add(j0 * 3 * c),
-                        3 * c,
-                        1,
-                        lhs,
-                        rhs,
-                        1.0,
-                        Dst::Accumulate,
-                        Threads::Single,
-                    );
+    // att[B, NH, T, T] and the scratch hold a group's query heads h = g·group + r next to each other.
+    let block = group * t * t;
+    scratch[..shape.scratch_len()]
+        .par_chunks_mut(block)
+        .zip(att[..shape.att_len()].par_chunks(block))
+        .enumerate()
+        .for_each(|(bg, (ds_group, a_group))| {
+            let (bi, g) = (bg / nkv, bg % nkv);
+            let base = bi * t * w;
+            // Per query head of the group: dS in its own scratch block, then dQ.
+            ds_group.par_chunks_mut(t * t).zip(a_group.par_chunks(t * t)).enumerate().for_each(|(r, (ds, a))| {
+                let h = g * group + r;
+                let (qo, ko, vo) = lay.offsets(h, g);
+                let (k, v) = (qkv[base + ko..].as_ptr(), qkv[base + vo..].as_ptr());
+                let dy = dout[bi * t * qw + h * hs..].as_ptr();
+                let dq = dqkv_ptr.get().wrapping_add(base + qo);
+                // SAFETY: `ds` is this head's own T x T scratch; reads stay inside qkv/dout/att (lengths checked
+                // above); writes go to dqkv[bi, :, q columns of head h], which belong to this head alone. Only the
+                // causal (lower) part of A and dS is non-zero, so row blocks read columns 0..i1.
+                unsafe {
+                    for (i0, i1) in causal_blocks(t) {
+                        // dA[i0..i1, 0..i1] = dout[i0..i1] Vᵀ
+                        let (dst, lhs) = (ds.as_mut_ptr().add(i0 * t), (dy.add(i0 * qw), qw, 1));
+                        gemm_raw(i1 - i0, i1, hs, dst, t, 1, lhs, (v, 1, w), 1.0, Dst::Overwrite, Threads::Single);
+                    }
+                    softmax_backward(ds, a, t);
+                    for (i0, i1) in causal_blocks(t) {
+                        // dQ[i0..i1] += scale · dS[i0..i1, 0..i1] K[0..i1]
+                        let (dst, lhs) = (dq.add(i0 * w), (ds.as_ptr().add(i0 * t), t, 1));
+                        gemm_raw(i1 - i0, hs, i1, dst, w, 1, lhs, (k, w, 1), scale, Dst::Accumulate, Threads::Single);
+                    }
                 }
-                for (i0, i1) in causal_blocks(t) {
-                    // dA[i0..i1, 0..i1] = dout[i0..i1] Vᵀ
-                    let dst = ds.as_mut_ptr().add(i0 * t);
-                    gemm_raw(
-                        i1 - i0,
-                        i1,
-                        hs,
-                        dst,
-                        t,
-                        1,
-                        (dy.add(i0 * c), c, 1),
-                        (v, 1, 3 * c),
-                        1.0,
-                        Dst::Overwrite,
-                        Threads::Single,
-                    );
-                }
-                softmax_backward(ds, a, t);
-                for (i0, i1) in causal_blocks(t) {
-                    // dQ[i0..i1] += scale · dS[i0..i1, 0..i1] K[0..i1]
-                    let lhs = (ds.as_ptr().add(i0 * t), t, 1);
-                    gemm_raw(
-                        i1 - i0,
-                        hs,
-                        i1,
-                        dq.add(i0 * 3 * c),
-                        3 * c,
-                        1,
-                        lhs,
-                        (k, 3 * c, 1),
-                        scale,
-                        Dst::Accumulate,
-                        Threads::Single,
-                    );
-                }
-                for (j0, j1) in causal_blocks(t) {
-                    // dK[j0..j1] += scale · dS[j0..T, j0..j1]ᵀ Q[j0..T]
-                    let (lhs, rhs) = ((ds.as_ptr().add(j0 * t + j0), 1, t), (q.add(j0 * 3 * c), 3 * c, 1));
-                    gemm_raw(
-                        j1 - j0,
-                        hs,
-                        t - j0,
-                        dk.add(j0 * 3 * c),
-                        3 * c,
-                        1,
-                        lhs,
-                        rhs,
-                        scale,
-                        Dst::Accumulate,
-                        Threads::Single,
-                    );
+            });
+            // Key/value head g sums its query heads' products.
+            let (_, ko, vo) = lay.offsets(0, g);
+            let d = dqkv_ptr.get();
+            let (dk, dv) = (d.wrapping_add(base + ko), d.wrapping_add(base + vo));
+            for (r, (ds, a)) in ds_group.chunks_exact(t * t).zip(a_group.chunks_exact(t * t)).enumerate() {
+                let h = g * group + r;
+                let q = qkv[base + h * hs..].as_ptr();
+                let dy = dout[bi * t * qw + h * hs..].as_ptr();
+                // SAFETY: as above; writes go to dqkv[bi, :, k and v columns of head g], which belong to this task
+                // alone. Column blocks of the causal A and dS read rows j0..T.
+                unsafe {
+                    for (j0, j1) in causal_blocks(t) {
+                        // dV[j0..j1] += A[j0..T, j0..j1]ᵀ dout[j0..T]
+                        let (lhs, rhs) = ((a.as_ptr().add(j0 * t + j0), 1, t), (dy.add(j0 * qw), qw, 1));
+                        let (rows, k_len, dst) = (j1 - j0, t - j0, dv.add(j0 * w));
+                        gemm_raw(rows, hs, k_len, dst, w, 1, lhs, rhs, 1.0, Dst::Accumulate, Threads::Single);
+                    }
+                    for (j0, j1) in causal_blocks(t) {
+                        // dK[j0..j1] += scale · dS[j0..T, j0..j1]ᵀ Q[j0..T]
+                        let (lhs, rhs) = ((ds.as_ptr().add(j0 * t + j0), 1, t), (q.add(j0 * w), w, 1));
+                        let (rows, k_len, dst) = (j1 - j0, t - j0, dk.add(j0 * w));
+                        gemm_raw(rows, hs, k_len, dst, w, 1, lhs, rhs, scale, Dst::Accumulate, Threads::Single);
+                    }
                 }
             }
-        },
-    );
+        });
 }
 
-/// Forward: writes `out[B, T, C]` (overwrites) and the probabilities `att[B, NH, T, T]` (zero above the diagonal).
+/// Forward: writes `out[B, T, NH·HS]` (overwrites) and the probabilities `att[B, NH, T, T]` (zero above the
+/// diagonal) from the packed `qkv[B, T, (NH + 2·NKV)·HS]`.
 pub fn attention_forward<E: Element>(out: &mut [E], att: &mut [E], qkv: &[E], shape: AttentionShape) {
     let qkv = load(qkv);
     store(out, Contents::Overwrite, |out| {
@@ -252,7 +291,8 @@ pub fn attention_forward<E: Element>(out: &mut [E], att: &mut [E], qkv: &[E], sh
     })
 }
 
-/// Backward: adds into `dqkv[B, T, 3C]`. `scratch` (length `B * NH * T * T`, fp32) is overwritten.
+/// Backward: adds into `dqkv[B, T, (NH + 2·NKV)·HS]`. `scratch` (fp32, at least
+/// [`AttentionShape::scratch_len`] `= B·NH·T²`) is overwritten.
 pub fn attention_backward<E: Element>(
     dqkv: &mut [E],
     scratch: &mut [f32],

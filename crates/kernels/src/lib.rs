@@ -12,7 +12,9 @@
 //! - `C`: channels (model width, `d_model`, or an LSTM layer's input width)
 //! - `H`: LSTM hidden size
 //! - `V`: vocabulary size
-//! - `NH`: number of attention heads (head size `HS = C / NH`)
+//! - `NH`: number of attention (query) heads, of head size `HS` (`C / NH` in GPT-2; Llama's `head_dim`)
+//! - `NKV`: number of key/value heads in grouped-query attention (`NKV = NH` is multi-head attention)
+//! - `I`: the gated MLP's intermediate width (Llama's `intermediate_size`)
 //! - `L`: number of layers
 //! - `N`: rows of a flattened batch, `N = B * T`
 //!
@@ -29,8 +31,11 @@ pub mod layernorm;
 pub mod lstm;
 pub mod matmul;
 pub mod residual;
+pub mod rmsnorm;
 pub mod rng;
+pub mod rope;
 mod skinny;
+pub mod swiglu;
 mod transpose;
 pub mod vmath;
 pub mod xent;

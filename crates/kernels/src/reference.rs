@@ -1,7 +1,8 @@
 //! Float64 reference kernels: the oracles the tests compare every fused fp32 kernel against. Each is the layer's
 //! math written out as plain loops (no `gemm`, no rayon, no fusion), with the same arguments and conventions as
 //! its fp32 counterpart but over `f64` slices: forwards overwrite their outputs (except [`position_forward`], which
-//! adds, as its fp32 twin does) and backwards add into their gradient outputs. The backward formulas are derived
+//! adds, as its fp32 twin does, and the in-place rotations [`rope_forward`]) and backwards add into their gradient
+//! outputs (except [`rope_backward`], in place like its fp32 twin). The backward formulas are derived
 //! here from the forward math, independently of the fp32 code, and the tests check them in turn against central
 //! finite differences of these forwards ([`crate::gradcheck`]).
 
@@ -120,6 +121,129 @@ pub fn layernorm_backward(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// Row-wise RMSNorm of `inp[N, C]`: `out = weight ⊙ x · rstd`, `rstd = 1/sqrt(mean(x²) + eps)`, saving `rstd[N]`.
+pub fn rmsnorm_forward(out: &mut [f64], rstd: &mut [f64], inp: &[f64], weight: &[f64], n: usize, c: usize, eps: f64) {
+    for row in 0..n {
+        let x = &inp[row * c..(row + 1) * c];
+        let s = 1.0 / (x.iter().map(|&v| v * v).sum::<f64>() / c as f64 + eps).sqrt();
+        for j in 0..c {
+            out[row * c + j] = weight[j] * x[j] * s;
+        }
+        rstd[row] = s;
+    }
+}
+
+/// Backward of [`rmsnorm_forward`] through the explicit Jacobian of `x̂ = x s`: `∂s/∂x_k = -s³ x_k / C`, hence
+/// `∂x̂_j/∂x_k = s δ_jk - s x̂_j x̂_k / C`, and `dx_k = Σ_j (dout_j weight_j) ∂x̂_j/∂x_k`,
+/// `dweight_j = Σ_rows dout_j x̂_j`. Adds into `dinp`, `dweight`.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    dinp: &mut [f64],
+    dweight: &mut [f64],
+    dout: &[f64],
+    inp: &[f64],
+    weight: &[f64],
+    rstd: &[f64],
+    n: usize,
+    c: usize,
+) {
+    for row in 0..n {
+        let s = rstd[row];
+        let xhat: Vec<f64> = (0..c).map(|j| inp[row * c + j] * s).collect();
+        let dy = &dout[row * c..(row + 1) * c];
+        for j in 0..c {
+            dweight[j] += dy[j] * xhat[j];
+        }
+        for k in 0..c {
+            let mut acc = 0.0;
+            for j in 0..c {
+                let delta = if j == k { 1.0 } else { 0.0 };
+                acc += dy[j] * weight[j] * (s * delta - s * xhat[j] * xhat[k] / c as f64);
+            }
+            dinp[row * c + k] += acc;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rotary position embedding
+
+/// The exact table `(cos, sin)`, each `[max_positions, D/2]`: `θ = p · theta^(-2j/D)` in f64.
+pub fn rope_table(head_dim: usize, max_positions: usize, theta: f64) -> (Vec<f64>, Vec<f64>) {
+    let half = head_dim / 2;
+    let angles: Vec<f64> = (0..max_positions * half)
+        .map(|k| (k / half) as f64 * theta.powf(-((2 * (k % half)) as f64) / head_dim as f64))
+        .collect();
+    (angles.iter().map(|a| a.cos()).collect(), angles.iter().map(|a| a.sin()).collect())
+}
+
+/// Rotates, in place, the `heads` heads of `head_dim` values from column `col_offset` of each `B·T` row (rows
+/// `row_stride` wide, row `b·T + p` at position `p`) by the table's angles, `cos`/`sin` `[≥T, D/2]`: per pair
+/// `(x_j, x_{j+D/2})`, `x_j ← x_j cos - x_{j+D/2} sin`, `x_{j+D/2} ← x_{j+D/2} cos + x_j sin`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_forward(
+    x: &mut [f64],
+    cos: &[f64],
+    sin: &[f64],
+    head_dim: usize,
+    b: usize,
+    t: usize,
+    heads: usize,
+    row_stride: usize,
+    col_offset: usize,
+) {
+    rope_rotate(x, cos, sin, head_dim, b * t, t, heads, row_stride, col_offset, 1.0);
+}
+
+/// Backward of [`rope_forward`], in place like its fp32 twin (the gradient buffer is transformed, not added to):
+/// the forward is `y = R x` with `R = [[cos, -sin], [sin, cos]]` per pair, so `dx = Rᵀ dy`, the rotation by `-θ`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_backward(
+    dx: &mut [f64],
+    cos: &[f64],
+    sin: &[f64],
+    head_dim: usize,
+    b: usize,
+    t: usize,
+    heads: usize,
+    row_stride: usize,
+    col_offset: usize,
+) {
+    rope_rotate(dx, cos, sin, head_dim, b * t, t, heads, row_stride, col_offset, -1.0);
+}
+
+/// Rotation by `sign · θ` of [`rope_forward`]'s heads.
+#[allow(clippy::too_many_arguments)]
+fn rope_rotate(
+    x: &mut [f64],
+    cos: &[f64],
+    sin: &[f64],
+    head_dim: usize,
+    rows: usize,
+    t: usize,
+    heads: usize,
+    row_stride: usize,
+    col_offset: usize,
+    sign: f64,
+) {
+    let half = head_dim / 2;
+    for row in 0..rows {
+        let p = row % t;
+        for h in 0..heads {
+            let base = row * row_stride + col_offset + h * head_dim;
+            for j in 0..half {
+                let (c, s) = (cos[p * half + j], sign * sin[p * half + j]);
+                let (x0, x1) = (x[base + j], x[base + half + j]);
+                x[base + j] = x0 * c - x1 * s;
+                x[base + half + j] = x1 * c + x0 * s;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Linear
 
 /// Index of the weight connecting input `i` to output `o` in the given layout.
@@ -187,26 +311,30 @@ pub fn linear_backward(
 // ---------------------------------------------------------------------------------------------------------------
 // Attention
 
-/// Index into `[B, T, 3C]` of batch `bi`, position `i`, part `p` (0 = q, 1 = k, 2 = v), head `h`, lane `d`.
+/// Index into the packed `[B, T, (NH + 2·NKV)·HS]` of batch `bi`, position `i`, part `p` (0 = q, 1 = k, 2 = v),
+/// head `h` of that part (a query head for q, a key/value head for k and v), lane `d`.
 fn qkv_index(shape: AttentionShape, bi: usize, i: usize, p: usize, h: usize, d: usize) -> usize {
-    (bi * shape.t + i) * 3 * shape.c + p * shape.c + h * shape.head_size() + d
+    let AttentionShape { t, nh, nkv, hs, .. } = shape;
+    let part = [0, nh * hs, (nh + nkv) * hs][p];
+    (bi * t + i) * (nh + 2 * nkv) * hs + part + h * hs + d
 }
 
-/// Causal attention computed directly: scores `scale · q_i·k_j` for `j <= i`, softmax over them, zero for
-/// `j > i`, then `out_i = Σ_j att_ij v_j`. Writes `out[B, T, C]` and `att[B, NH, T, T]`.
+/// Causal attention computed directly: query head `h` reads key/value head `g = h / (NH/NKV)`; scores
+/// `scale · q_i·k_j` for `j <= i`, softmax over them, zero for `j > i`, then `out_i = Σ_j att_ij v_j`. Writes
+/// `out[B, T, NH·HS]` and `att[B, NH, T, T]`.
 pub fn attention_forward(out: &mut [f64], att: &mut [f64], qkv: &[f64], shape: AttentionShape) {
-    let AttentionShape { b, t, c, nh } = shape;
-    let hs = shape.head_size();
+    let AttentionShape { b, t, nh, nkv, hs } = shape;
     let scale = 1.0 / (hs as f64).sqrt();
     for bi in 0..b {
         for h in 0..nh {
+            let g = h / (nh / nkv);
             for i in 0..t {
                 let row = &mut att[((bi * nh + h) * t + i) * t..][..t];
                 for (j, a) in row.iter_mut().enumerate() {
                     *a = if j <= i {
                         scale
                             * (0..hs)
-                                .map(|d| qkv[qkv_index(shape, bi, i, 0, h, d)] * qkv[qkv_index(shape, bi, j, 1, h, d)])
+                                .map(|d| qkv[qkv_index(shape, bi, i, 0, h, d)] * qkv[qkv_index(shape, bi, j, 1, g, d)])
                                 .sum::<f64>()
                     } else {
                         0.0
@@ -218,40 +346,41 @@ pub fn attention_forward(out: &mut [f64], att: &mut [f64], qkv: &[f64], shape: A
                     *a = (*a - max).exp() / sum;
                 }
                 for d in 0..hs {
-                    out[(bi * t + i) * c + h * hs + d] =
-                        (0..=i).map(|j| row[j] * qkv[qkv_index(shape, bi, j, 2, h, d)]).sum();
+                    out[(bi * t + i) * nh * hs + h * hs + d] =
+                        (0..=i).map(|j| row[j] * qkv[qkv_index(shape, bi, j, 2, g, d)]).sum();
                 }
             }
         }
     }
 }
 
-/// Backward of [`attention_forward`]; adds into `dqkv[B, T, 3C]`. Per row `i` of one head:
-/// `dv_j += a_ij dout_i`, `da_ij = dout_i·v_j`, softmax Jacobian `∂a_ij/∂s_ik = a_ij (δ_jk - a_ik)` gives
-/// `ds_ik = a_ik (da_ik - Σ_j a_ij da_ij)`, and `s_ik = scale q_i·k_k` gives `dq_i += scale Σ_k ds_ik k_k`,
-/// `dk_k += scale ds_ik q_i`.
+/// Backward of [`attention_forward`]; adds into `dqkv[B, T, (NH + 2·NKV)·HS]`. Per row `i` of query head `h`
+/// (key/value head `g`): `dv_j += a_ij dout_i`, `da_ij = dout_i·v_j`, softmax Jacobian
+/// `∂a_ij/∂s_ik = a_ij (δ_jk - a_ik)` gives `ds_ik = a_ik (da_ik - Σ_j a_ij da_ij)`, and `s_ik = scale q_i·k_k`
+/// gives `dq_i += scale Σ_k ds_ik k_k`, `dk_k += scale ds_ik q_i`. Key/value head `g` is shared by its group's
+/// query heads, so its gradients collect all of theirs.
 pub fn attention_backward(dqkv: &mut [f64], dout: &[f64], qkv: &[f64], att: &[f64], shape: AttentionShape) {
-    let AttentionShape { b, t, c, nh } = shape;
-    let hs = shape.head_size();
+    let AttentionShape { b, t, nh, nkv, hs } = shape;
     let scale = 1.0 / (hs as f64).sqrt();
     for bi in 0..b {
         for h in 0..nh {
+            let g = h / (nh / nkv);
             for i in 0..t {
                 let a = &att[((bi * nh + h) * t + i) * t..][..t];
-                let dy = &dout[(bi * t + i) * c + h * hs..][..hs];
+                let dy = &dout[(bi * t + i) * nh * hs + h * hs..][..hs];
                 let mut da = vec![0.0; i + 1];
                 for j in 0..=i {
                     for d in 0..hs {
-                        da[j] += dy[d] * qkv[qkv_index(shape, bi, j, 2, h, d)];
-                        dqkv[qkv_index(shape, bi, j, 2, h, d)] += a[j] * dy[d];
+                        da[j] += dy[d] * qkv[qkv_index(shape, bi, j, 2, g, d)];
+                        dqkv[qkv_index(shape, bi, j, 2, g, d)] += a[j] * dy[d];
                     }
                 }
                 let dot: f64 = (0..=i).map(|j| a[j] * da[j]).sum();
                 for k in 0..=i {
                     let ds = a[k] * (da[k] - dot);
                     for d in 0..hs {
-                        dqkv[qkv_index(shape, bi, i, 0, h, d)] += scale * ds * qkv[qkv_index(shape, bi, k, 1, h, d)];
-                        dqkv[qkv_index(shape, bi, k, 1, h, d)] += scale * ds * qkv[qkv_index(shape, bi, i, 0, h, d)];
+                        dqkv[qkv_index(shape, bi, i, 0, h, d)] += scale * ds * qkv[qkv_index(shape, bi, k, 1, g, d)];
+                        dqkv[qkv_index(shape, bi, k, 1, g, d)] += scale * ds * qkv[qkv_index(shape, bi, i, 0, h, d)];
                     }
                 }
             }
@@ -297,6 +426,32 @@ pub fn residual_backward(da: &mut [f64], db: &mut [f64], dout: &[f64]) {
     for i in 0..dout.len() {
         da[i] += dout[i];
         db[i] += dout[i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SwiGLU
+
+/// `out[n, j] = silu(g) u` with `g = gate_up[n, j]`, `u = gate_up[n, I + j]`, `silu(g) = g / (1 + e^-g)`.
+pub fn swiglu_forward(out: &mut [f64], gate_up: &[f64], n: usize, i: usize) {
+    for row in 0..n {
+        for j in 0..i {
+            let (g, u) = (gate_up[row * 2 * i + j], gate_up[row * 2 * i + i + j]);
+            out[row * i + j] = g * sigmoid(g) * u;
+        }
+    }
+}
+
+/// Backward of [`swiglu_forward`]; adds into `dgate_up`: `d/dg (g σ(g)) = σ(g) + g σ(g) (1 - σ(g))` (from
+/// `σ' = σ (1 - σ)`), so `dg += dout u (σ + g σ (1 - σ))`, and `du += dout g σ(g)`.
+pub fn swiglu_backward(dgate_up: &mut [f64], dout: &[f64], gate_up: &[f64], n: usize, i: usize) {
+    for row in 0..n {
+        for j in 0..i {
+            let (g, u, dy) = (gate_up[row * 2 * i + j], gate_up[row * 2 * i + i + j], dout[row * i + j]);
+            let s = sigmoid(g);
+            dgate_up[row * 2 * i + j] += dy * u * (s + g * s * (1.0 - s));
+            dgate_up[row * 2 * i + i + j] += dy * g * s;
+        }
     }
 }
 

@@ -1,17 +1,16 @@
 //! Every fused fp32 kernel against its float64 reference, and every reference backward against central finite
-//! differences of its forward.
-//!
-//! Each kernel is wrapped as a [`Case`]: its inputs (everything differentiable: data and parameters), and two
-//! runs with one signature, the reference in f64 and the fused kernel in fp32 (inputs narrowed, results widened).
-//! [`check`] then (a) gradchecks the reference (small cases), (b) compares the fused outputs and gradients with
-//! the reference's, and (c) checks that the fused backward adds into pre-filled gradient buffers. Output buffers
-//! start as NaN, so an output element a forward fails to write shows up as a mismatch.
+//! differences of its forward, through the [`Case`] harness of `common/case.rs` (its module doc says what
+//! [`check`] proves). The Llama kernels are in `llama.rs`.
 
+#[path = "common/case.rs"]
+mod case;
+
+use case::*;
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use rustspeed_kernels::cast::Contents;
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
 use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
-use rustspeed_kernels::gradcheck::{compare, numeric_gradient, to_f64};
+use rustspeed_kernels::gradcheck::to_f64;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
 use rustspeed_kernels::matmul::{gemm, linear_backward, linear_forward, Dst, MatMut, MatRef, Threads, WeightLayout};
@@ -19,144 +18,6 @@ use rustspeed_kernels::reference as r;
 use rustspeed_kernels::residual::{residual_backward, residual_forward};
 use rustspeed_kernels::rng::Rng;
 use rustspeed_kernels::xent::{softmax_xent_backward, softmax_xent_forward};
-
-/// Central-difference step: truncation error ~ε²·|f'''| ≈ 1e-10, rounding error ~1e-16·|f|/ε ≈ 1e-11·|f|.
-const FD_EPS: f64 = 1e-5;
-/// Floor for gradients near zero: the rounding error above, for losses up to ~100.
-const FD_ATOL: f64 = 1e-8;
-/// Both finite-difference error terms are far below 1e-6 of a gradient of order one.
-const FD_RTOL: f64 = 1e-6;
-/// fp32 sums of ~100 order-one terms (linear N=128) that cancel to near zero keep ~1e-5 absolute error.
-const FP32_ATOL: f64 = 5e-5;
-/// fp32 accumulation over sums of up to a few hundred terms (reductions over rows, T·HS, C), ~100 ulps.
-const FP32_RTOL: f64 = 1e-4;
-/// Pre-filled buffers change fp32 rounding: row sums (dbias, N=128) round every partial sum at the prefill's scale.
-const ACC_ATOL: f64 = 5e-5;
-/// A backward that overwrote instead of adding would be off by the prefill itself, of order one.
-const ACC_RTOL: f64 = 1e-6;
-/// Finite differences cost two forwards per input element, so only small cases are gradchecked.
-const GRADCHECK_MAX_INPUTS: usize = 1000;
-
-type Tensors = Vec<Vec<f64>>;
-/// One kernel run: returns the outputs (the test loss differentiates the first) and, given that output's
-/// gradient `dout`, adds the inputs' gradients into `grads` (one buffer per input; untouched when `dout` is None).
-type Run = Box<dyn Fn(&[Vec<f64>], Option<&[f64]>, &mut [Vec<f64>]) -> Tensors>;
-/// A fused kernel's run: as [`Run`], with the parameters' gradients written as the [`Contents`] says (the inputs'
-/// gradients are always added). To overwrite, the run first fills its parameters' gradients with NaN: what they
-/// held must not matter.
-type Fused = Box<dyn Fn(&[Vec<f64>], Option<&[f64]>, &mut [Vec<f64>], Contents) -> Tensors>;
-
-struct Case {
-    name: String,
-    inputs: Tensors,
-    input_names: &'static [&'static str],
-    output_names: &'static [&'static str],
-    reference: Run,
-    fused: Fused,
-}
-
-fn run64(f: impl Fn(&[Vec<f64>], Option<&[f64]>, &mut [Vec<f64>]) -> Tensors + 'static) -> Run {
-    Box::new(f)
-}
-
-/// Wraps an fp32 run: narrows inputs, `dout` and gradients (keeping any pre-filled values), widens results.
-fn run32(f: impl Fn(&[Vec<f32>], Option<&[f32]>, &mut [Vec<f32>], Contents) -> Vec<Vec<f32>> + 'static) -> Fused {
-    Box::new(move |ins, dout, grads, mode| {
-        let narrow_all = |ts: &[Vec<f64>]| ts.iter().map(|t| narrow(t)).collect::<Vec<_>>();
-        let mut g32 = narrow_all(grads);
-        let outs = f(&narrow_all(ins), dout.map(narrow).as_deref(), &mut g32, mode);
-        for (g, g32) in grads.iter_mut().zip(&g32) {
-            *g = to_f64(g32);
-        }
-        outs.iter().map(|o| to_f64(o)).collect()
-    })
-}
-
-fn narrow(x: &[f64]) -> Vec<f32> {
-    x.iter().map(|&v| v as f32).collect()
-}
-
-/// Normal values times `scale`, rounded to fp32 so that both runs see exactly the same data.
-fn randn(rng: &mut Rng, len: usize, scale: f64) -> Vec<f64> {
-    (0..len).map(|_| (rng.normal() * scale) as f32 as f64).collect()
-}
-
-fn random_tokens(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
-    (0..n).map(|_| rng.below(v as u64) as u32).collect()
-}
-
-/// Before a run that overwrites parameter gradients: fills them with NaN, which must not survive.
-fn nan_if_overwritten<'a>(mode: Contents, grads: impl IntoIterator<Item = &'a mut Vec<f32>>) {
-    if mode == Contents::Overwrite {
-        grads.into_iter().for_each(|g| g.fill(f32::NAN));
-    }
-}
-
-fn zeros_like(ts: &[Vec<f64>]) -> Tensors {
-    ts.iter().map(|t| vec![0.0; t.len()]).collect()
-}
-
-fn expect_close(case: &str, what: &str, actual: &[f64], expected: &[f64], atol: f64, rtol: f64) {
-    if let Err(m) = compare(actual, expected, atol, rtol) {
-        panic!("{case}: {what}: {m}");
-    }
-}
-
-/// Runs (a), (b) and (c) of the module doc on one case.
-fn check(case: &Case, rng: &mut Rng) {
-    let name = &case.name;
-    let ref_outs = (case.reference)(&case.inputs, None, &mut []);
-    let dout = randn(rng, ref_outs[0].len(), 1.0);
-    let mut ref_grads = zeros_like(&case.inputs);
-    (case.reference)(&case.inputs, Some(&dout), &mut ref_grads);
-
-    // (a) reference backward vs finite differences of loss = Σ out ⊙ dout.
-    if case.inputs.iter().map(Vec::len).sum::<usize>() <= GRADCHECK_MAX_INPUTS {
-        for (k, input_name) in case.input_names.iter().enumerate() {
-            let mut probe = case.inputs.clone();
-            let loss = |x: &[f64]| {
-                probe[k].copy_from_slice(x);
-                (case.reference)(&probe, None, &mut [])[0].iter().zip(&dout).map(|(o, g)| o * g).sum::<f64>()
-            };
-            let numeric = numeric_gradient(loss, &case.inputs[k], FD_EPS);
-            expect_close(
-                name,
-                &format!("reference d{input_name} vs finite differences"),
-                &ref_grads[k],
-                &numeric,
-                FD_ATOL,
-                FD_RTOL,
-            );
-        }
-    }
-
-    // (b) fused fp32 forward and backward vs the reference, overwriting the parameters' gradients.
-    let mut grads = zeros_like(&case.inputs);
-    let outs = (case.fused)(&case.inputs, Some(&dout), &mut grads, Contents::Overwrite);
-    assert_eq!((outs.len(), ref_outs.len()), (case.output_names.len(), case.output_names.len()), "{name}: outputs");
-    for ((out, expected), out_name) in outs.iter().zip(&ref_outs).zip(case.output_names) {
-        expect_close(name, &format!("fp32 {out_name}"), out, expected, FP32_ATOL, FP32_RTOL);
-    }
-    for ((g, expected), input_name) in grads.iter().zip(&ref_grads).zip(case.input_names) {
-        expect_close(name, &format!("fp32 d{input_name}"), g, expected, FP32_ATOL, FP32_RTOL);
-    }
-
-    // (c) the fused backward adds into its gradient buffers.
-    let prefill: Tensors = case.inputs.iter().map(|t| randn(rng, t.len(), 1.0)).collect();
-    let mut accumulated = prefill.clone();
-    (case.fused)(&case.inputs, Some(&dout), &mut accumulated, Contents::Accumulate);
-    for (((acc, pre), g), input_name) in accumulated.iter().zip(&prefill).zip(&grads).zip(case.input_names) {
-        let expected: Vec<f64> = pre.iter().zip(g).map(|(p, g)| p + g).collect();
-        expect_close(
-            name,
-            &format!("d{input_name} accumulated into a pre-filled buffer"),
-            acc,
-            &expected,
-            ACC_ATOL,
-            ACC_RTOL,
-        );
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Cases
@@ -279,15 +140,16 @@ fn linear_case(rng: &mut Rng, n: usize, c: usize, oc: usize, layout: WeightLayou
     }
 }
 
-fn attention_case(rng: &mut Rng, b: usize, t: usize, c: usize, nh: usize) -> Case {
-    let shape = AttentionShape { b, t, c, nh };
+fn attention_case(rng: &mut Rng, shape: AttentionShape) -> Case {
+    let AttentionShape { b, t, nh, nkv, hs } = shape;
+    let (qw, w) = (shape.q_width(), shape.qkv_width());
     Case {
-        name: format!("attention B={b} T={t} C={c} NH={nh}"),
-        inputs: vec![randn(rng, b * t * 3 * c, 1.0)],
+        name: format!("attention B={b} T={t} NH={nh} NKV={nkv} HS={hs}"),
+        inputs: vec![randn(rng, b * t * w, 1.0)],
         input_names: &["qkv"],
         output_names: &["out", "att"],
         reference: run64(move |ins, dout, grads| {
-            let (mut out, mut att) = (vec![f64::NAN; b * t * c], vec![f64::NAN; shape.att_len()]);
+            let (mut out, mut att) = (vec![f64::NAN; b * t * qw], vec![f64::NAN; shape.att_len()]);
             r::attention_forward(&mut out, &mut att, &ins[0], shape);
             if let Some(dout) = dout {
                 r::attention_backward(&mut grads[0], dout, &ins[0], &att, shape);
@@ -295,10 +157,10 @@ fn attention_case(rng: &mut Rng, b: usize, t: usize, c: usize, nh: usize) -> Cas
             vec![out, att]
         }),
         fused: run32(move |ins, dout, grads, _mode| {
-            let (mut out, mut att) = (vec![f32::NAN; b * t * c], vec![f32::NAN; shape.att_len()]);
+            let (mut out, mut att) = (vec![f32::NAN; b * t * qw], vec![f32::NAN; shape.att_len()]);
             attention_forward(&mut out, &mut att, &ins[0], shape);
             if let Some(dout) = dout {
-                let mut scratch = vec![f32::NAN; shape.att_len()];
+                let mut scratch = vec![f32::NAN; shape.scratch_len()];
                 attention_backward(&mut grads[0], &mut scratch, dout, &ins[0], &att, shape);
             }
             vec![out, att]
@@ -533,9 +395,23 @@ fn gemm_strided_views() {
     }
 }
 
-// T = 33 and 70 span one and two boundaries of the causal products' 32-row blocks.
-const ATTENTION_SHAPES: [(usize, usize, usize, usize); 5] =
-    [(1, 1, 4, 2), (2, 3, 4, 2), (2, 7, 12, 3), (2, 33, 48, 4), (1, 70, 16, 2)];
+/// Multi-head (GPT-2, `AttentionShape::mha(b, t, c, nh)`) and grouped-query shapes `(B, T, NH, NKV, HS)`. T = 33
+/// and 70 span one and two boundaries of the causal products' 32-row blocks; the grouped ones have groups of 3
+/// and 2 query heads, odd T and head sizes that are not powers of two.
+fn attention_shapes() -> [AttentionShape; 8] {
+    let mha = |(b, t, c, nh)| AttentionShape::mha(b, t, c, nh);
+    let gqa = |(b, t, nh, nkv, hs)| AttentionShape::gqa(b, t, nh, nkv, hs);
+    [
+        mha((1, 1, 4, 2)),
+        mha((2, 3, 4, 2)),
+        mha((2, 7, 12, 3)),
+        mha((2, 33, 48, 4)),
+        mha((1, 70, 16, 2)),
+        gqa((2, 5, 6, 2, 3)),
+        gqa((2, 35, 6, 2, 5)),
+        gqa((1, 9, 4, 2, 6)),
+    ]
+}
 
 #[test]
 fn gemm_with_few_rows_and_a_row_major_weight() {
@@ -576,8 +452,8 @@ fn gemm_with_few_rows_and_a_row_major_weight() {
 #[test]
 fn attention() {
     let mut rng = Rng::new(6);
-    for (b, t, c, nh) in ATTENTION_SHAPES {
-        check(&attention_case(&mut rng, b, t, c, nh), &mut rng);
+    for shape in attention_shapes() {
+        check(&attention_case(&mut rng, shape), &mut rng);
     }
 }
 
@@ -585,8 +461,8 @@ fn attention() {
 #[test]
 fn attention_probabilities_are_causal() {
     let mut rng = Rng::new(7);
-    for (b, t, c, nh) in ATTENTION_SHAPES {
-        let case = attention_case(&mut rng, b, t, c, nh);
+    for shape in attention_shapes() {
+        let (t, case) = (shape.t, attention_case(&mut rng, shape));
         let reference = (case.reference)(&case.inputs, None, &mut []);
         let fused = (case.fused)(&case.inputs, None, &mut [], Contents::Accumulate);
         for (outs, which) in [(reference, "reference"), (fused, "fp32")] {

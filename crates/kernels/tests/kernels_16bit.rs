@@ -19,7 +19,6 @@ use rustspeed_kernels::attention::{attention_backward, attention_forward, Attent
 use rustspeed_kernels::cast::{bf16, f16, Contents, Element};
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
 use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
-use rustspeed_kernels::gradcheck::{compare, Mismatch};
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
@@ -28,123 +27,10 @@ use rustspeed_kernels::residual::{residual_backward, residual_forward};
 use rustspeed_kernels::rng::Rng;
 use rustspeed_kernels::xent::{softmax_xent_backward, softmax_xent_backward_in_place, softmax_xent_forward};
 
-// ---------------------------------------------------------------------------------------------------------------
-// Tolerances
+#[path = "common/storage.rs"]
+mod storage;
 
-/// fp16 keeps 11 significant bits: the one final rounding moves a normal value by at most 2^-11 of itself.
-const FP16_UNIT_ROUNDOFF: f64 = 1.0 / 2048.0;
-/// bf16 keeps 8 significant bits: the one final rounding moves a value by at most 2^-8 of itself.
-const BF16_UNIT_ROUNDOFF: f64 = 1.0 / 256.0;
-/// Below fp16's smallest normal (2^-14) rounding error is absolute: half the subnormal spacing 2^-24.
-const FP16_SUBNORMAL_ATOL: f64 = 1.0 / (1u64 << 25) as f64;
-/// Covers 2δ, δ the fp32 kernel's own error relative to its result: worst seen 4.1e-7 (GELU backward), x5 margin.
-const FP32_RTOL: f64 = 4e-6;
-/// Covers 2δ for results that cancel to near zero, relative to the tensor's largest expected value (the scale of
-/// the summed terms): worst seen 4.6e-7 (linear dinp), x4 margin.
-const CANCELLATION_ATOL: f64 = 4e-6;
-
-/// `|actual - expected| <= atol + rtol · |expected|`.
-#[derive(Clone, Copy, Debug)]
-struct Tolerance {
-    atol: f64,
-    rtol: f64,
-}
-
-/// The tolerance for values stored in `T` in a tensor whose largest expected magnitude is `scale`. With `y32` the
-/// fp32 kernel's result, `δ` its error and `u` the unit roundoff, the stored `round(y32)` is within
-/// `u · |y32| + δ <= u · |expected| + 2δ` of the exact result: `rtol` is `u` plus the fp32 terms, which cover `2δ`.
-/// `T = f32` is for the values every precision keeps in fp32 (no final rounding).
-fn tolerance<T: Element>(scale: f64) -> Tolerance {
-    let fp32_atol = CANCELLATION_ATOL * scale;
-    match T::NAME {
-        "fp16" => Tolerance { atol: fp32_atol + FP16_SUBNORMAL_ATOL, rtol: FP16_UNIT_ROUNDOFF + FP32_RTOL },
-        "bf16" => Tolerance { atol: fp32_atol, rtol: BF16_UNIT_ROUNDOFF + FP32_RTOL },
-        "fp32" => Tolerance { atol: fp32_atol, rtol: FP32_RTOL },
-        other => panic!("no tolerance for storage type {other}"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Data and checks
-
-/// One input tensor stored in `E`, with its exact widenings: what the 16-bit kernel (`e`), the fp32 kernel
-/// (`f32`) and the float64 reference (`f64`) read.
-#[derive(Clone)]
-struct Tensor<E> {
-    e: Vec<E>,
-    f32: Vec<f32>,
-    f64: Vec<f64>,
-}
-
-impl<E: Element> Tensor<E> {
-    fn new(e: Vec<E>) -> Self {
-        let f32: Vec<f32> = e.iter().map(|x| x.to_f32()).collect();
-        let f64 = f32.iter().map(|&x| x as f64).collect();
-        Tensor { e, f32, f64 }
-    }
-
-    /// Normal values times `scale`, rounded to `E`.
-    fn randn(rng: &mut Rng, len: usize, scale: f64) -> Self {
-        Self::new(round(&normals(rng, len, scale)))
-    }
-}
-
-fn normals(rng: &mut Rng, len: usize, scale: f64) -> Vec<f64> {
-    (0..len).map(|_| rng.normal() * scale).collect()
-}
-
-fn round<E: Element>(x: &[f64]) -> Vec<E> {
-    x.iter().map(|&v| E::from_f32(v as f32)).collect()
-}
-
-fn widen<T: Element>(x: &[T]) -> Vec<f64> {
-    x.iter().map(|v| v.to_f32() as f64).collect()
-}
-
-fn zeros<T: Element>(len: usize) -> Vec<T> {
-    vec![T::from_f32(0.0); len]
-}
-
-/// Output buffers start as NaN, so an element a forward fails to write shows up as a mismatch.
-fn nans<T: Element>(len: usize) -> Vec<T> {
-    vec![T::from_f32(f32::NAN); len]
-}
-
-fn random_tokens(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
-    (0..n).map(|_| rng.below(v as u64) as u32).collect()
-}
-
-/// Compares values stored in `T` with the reference under [`tolerance`]; the error is the worst element.
-fn close<T: Element>(actual: &[T], expected: &[f64]) -> Result<(), Mismatch> {
-    let scale = expected.iter().fold(0.0, |max: f64, e| max.max(e.abs()));
-    let Tolerance { atol, rtol } = tolerance::<T>(scale);
-    compare(&widen(actual), expected, atol, rtol)
-}
-
-fn expect_close<T: Element>(kernel: &str, what: &str, actual: &[T], expected: &[f64]) {
-    if let Err(mismatch) = close(actual, expected) {
-        panic!("{kernel}: {what} ({}) vs the float64 reference: {mismatch}", T::NAME);
-    }
-}
-
-/// The first element of `actual` that is not, bit for bit, `T::from_f32` of the fp32 kernel's value.
-fn first_not_rounded_once<T: Element>(actual: &[T], fp32: &[f32]) -> Option<usize> {
-    assert_eq!(actual.len(), fp32.len(), "compared buffers differ in length");
-    // Widening is exact and keeps the sign of zero, so equal fp32 bits mean equal stored bits.
-    actual.iter().zip(fp32).position(|(&a, &x)| a.to_f32().to_bits() != T::from_f32(x).to_f32().to_bits())
-}
-
-fn expect_rounded_once<T: Element>(kernel: &str, what: &str, actual: &[T], fp32: &[f32]) {
-    if let Some(i) = first_not_rounded_once(actual, fp32) {
-        panic!(
-            "{kernel}: {what} ({}) element {i} is {:e}, but the fp32 kernel's {:e} rounds to {:e}",
-            T::NAME,
-            actual[i].to_f32(),
-            fp32[i],
-            T::from_f32(fp32[i]).to_f32()
-        );
-    }
-}
+use storage::*;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels
@@ -346,36 +232,46 @@ fn check_linear<E: Element>(rng: &mut Rng) {
 }
 
 fn check_attention<E: Element>(rng: &mut Rng) {
-    // T = 33 spans a boundary of the causal products' 32-row blocks.
-    for (b, t, c, nh) in [(1, 1, 4, 2), (2, 7, 12, 3), (2, 33, 48, 4)] {
-        let kernel = format!("{} attention B={b} T={t} C={c} NH={nh}", E::NAME);
-        let shape = AttentionShape { b, t, c, nh };
-        let qkv = Tensor::<E>::randn(rng, b * t * 3 * c, 1.0);
-        let dout = Tensor::<E>::randn(rng, b * t * c, 1.0);
+    // T = 33 spans a boundary of the causal products' 32-row blocks; the last two are grouped-query attention
+    // (groups of 3 and 2 query heads per key/value head).
+    let shapes = [
+        AttentionShape::mha(1, 1, 4, 2),
+        AttentionShape::mha(2, 7, 12, 3),
+        AttentionShape::mha(2, 33, 48, 4),
+        AttentionShape::gqa(2, 7, 6, 2, 5),
+        AttentionShape::gqa(1, 35, 4, 2, 6),
+    ];
+    for shape in shapes {
+        let AttentionShape { b, t, nh, nkv, hs } = shape;
+        let kernel = format!("{} attention B={b} T={t} NH={nh} NKV={nkv} HS={hs}", E::NAME);
+        let (qw, w) = (shape.q_width(), shape.qkv_width());
+        let qkv = Tensor::<E>::randn(rng, b * t * w, 1.0);
+        let dout = Tensor::<E>::randn(rng, b * t * qw, 1.0);
 
-        let (mut out, mut att) = (nans::<E>(b * t * c), nans::<E>(shape.att_len()));
+        let (mut out, mut att) = (nans::<E>(b * t * qw), nans::<E>(shape.att_len()));
         attention_forward(&mut out, &mut att, &qkv.e, shape);
-        let (mut ref_out, mut ref_att) = (vec![f64::NAN; b * t * c], vec![f64::NAN; shape.att_len()]);
+        let (mut ref_out, mut ref_att) = (vec![f64::NAN; b * t * qw], vec![f64::NAN; shape.att_len()]);
         r::attention_forward(&mut ref_out, &mut ref_att, &qkv.f64, shape);
         expect_close(&kernel, "out", &out, &ref_out);
         expect_close(&kernel, "att", &att, &ref_att);
-        let (mut out32, mut att32) = (nans::<f32>(b * t * c), nans::<f32>(shape.att_len()));
+        let (mut out32, mut att32) = (nans::<f32>(b * t * qw), nans::<f32>(shape.att_len()));
         attention_forward(&mut out32, &mut att32, &qkv.f32, shape);
         expect_rounded_once(&kernel, "out", &out, &out32);
         expect_rounded_once(&kernel, "att", &att, &att32);
 
         // The backward reads the 16-bit probabilities, and so does the reference.
         let att = Tensor::new(att);
-        let mut dqkv = zeros::<E>(b * t * 3 * c);
-        attention_backward(&mut dqkv, &mut nans::<f32>(shape.att_len()), &dout.e, &qkv.e, &att.e, shape);
-        let mut expected = vec![0.0; b * t * 3 * c];
+        let scratch = || nans::<f32>(shape.scratch_len());
+        let mut dqkv = zeros::<E>(b * t * w);
+        attention_backward(&mut dqkv, &mut scratch(), &dout.e, &qkv.e, &att.e, shape);
+        let mut expected = vec![0.0; b * t * w];
         r::attention_backward(&mut expected, &dout.f64, &qkv.f64, &att.f64, shape);
         expect_close(&kernel, "dqkv", &dqkv, &expected);
 
-        let prefill = Tensor::<E>::randn(rng, b * t * 3 * c, 1.0);
+        let prefill = Tensor::<E>::randn(rng, b * t * w, 1.0);
         let (mut dqkv, mut dqkv32) = (prefill.e, prefill.f32);
-        attention_backward(&mut dqkv, &mut nans::<f32>(shape.att_len()), &dout.e, &qkv.e, &att.e, shape);
-        attention_backward(&mut dqkv32, &mut nans::<f32>(shape.att_len()), &dout.f32, &qkv.f32, &att.f32, shape);
+        attention_backward(&mut dqkv, &mut scratch(), &dout.e, &qkv.e, &att.e, shape);
+        attention_backward(&mut dqkv32, &mut scratch(), &dout.f32, &qkv.f32, &att.f32, shape);
         expect_rounded_once(&kernel, "dqkv added into a pre-filled buffer", &dqkv, &dqkv32);
     }
 }

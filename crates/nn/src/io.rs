@@ -48,6 +48,20 @@ pub fn tensor_f32(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, LoadErr
     Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
+/// The number of F32 elements the tensors of safetensors `bytes` hold, read from its header (which the parser
+/// checks against the bytes present), so that a size from elsewhere can be checked before it is allocated.
+pub fn stored_f32s(bytes: &[u8]) -> Result<usize, LoadError> {
+    let file = SafeTensors::deserialize(bytes).map_err(|e| LoadError::Format(e.to_string()))?;
+    let mut total = 0usize;
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(LoadError::Dtype { name, dtype: format!("{:?}", view.dtype()) });
+        }
+        total += view.data().len() / 4;
+    }
+    Ok(total)
+}
+
 /// Fills `params` from the tensors of `bytes` named `prefix + name` for each parameter of `layout`. With
 /// `strict`, a tensor under `prefix` that the model lacks is an error.
 pub fn load_params(

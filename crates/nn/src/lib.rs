@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod gradcheck;
+pub mod hf_config;
+pub mod hf_weights;
 pub mod io;
 pub mod layer;
 pub mod layers;
@@ -17,5 +19,5 @@ pub mod param;
 pub use error::ModelError;
 pub use layer::{ActivationFloats, Batch, GradWrites, Layer, Scratch};
 pub use model::{ActivationEstimate, Model, ParamSource, Pass, Phase};
-pub use models::{preset, GptConfig, LstmConfig, ModelConfig, Preset, PRESETS};
+pub use models::{preset, GptConfig, LlamaConfig, LstmConfig, ModelConfig, Preset, PRESETS};
 pub use param::{Flat, FlatMut, Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};

@@ -124,18 +124,42 @@ impl ParamLayout {
         buf: impl FlatMut<'a, T>,
         ids: [ParamId; K],
     ) -> [&'a mut [T]; K] {
+        let views = self.spans_mut(buf, &ids.map(|id| (id, id)));
+        views.try_into().unwrap_or_else(|_| unreachable!("one view per id"))
+    }
+
+    /// Parameters `first..=last`, one contiguous range since the layout packs them in declaration order: the
+    /// weights of one fused product declared as separate tensors (Llama's q, k and v projections).
+    pub fn span(&self, first: ParamId, last: ParamId) -> Range<usize> {
+        assert!(first.0 <= last.0, "span: parameters out of order");
+        self.range(first).start..self.range(last).end
+    }
+
+    /// The [`ParamLayout::span`] of `first..=last` in `buf`.
+    pub fn span_view<'a, T: 'a>(&self, buf: impl Flat<'a, T>, first: ParamId, last: ParamId) -> &'a [T] {
+        let (base, data) = buf.flat();
+        let r = self.span(first, last);
+        &data[r.start - base..r.end - base]
+    }
+
+    /// Disjoint mutable views of several spans `(first, last)` at once; they must be in layout order and must
+    /// not overlap.
+    pub fn spans_mut<'a, T: 'a>(&self, buf: impl FlatMut<'a, T>, spans: &[(ParamId, ParamId)]) -> Vec<&'a mut [T]> {
         let (base, buf) = buf.flat_mut();
         let mut rest: &'a mut [T] = buf;
         let mut pos = base;
-        std::array::from_fn(|k| {
-            let range = self.range(ids[k]);
-            assert!(range.start >= pos, "views_mut: parameter ids must be distinct and in layout order");
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - pos);
-            let (view, tail) = tail.split_at_mut(range.len());
-            rest = tail;
-            pos = range.end;
-            view
-        })
+        spans
+            .iter()
+            .map(|&(first, last)| {
+                let range = self.span(first, last);
+                assert!(range.start >= pos, "views_mut: parameters must be distinct and in layout order");
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - pos);
+                let (view, tail) = tail.split_at_mut(range.len());
+                rest = tail;
+                pos = range.end;
+                view
+            })
+            .collect()
     }
 
     /// A fresh parameter buffer initialized from each spec's [`Init`], reproducible from `seed`: parameters are

@@ -6,7 +6,7 @@ use rustspeed_nn::{preset, GptConfig, LstmConfig, Model, ModelConfig};
 
 /// Every shipped preset, at a vocabulary of 65 where the preset takes it from the data.
 fn presets() -> Vec<ModelConfig> {
-    ["gpt-tiny", "gpt-bench", "gpt2-124m", "lstm-tiny", "lstm-seed"]
+    ["gpt-tiny", "gpt-bench", "gpt2-124m", "llama-tiny", "llama-bench", "smollm2-135m", "lstm-tiny", "lstm-seed"]
         .into_iter()
         .map(|name| {
             let p = preset(name).unwrap();
@@ -22,6 +22,13 @@ fn old_flops_per_token(config: &ModelConfig, num_params: usize, t: usize) -> f64
         ModelConfig::Gpt(c) => {
             let n = (num_params - c.block_size * c.n_embd) as f64;
             6.0 * n + 12.0 * (c.n_layer * t * c.n_embd) as f64
+        }
+        // Llama (written here, not from before): 6 per parameter but the token embedding's (a lookup; a tied
+        // head's product counts once), plus `12·L·T·NH·HS` for the attention scores and weighted values.
+        ModelConfig::Llama(c) => {
+            let untied_embedding = if c.tie_word_embeddings { 0 } else { c.vocab_size * c.hidden_size };
+            let attention = 12 * c.num_hidden_layers * t * c.num_attention_heads * c.head_dim;
+            6.0 * (num_params - untied_embedding) as f64 + attention as f64
         }
         ModelConfig::Lstm(c) => {
             let h = c.hidden_size as f64;
@@ -72,6 +79,16 @@ fn old_activation_floats(config: &ModelConfig, b: usize, t: usize, checkpointing
             let outer = n * ch + (n * ch + 2 * n) + 2 * n * c.vocab_size;
             layers(c.n_layer, block, n * ch) + outer
         }
+        // Llama: per layer the two norms' outputs and the residual (3·N·C), their rstd (2·N), q|k|v, the
+        // probabilities, the attention output, gate|up and the SwiGLU output, and the layer's output; around
+        // them the embedding's output, the final norm's output and rstd, the head.
+        ModelConfig::Llama(c) => {
+            let (ch, i) = (c.hidden_size, c.intermediate_size);
+            let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+            let saved = 3 * n * ch + 2 * n + n * (q + 2 * kv) + b * c.num_attention_heads * t * t + n * q + 3 * n * i;
+            let outer = n * ch + (n * ch + n) + 2 * n * c.vocab_size;
+            layers(c.num_hidden_layers, saved + n * ch, n * ch) + outer
+        }
         ModelConfig::Lstm(c) => {
             let outer = n * c.embedding_dim + 2 * n * c.vocab_size;
             layers(c.num_layers, 6 * n * c.hidden_size, n * c.hidden_size) + outer
@@ -94,7 +111,11 @@ fn activation_estimate_sums_to_the_old_closed_forms() {
             // The old GPT formula also counted `ln_f`'s mean and rstd (2·N) next to the block being recomputed; the
             // model frees the last layer's saved activations after its backward, before it recomputes any block,
             // so it never holds both (the LSTM's formula already held one layer's at a time).
-            let over = if matches!(config, ModelConfig::Gpt(_)) { 2 * n } else { 0 };
+            let over = match config {
+                ModelConfig::Gpt(_) => 2 * n,
+                ModelConfig::Llama(_) => n,
+                ModelConfig::Lstm(_) => 0,
+            };
             let old = old_activation_floats(&config, b, t, true);
             assert_eq!(ckpt.layers + ckpt.head, old - over, "{config:?} B = {b}, T = {t}, checkpointing");
         }
@@ -175,4 +196,20 @@ fn measured_peak_is_the_estimate_plus_output_gradients_less_one_head_buffer() {
             );
         }
     }
+}
+
+/// The parameter count computed without building ([`ModelConfig::num_params`], used to check untrusted sizes) is
+/// the built layout's size, for every preset and for odd shapes (one layer, widths not a power of two), and it
+/// reports an overflow instead of wrapping.
+#[test]
+fn num_params_without_building_is_the_layouts_size() {
+    let mut configs = presets();
+    configs.push(ModelConfig::Gpt(GptConfig { vocab_size: 7, block_size: 5, n_layer: 1, n_head: 3, n_embd: 9 }));
+    configs.push(ModelConfig::Lstm(LstmConfig { vocab_size: 11, embedding_dim: 3, hidden_size: 5, num_layers: 1 }));
+    configs.push(ModelConfig::Lstm(LstmConfig { vocab_size: 11, embedding_dim: 3, hidden_size: 5, num_layers: 3 }));
+    for config in configs {
+        assert_eq!(config.num_params(), Some(config.build().unwrap().num_params()), "{config:?}");
+    }
+    let huge = ModelConfig::Gpt(GptConfig { vocab_size: 7, block_size: 5, n_layer: 1, n_head: 1, n_embd: 1 << 40 });
+    assert_eq!(huge.num_params(), None);
 }

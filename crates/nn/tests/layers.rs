@@ -2,10 +2,14 @@
 
 use rustspeed_kernels::cast::{bf16, Contents, Element};
 use rustspeed_kernels::rng::Rng;
+use rustspeed_kernels::rope::RopeTable;
 use rustspeed_nn::gradcheck::{check_layer, check_model, GradCheck};
 use rustspeed_nn::io::{load_params, save_params, LoadError};
-use rustspeed_nn::layers::{Embedding, GptBlock, LayerNorm, Lstm};
-use rustspeed_nn::{preset, Batch, GptConfig, Layer, LstmConfig, ModelConfig, ModelError, ParamLayout, Phase, PRESETS};
+use rustspeed_nn::layers::{Embedding, GptBlock, LayerNorm, LlamaBlock, LlamaDims, Lstm, RmsNorm};
+use rustspeed_nn::{
+    preset, Batch, GptConfig, Layer, LlamaConfig, LstmConfig, ModelConfig, ModelError, ParamLayout, Phase, PRESETS,
+};
+use std::sync::Arc;
 
 /// Init statistics over >= 10k draws: the sample std of N(0, σ) is within ~1% of σ; 5% leaves room.
 const INIT_STD_RTOL: f64 = 0.05;
@@ -65,6 +69,23 @@ fn lstm_layer_passes_gradcheck() {
     gradcheck_layer(lstm, &layout, 2, 4, 5, 5);
 }
 
+#[test]
+fn rmsnorm_passes_gradcheck() {
+    let mut layout = ParamLayout::default();
+    let norm = RmsNorm::new(&mut layout, "model.norm", 11, 1e-5);
+    gradcheck_layer(norm, &layout, 2, 3, 11, 5);
+}
+
+/// Grouped-query (6 query heads over 2 key/value heads of 3), biases, q narrower than the width.
+#[test]
+fn llama_block_passes_gradcheck() {
+    let mut layout = ParamLayout::default();
+    let dims = LlamaDims { c: 10, nh: 6, nkv: 2, hs: 2, inter: 7, eps: 1e-5, attention_bias: true, mlp_bias: true };
+    let rope = Arc::new(RopeTable::new(2, 8, 10000.0));
+    let block = LlamaBlock::new(&mut layout, 0, dims, rope, 0.5);
+    gradcheck_layer(block, &layout, 2, 5, 10, 5);
+}
+
 fn gradcheck_model(config: ModelConfig, b: usize, t: usize) {
     let mut model = config.build().unwrap();
     let mut rng = Rng::new(5);
@@ -82,6 +103,28 @@ fn whole_gpt_with_tied_head_passes_gradcheck() {
         2,
         5,
     );
+}
+
+#[test]
+fn whole_llama_with_untied_head_passes_gradcheck() {
+    let config = LlamaConfig {
+        vocab_size: 13,
+        hidden_size: 8,
+        intermediate_size: 12,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 4,
+        max_position_embeddings: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100.0,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        mlp_bias: false,
+        initializer_range: 0.3,
+    };
+    gradcheck_model(ModelConfig::Llama(config.clone()), 2, 5);
+    gradcheck_model(ModelConfig::Llama(LlamaConfig { tie_word_embeddings: true, ..config }), 2, 5);
 }
 
 #[test]
@@ -122,6 +165,9 @@ fn preset_parameter_counts_match_the_reference_models() {
     assert_eq!(count("lstm-seed"), 63_653_648);
     // gpt-bench: wte 8192·256 + wpe 128·256 + 4 blocks of 12·256² + 13·256 + ln_f 2·256.
     assert_eq!(count("gpt-bench"), 8192 * 256 + 128 * 256 + 4 * (12 * 256 * 256 + 13 * 256) + 2 * 256);
+    // SmolLM2-135M as transformers counts it (`sum(p.numel() for p in model.parameters())`, head tied):
+    // 134,515,008.
+    assert_eq!(count("smollm2-135m"), 134_515_008);
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Whole-model parity with PyTorch: `tests/fixtures/*.safetensors`, written by `reference/make_fixtures.py`
+//! (GPT, LSTM) and `reference/make_llama_fixtures.py` (Llama, by transformers' own `LlamaForCausalLM`)
 //! (which computes in float64 from float32 weights), against rustspeed's fp32 models: logits, loss, every
 //! parameter gradient, and the losses of 10 optimizer steps.
 
 use rustspeed_kernels::gradcheck::{compare, to_f64};
 use rustspeed_nn::io::{load_params, tensor_f32};
-use rustspeed_nn::{preset, Model, ModelConfig};
+use rustspeed_nn::{hf_config, preset, Model, ModelConfig};
 use rustspeed_optim::{adam_step, sgd_step, AdamHyper, SgdHyper};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -70,10 +71,26 @@ fn build(fx: &Fixture, preset_name: &str) -> (Model, Vec<f32>) {
         ModelConfig::Lstm(c) => {
             vec![("embedding_dim", c.embedding_dim), ("hidden_size", c.hidden_size), ("num_layers", c.num_layers)]
         }
+        ModelConfig::Llama(_) => {
+            let described = hf_config::from_hf_json(&meta).expect("the fixture's config.json reads");
+            assert_eq!(described.config, config, "fixture's config differs from preset {preset_name}");
+            Vec::new()
+        }
     };
     for (key, value) in fields {
         assert_eq!(meta[key].as_u64(), Some(value as u64), "fixture's {key} differs from preset {preset_name}");
     }
+    with_params(fx, config)
+}
+
+/// The model the fixture's Hugging Face `config.json` describes (read as `--model config.json` reads it).
+fn build_from_config(fx: &Fixture) -> (Model, Vec<f32>) {
+    let described = hf_config::from_hf_json(&fx.meta("config")).expect("the fixture's config.json reads");
+    assert!(described.notes.is_empty(), "{:?}", described.notes);
+    with_params(fx, described.config)
+}
+
+fn with_params(fx: &Fixture, config: ModelConfig) -> (Model, Vec<f32>) {
     let model = config.build().unwrap();
     let mut params = vec![0.0; model.num_params()];
     load_params(model.layout(), &mut params, &fx.bytes, "param.", true).unwrap();
@@ -86,9 +103,12 @@ fn batch(fx: &Fixture) -> (Vec<u32>, Vec<u32>, usize, usize) {
     (fx.ids("tokens"), fx.ids("targets"), b, t)
 }
 
-fn check_forward_and_gradients(fixture: &str, preset_name: &str) {
+fn check_forward_and_gradients(fixture: &str, preset_name: Option<&str>) {
     let fx = Fixture::open(fixture);
-    let (mut model, params) = build(&fx, preset_name);
+    let (mut model, params) = match preset_name {
+        Some(name) => build(&fx, name),
+        None => build_from_config(&fx),
+    };
     let (tokens, targets, b, t) = batch(&fx);
 
     model.forward(&params, &tokens, None, b, t).unwrap();
@@ -134,18 +154,16 @@ fn train_losses(
 
 #[test]
 fn gpt_tiny_matches_pytorch_logits_loss_and_gradients() {
-    check_forward_and_gradients("gpt_tiny", "gpt-tiny");
+    check_forward_and_gradients("gpt_tiny", Some("gpt-tiny"));
 }
 
 #[test]
 fn lstm_tiny_matches_pytorch_logits_loss_and_gradients() {
-    check_forward_and_gradients("lstm_tiny", "lstm-tiny");
+    check_forward_and_gradients("lstm_tiny", Some("lstm-tiny"));
 }
 
-#[test]
-fn gpt_tiny_adamw_ten_steps_match_pytorch() {
-    let fx = Fixture::open("gpt_tiny");
-    let (mut model, mut params) = build(&fx, "gpt-tiny");
+/// The losses of AdamW steps (the fixture's hyperparameters, decay on matrices only) on the fixture's batch.
+fn adamw_losses(fx: &Fixture, model: &mut Model, params: &mut [f32]) -> Vec<f64> {
     let opt = fx.meta("optimizer");
     assert_eq!(opt["type"], "AdamW");
     let f = |key: &str| opt[key].as_f64().unwrap() as f32;
@@ -161,15 +179,46 @@ fn gpt_tiny_adamw_ten_steps_match_pytorch() {
     };
     let mut m = vec![0.0; params.len()];
     let mut v = vec![0.0; params.len()];
-    let losses = train_losses(&fx, &mut model, &mut params, |step, model, params, grads| {
+    train_losses(fx, model, params, |step, model, params, grads| {
         for e in model.layout().entries() {
             let hp = AdamHyper { weight_decay: if e.spec.weight_decay { hyper.weight_decay } else { 0.0 }, ..hyper };
             let r = e.range();
             adam_step(&hp, step, &mut params[r.clone()], &grads[r.clone()], &mut m[r.clone()], &mut v[r]);
         }
-    });
+    })
+}
+
+#[test]
+fn gpt_tiny_adamw_ten_steps_match_pytorch() {
+    let fx = Fixture::open("gpt_tiny");
+    let (mut model, mut params) = build(&fx, "gpt-tiny");
+    let losses = adamw_losses(&fx, &mut model, &mut params);
     compare(&losses, &to_f64(&fx.f32("train_losses")), 0.0, TRAIN_LOSS_RTOL)
         .unwrap_or_else(|mm| panic!("gpt AdamW losses {losses:?} differ from PyTorch: {mm}"));
+}
+
+/// Hugging Face `LlamaForCausalLM` with grouped-query attention and an untied head: the `llama-tiny` preset.
+#[test]
+fn llama_tiny_gqa_matches_transformers_logits_loss_and_gradients() {
+    check_forward_and_gradients("llama_tiny_gqa", Some("llama-tiny"));
+}
+
+/// Multi-head attention with 3 heads of 10 (q narrower than the width), tied head, attention and MLP biases,
+/// another rotary base and epsilon; built from the fixture's `config.json` as transformers 5 writes it.
+#[test]
+fn llama_tiny_tied_with_biases_matches_transformers_logits_loss_and_gradients() {
+    check_forward_and_gradients("llama_tiny_tied", None);
+}
+
+#[test]
+fn llama_adamw_ten_steps_match_transformers() {
+    for fixture in ["llama_tiny_gqa", "llama_tiny_tied"] {
+        let fx = Fixture::open(fixture);
+        let (mut model, mut params) = build_from_config(&fx);
+        let losses = adamw_losses(&fx, &mut model, &mut params);
+        compare(&losses, &to_f64(&fx.f32("train_losses")), 0.0, TRAIN_LOSS_RTOL)
+            .unwrap_or_else(|mm| panic!("{fixture}: AdamW losses {losses:?} differ from transformers: {mm}"));
+    }
 }
 
 #[test]

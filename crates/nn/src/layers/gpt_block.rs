@@ -117,7 +117,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
     /// (`B·NH·T²`); output `N·C`.
     fn activation_floats(&self, b: usize, t: usize) -> ActivationFloats {
         let (n, c) = (b * t, self.c);
-        let att = AttentionShape { b, t, c, nh: self.nh }.att_len();
+        let att = AttentionShape::mha(b, t, c, self.nh).att_len();
         ActivationFloats { saved: 15 * n * c + 4 * n + att, output: n * c }
     }
 
@@ -127,7 +127,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
 
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, x: &[E], out: &mut [E]) {
         let (n, c) = (batch.rows(), self.c);
-        let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
+        let shape = AttentionShape::mha(batch.b, batch.t, c, self.nh);
         let (p, s) = (self.p, &mut self.saved);
         let v = |id| layout.view(params, id);
         let ln1 = sized(&mut s.ln1, n * c);
@@ -172,7 +172,7 @@ impl<E: Element> Layer<E> for GptBlock<E> {
         scratch: &mut Scratch<E>,
     ) {
         let (n, c) = (batch.rows(), self.c);
-        let shape = AttentionShape { b: batch.b, t: batch.t, c, nh: self.nh };
+        let shape = AttentionShape::mha(batch.b, batch.t, c, self.nh);
         let (p, s) = (self.p, &self.saved);
         let v = |id| layout.view(params, id);
         let w = |id| writes.of(id);

@@ -46,6 +46,13 @@ impl<E: Element> LmHead<E> {
         Self::build(weight, Some(bias), vec![weight, bias], width, vocab_size)
     }
 
+    /// A bias-free head with its own weight `{prefix}.weight` `[V, C]`, `N(0, std)` (Llama's untied `lm_head`).
+    pub fn projection(layout: &mut ParamLayout, prefix: &str, width: usize, vocab_size: usize, std: f32) -> Self {
+        let spec = ParamSpec::new(format!("{prefix}.weight"), &[vocab_size, width], Init::Normal { std });
+        let weight = layout.push(spec);
+        Self::build(weight, None, vec![weight], width, vocab_size)
+    }
+
     /// A bias-free head reading the `[V, C]` token embedding `weight` (GPT-2's weight tying).
     pub fn tied(weight: ParamId, width: usize, vocab_size: usize) -> Self {
         Self::build(weight, None, Vec::new(), width, vocab_size)
