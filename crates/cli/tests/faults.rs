@@ -120,6 +120,7 @@ fn clean(out: &Output, what: &str) -> bool {
 /// A trained run to damage, and how to resume it.
 struct Subject {
     run: PathBuf,
+    data: PathBuf,
     resume: Vec<String>,
 }
 
@@ -140,7 +141,7 @@ impl Subject {
         let steps = resume.iter().position(|a| a == "--steps").unwrap() + 1;
         resume[steps] = "4".into();
         resume.push("--resume".into());
-        Subject { run, resume }
+        Subject { run, data, resume }
     }
 
     fn tag_dir(&self) -> PathBuf {
@@ -165,8 +166,22 @@ impl Subject {
                     format!("{cmd} with {pointer} = {value} ({})", if sign { "signed" } else { "unsigned" })
                 };
                 let out_file = sb.path(&format!("out-{n}-{sign}.safetensors"));
-                let commands: [(&str, Vec<&str>); 3] = [
+                let commands: [(&str, Vec<&str>); 4] = [
                     ("generate", vec!["generate", "--run", s(&self.run), "--prompt", "the ", "--tokens", "2"]),
+                    (
+                        "eval",
+                        vec![
+                            "eval",
+                            "--run",
+                            s(&self.run),
+                            "--data",
+                            s(&self.data),
+                            "--seq-len",
+                            "16",
+                            "--max-tokens",
+                            "64",
+                        ],
+                    ),
                     ("export", vec!["export", "--run", s(&self.run), "--out", s(&out_file)]),
                     ("consolidate", vec!["consolidate", s(&self.run), "--out", s(&out_file)]),
                 ];
@@ -243,7 +258,7 @@ fn damaged_or_edited_manifests_are_refused_without_allocating_or_changing_files(
 }
 
 /// The whole matrix: every field, four edits each (0, max, two flipped bits, garbage), signed and unsigned,
-/// against every reader and a resume.
+/// against every reader (generate, eval, export, consolidate) and a resume.
 #[test]
 #[ignore = "several minutes: every manifest field against every command"]
 fn every_manifest_field_against_every_command() {

@@ -114,3 +114,75 @@ fn a_printed_preset_edited_is_a_model_description() {
         &["rope_scaling"],
     );
 }
+
+/// The last validation loss of a run.
+fn final_val_loss(run: &std::path::Path) -> f32 {
+    let metrics = fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let last = metrics.lines().last().unwrap();
+    last.split(',').nth(4).unwrap().parse().unwrap_or_else(|_| panic!("no validation in the last row: {last}"))
+}
+
+/// Fine-tuning end to end, as a user does it: a `llama-tiny` pretrained on one corpus, exported as a Hugging Face
+/// directory, the second corpus prepared with the exported `tokenizer.json`, then trained from `--init-from` on
+/// it: a lower validation loss than the same steps from scratch.
+#[test]
+fn fine_tuning_from_an_export_beats_training_from_scratch() {
+    let sb = Sandbox::new("llama-finetune");
+    let first = sb.data();
+    let config = sb.write("ds.json", ADAMW);
+    let pretrained = sb.path("pretrained");
+    train(s(&config), s(&first), s(&pretrained), "40", &["--model", "llama-tiny"]);
+    let export = sb.path("export");
+    ok(&rustspeed(&["export", "--run", s(&pretrained), "--format", "hf", "--out", s(&export)]));
+
+    // The other half: the same characters in other sentences.
+    let text: String = (0..300)
+        .map(|i| match i % 3 {
+            0 => "a lazy fox jumps over the quick dog. ",
+            1 => "to be quick or not to be. ",
+            _ => "the brown dog jumps. ",
+        })
+        .collect();
+    let second_text = sb.write("second.txt", text);
+    let second = sb.path("second");
+    let tokenizer = export.join("tokenizer.json");
+    ok(&rustspeed(&["prepare", "--input", s(&second_text), "--out", s(&second), "--tokenizer", s(&tokenizer)]));
+
+    // The last step is always validated.
+    let (tuned, fresh) = (sb.path("tuned"), sb.path("fresh"));
+    train(s(&config), s(&second), s(&tuned), "10", &["--init-from", s(&export)]);
+    train(s(&config), s(&second), s(&fresh), "10", &["--model", "llama-tiny"]);
+    let (tuned, fresh) = (final_val_loss(&tuned), final_val_loss(&fresh));
+    assert!(tuned < fresh, "fine-tuned {tuned} vs from scratch {fresh}");
+}
+
+/// Writes exports for `reference/check_hf_export.py` (run by hand before a release; not a test of its own):
+/// `RUSTSPEED_HF_CHECK_DIR/{llama,gpt}/` from short runs, each with `expected.json` holding a text, its ids by
+/// rustspeed's tokenizer, and the logits rustspeed computes from the exported weights.
+#[test]
+#[ignore = "writes exports for reference/check_hf_export.py; set RUSTSPEED_HF_CHECK_DIR"]
+fn write_exports_for_transformers() {
+    let out_root = std::path::PathBuf::from(std::env::var("RUSTSPEED_HF_CHECK_DIR").expect("RUSTSPEED_HF_CHECK_DIR"));
+    let sb = Sandbox::new("hf-check");
+    let data = sb.data();
+    let config = sb.write("ds.json", ADAMW);
+    for (name, preset) in [("llama", "llama-tiny"), ("gpt", "gpt-tiny")] {
+        let run = sb.path(name);
+        train(s(&config), s(&data), s(&run), "6", &["--model", preset]);
+        let export = out_root.join(name);
+        let _ = fs::remove_dir_all(&export);
+        ok(&rustspeed(&["export", "--run", s(&run), "--format", "hf", "--out", s(&export)]));
+        let text = "the quick brown fox jumps over a lazy dog.";
+        let tokenizer = rustspeed_data::Tokenizer::load(&run.join("tokenizer")).unwrap();
+        let ids = tokenizer.encode(text).unwrap();
+        let checkpoint = rustspeed_nn::hf_weights::read_checkpoint(&export).unwrap();
+        let described = rustspeed_nn::hf_config::from_hf_json(checkpoint.config.as_ref().unwrap()).unwrap();
+        let mut model = described.config.build().unwrap();
+        let mut params = vec![0.0; model.num_params()];
+        rustspeed_nn::hf_weights::load_into(model.layout(), &mut params, &checkpoint).unwrap();
+        model.forward(&params, &ids, None, 1, ids.len()).unwrap();
+        let logits = model.logits().unwrap().to_vec();
+        let expected = serde_json::json!({ "text": text, "ids": ids, "logits": logits });
+        fs::write(export.join("expected.json"), expected.to_string()).unwrap();
+    }
+}

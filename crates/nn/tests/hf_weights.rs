@@ -75,3 +75,37 @@ fn a_checkpoint_of_another_model_is_refused_naming_each_tensor() {
         "{err}"
     );
 }
+
+/// GPT-2 as the original conversion wrote it (`openai-community/gpt2`): names without `transformer.`, the
+/// attention-mask buffers, and the tied head's copy; it loads into the same parameters as the prefixed file.
+#[test]
+fn gpt2_names_without_the_prefix_and_its_buffers_load_the_same() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = fixture("hf_gpt2_fp16");
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            (name.trim_start_matches("transformer.").to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec())
+        })
+        .collect();
+    let wte = tensors.iter().find(|t| t.0 == "wte.weight").unwrap().clone();
+    tensors.push(("lm_head.weight".into(), wte.1, wte.2, wte.3));
+    tensors.push(("h.0.attn.bias".into(), Dtype::F16, vec![1, 1, 2, 2], vec![0; 8]));
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let renamed = std::env::temp_dir().join(format!("rustspeed-gpt2-unprefixed-{}.safetensors", std::process::id()));
+    std::fs::write(&renamed, safetensors::serialize(views, &None).unwrap()).unwrap();
+
+    let config = from_hf_json(read_checkpoint(&dir).unwrap().config.as_ref().unwrap()).unwrap().config;
+    let model = config.build().unwrap();
+    let load = |path: &std::path::Path| {
+        let mut params = vec![0.0; model.num_params()];
+        load_into(model.layout(), &mut params, &read_checkpoint(path).unwrap()).unwrap();
+        params
+    };
+    assert_eq!(load(&renamed), load(&dir));
+    std::fs::remove_file(renamed).unwrap();
+}
