@@ -3,7 +3,7 @@
 use crate::args::{opt, parse, switch, Args, Opt};
 use crate::run_dir::RunDir;
 use rustspeed_data::{prepare as prepare_data, PrepareOptions, Tokenizer, TokenizerSpec};
-use rustspeed_engine::generate::{generate as sample, SampleOptions};
+use rustspeed_engine::generate::{generate as sample, SamplingParams};
 use rustspeed_engine::persist::load_weights;
 use rustspeed_nn::io::save_params;
 use rustspeed_nn::PRESETS;
@@ -62,13 +62,14 @@ pub fn generate(argv: &[String]) -> Result<(), String> {
     let Some(a) = parse("generate", GENERATE_OPTS, argv)? else { return Ok(()) };
     let run = PathBuf::from(a.required("run").map_err(|e| e.to_string())?);
     let prompt = a.required("prompt").map_err(|e| e.to_string())?;
-    let d = SampleOptions::default();
-    let opts = SampleOptions {
-        tokens: a.parsed_in("tokens", d.tokens, 1..=MAX_GENERATED_TOKENS).map_err(|e| e.to_string())?,
+    let d = SamplingParams::default();
+    let opts = SamplingParams {
+        max_tokens: a.parsed_in("tokens", d.max_tokens, 1..=MAX_GENERATED_TOKENS).map_err(|e| e.to_string())?,
         // Finite and not negative (0 is greedy); a NaN is in no range.
         temperature: a.parsed_in("temperature", d.temperature, 0.0..=MAX_TEMPERATURE).map_err(|e| e.to_string())?,
         top_k: a.parsed("top-k", d.top_k).map_err(|e| e.to_string())?,
         seed: a.parsed("seed", d.seed).map_err(|e| e.to_string())?,
+        ..d
     };
     let text = sample_text(&run, a.get("tag"), prompt, &opts)?;
     println!("{prompt}{text}");
@@ -76,7 +77,7 @@ pub fn generate(argv: &[String]) -> Result<(), String> {
 }
 
 /// Loads a run's checkpoint and tokenizer and continues `prompt`.
-pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SampleOptions) -> Result<String, String> {
+pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SamplingParams) -> Result<String, String> {
     let tokenizer =
         Tokenizer::load(&RunDir::new(run).tokenizer()).map_err(|e| format!("run {}: {e}", run.display()))?;
     let weights = load_weights(&RunDir::new(run).checkpoints(), tag).map_err(|e| e.to_string())?;
@@ -88,9 +89,9 @@ pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SampleOpt
             run.display()
         ));
     }
-    let mut model = weights.spec.config.build().map_err(|e| e.to_string())?;
+    let model = weights.spec.config.build().map_err(|e| e.to_string())?;
     let ids = tokenizer.encode(prompt).map_err(|e| format!("the prompt cannot be encoded: {e}"))?;
-    let out = sample(&mut model, &weights.params, &ids, opts).map_err(|e| e.to_string())?;
+    let (out, _) = sample(model, weights.params, &ids, opts.clone()).map_err(|e| e.to_string())?;
     tokenizer.decode(&out).map_err(|e| e.to_string())
 }
 

@@ -21,6 +21,7 @@
 //! Buffers are row-major: `[B, T, C]` means index `(b * T + t) * C + c`.
 
 pub mod attention;
+pub mod attention_decode;
 pub mod cast;
 pub mod embedding;
 mod few_rows;

@@ -180,3 +180,29 @@ pub fn rope_backward<E: Element>(
 ) {
     store(dx, Contents::Accumulate, |dx| rope_f32(dx, table, b, t, heads, row_stride, col_offset, true))
 }
+
+/// [`rope_forward`] for rows at arbitrary positions (generation: each row a new token of its own sequence): row
+/// `r` of `x` is rotated by position `positions[r]`, with the same rounding as [`rope_forward`] at that position.
+pub fn rope_rows<E: Element>(
+    x: &mut [E],
+    table: &RopeTable,
+    positions: &[usize],
+    heads: usize,
+    row_stride: usize,
+    col_offset: usize,
+) {
+    let width = heads * table.head_dim;
+    assert!(
+        col_offset + width <= row_stride,
+        "rope: {heads} heads at column {col_offset} overrun rows of {row_stride}"
+    );
+    assert!(x.len() >= positions.len() * row_stride, "rope: buffer shorter than its rows");
+    if let Some(&p) = positions.iter().find(|&&p| p >= table.max_positions) {
+        panic!("rope: position {p}, the table has {}", table.max_positions);
+    }
+    store(x, Contents::Accumulate, |x| {
+        for (row, &p) in x.chunks_exact_mut(row_stride).zip(positions) {
+            rotate_heads(&mut row[col_offset..col_offset + width], table.cos(p), table.sin(p), false);
+        }
+    })
+}

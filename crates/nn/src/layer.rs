@@ -65,6 +65,23 @@ pub trait Layer<E: Element = f32>: Send {
     /// Computes `output` from `input` (the previous layer's output; empty for the first layer) and the batch.
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, input: &[E], output: &mut [E]);
 
+    /// An empty generation cache for `slots` sequences: what [`Layer::decode`] keeps between calls.
+    fn decode_cache(&self, _slots: usize) -> LayerCache<E> {
+        LayerCache::Stateless
+    }
+
+    /// The forward of generation: `output` rows for the positions `rows` describes, from `input` rows and what
+    /// `cache` holds of the sequences' earlier positions, which it extends. Nothing is kept for a backward.
+    fn decode(
+        &mut self,
+        layout: &ParamLayout,
+        params: &Window<'_, E>,
+        rows: &DecodeRows,
+        input: &[E],
+        output: &mut [E],
+        cache: &mut LayerCache<E>,
+    );
+
     /// Adds the gradients of `dot(output, dout)` into `dinput`, and writes them into the layer's slots of `grads`
     /// as `writes` says (adding, or overwriting everything of that parameter). `input` and `output` are those of
     /// the latest `forward`. `scratch` is a buffer shared by all layers for temporaries; a layer may resize it.
@@ -82,6 +99,91 @@ pub trait Layer<E: Element = f32>: Send {
         dinput: &mut [E],
         scratch: &mut Scratch<E>,
     );
+}
+
+/// The rows of an incremental forward ([`Layer::decode`]): row `r` is token `tokens[r]` at position
+/// `positions[r]` of the sequence in cache slot `slots[r]`. Either a prompt (one slot's positions `0..n`, in
+/// order) or a step (one new position for each of several slots).
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeRows<'a> {
+    pub tokens: &'a [u32],
+    pub slots: &'a [usize],
+    pub positions: &'a [usize],
+}
+
+impl DecodeRows<'_> {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Whether these rows are a whole prompt of one sequence (positions `0..n` of one slot), which the layers
+    /// run with their training kernels (the same numbers as a forward over the prompt).
+    pub fn is_prompt(&self) -> bool {
+        self.slots.iter().all(|&s| s == self.slots[0]) && self.positions.iter().enumerate().all(|(i, &p)| p == i)
+    }
+}
+
+/// What a layer keeps of each sequence's earlier positions for generation, per cache slot.
+pub enum LayerCache<E> {
+    /// Nothing (the layer looks at one position at a time).
+    Stateless,
+    /// A transformer block's keys and values, rows of `width` per position (keys after rotation, as Hugging
+    /// Face caches them).
+    Kv { width: usize, k: Vec<Vec<E>>, v: Vec<Vec<E>> },
+    /// A recurrent layer's hidden and cell state after the slot's latest position (zeros before the first).
+    Recurrent { h: Vec<Vec<E>>, c: Vec<Vec<E>> },
+}
+
+impl<E: Copy + Default> LayerCache<E> {
+    pub fn kv(slots: usize, width: usize) -> Self {
+        LayerCache::Kv { width, k: vec![Vec::new(); slots], v: vec![Vec::new(); slots] }
+    }
+
+    pub fn recurrent(slots: usize, hidden: usize) -> Self {
+        LayerCache::Recurrent { h: vec![vec![E::default(); hidden]; slots], c: vec![vec![E::default(); hidden]; slots] }
+    }
+
+    /// Forgets slot `slot`'s sequence.
+    pub fn clear(&mut self, slot: usize) {
+        match self {
+            LayerCache::Stateless => {}
+            LayerCache::Kv { k, v, .. } => {
+                k[slot].clear();
+                v[slot].clear();
+            }
+            LayerCache::Recurrent { h, c } => {
+                h[slot].fill(E::default());
+                c[slot].fill(E::default());
+            }
+        }
+    }
+
+    /// Appends each row's key and value (columns `k_at..k_at + width` and `v_at..` of `qkv`'s rows of `stride`)
+    /// to its slot; each row's position must be its slot's next one.
+    pub fn append_kv(&mut self, rows: &DecodeRows, qkv: &[E], stride: usize, k_at: usize, v_at: usize) {
+        let LayerCache::Kv { width, k, v } = self else { unreachable!("a transformer block's cache holds keys") };
+        for (r, (&slot, &position)) in rows.slots.iter().zip(rows.positions).enumerate() {
+            assert_eq!(k[slot].len(), position * *width, "decode: slot {slot} is not at position {position}");
+            let row = &qkv[r * stride..(r + 1) * stride];
+            k[slot].extend_from_slice(&row[k_at..k_at + *width]);
+            v[slot].extend_from_slice(&row[v_at..v_at + *width]);
+        }
+    }
+
+    /// The cached keys and values each row attends to: its sequence up to and including its own position.
+    pub fn sequences(&self, rows: &DecodeRows) -> Vec<rustspeed_kernels::attention_decode::CachedSequence<'_, E>> {
+        let LayerCache::Kv { k, v, .. } = self else { unreachable!("a transformer block's cache holds keys") };
+        let seq = |(&slot, &position): (&usize, &usize)| rustspeed_kernels::attention_decode::CachedSequence {
+            k: &k[slot],
+            v: &v[slot],
+            len: position + 1,
+        };
+        rows.slots.iter().zip(rows.positions).map(seq).collect()
+    }
 }
 
 /// Elements of activations one layer holds for a micro-batch ([`Layer::activation_floats`]), split as activation

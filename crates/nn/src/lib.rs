@@ -5,6 +5,7 @@
 //! owns the parameter and gradient buffers. [`models`] holds the shipped families (`gpt`, `lstm`) and presets.
 //! Shape letters (`B`, `T`, `C`, `H`, `V`, `NH`, `L`, `N`) are defined in `rustspeed_kernels`.
 
+pub mod decode;
 pub mod error;
 pub mod gradcheck;
 pub mod hf_config;
@@ -17,7 +18,7 @@ pub mod models;
 pub mod param;
 
 pub use error::ModelError;
-pub use layer::{ActivationFloats, Batch, GradWrites, Layer, Scratch};
+pub use layer::{ActivationFloats, Batch, DecodeRows, GradWrites, Layer, LayerCache, Scratch};
 pub use model::{ActivationEstimate, Model, ParamSource, Pass, Phase};
 pub use models::{preset, GptConfig, LlamaConfig, LstmConfig, ModelConfig, Preset, PRESETS};
 pub use param::{Flat, FlatMut, Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};

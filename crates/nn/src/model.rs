@@ -229,6 +229,11 @@ impl<E: Element> Model<E> {
         (forward, backward)
     }
 
+    /// The layout, the layers and the head at once, for the generation path (`decode.rs`).
+    pub(crate) fn decode_parts(&mut self) -> (&ParamLayout, &mut [Box<dyn Layer<E>>], &mut LmHead<E>) {
+        (&self.layout, &mut self.layers, &mut self.head)
+    }
+
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         self.layout.numel()
@@ -253,7 +258,7 @@ impl<E: Element> Model<E> {
         }
     }
 
-    fn check_buffer(&self, what: &'static str, buf: &[E]) -> Result<(), ModelError> {
+    pub(crate) fn check_buffer(&self, what: &'static str, buf: &[E]) -> Result<(), ModelError> {
         match buf.len() == self.layout.numel() {
             true => Ok(()),
             false => Err(ModelError::BufferSize { what, len: buf.len(), expected: self.layout.numel() }),

@@ -1,6 +1,6 @@
 //! Token embedding, optionally plus a learned position embedding (GPT-2's `wte` + `wpe`).
 
-use crate::layer::{ActivationFloats, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{ActivationFloats, Batch, DecodeRows, GradWrites, Layer, LayerCache, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::embedding::{position_backward, position_forward, token_backward, token_forward};
@@ -70,6 +70,26 @@ impl<E: Element> Layer<E> for Embedding {
         token_forward(output, batch.tokens, layout.view(params, self.token), self.width);
         if let Some(pos) = self.position {
             position_forward(output, layout.view(params, pos), batch.b, batch.t, self.width);
+        }
+    }
+
+    /// Each row's token, plus its own position's embedding (the same adds as the forward's, row by row).
+    fn decode(
+        &mut self,
+        layout: &ParamLayout,
+        params: &Window<'_, E>,
+        rows: &DecodeRows,
+        _input: &[E],
+        output: &mut [E],
+        _cache: &mut LayerCache<E>,
+    ) {
+        let c = self.width;
+        token_forward(output, rows.tokens, layout.view(params, self.token), c);
+        if let Some(pos) = self.position {
+            let table = layout.view(params, pos);
+            for (row, &p) in output.chunks_exact_mut(c).zip(rows.positions) {
+                position_forward(row, &table[p * c..(p + 1) * c], 1, 1, c);
+            }
         }
     }
 

@@ -2,9 +2,10 @@
 //! `r = x + c_proj(attn(c_attn(ln_1(x))))`, `out = r + mlp.c_proj(gelu(mlp.c_fc(ln_2(r))))`.
 //! Weights in Hugging Face GPT-2's `Conv1D` orientation (`[in, out]`), names as its state dict.
 
-use crate::layer::{sized, zeroed, ActivationFloats, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, zeroed, ActivationFloats, Batch, DecodeRows, GradWrites, Layer, LayerCache, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
+use rustspeed_kernels::attention_decode::{attention_decode, DecodeShape};
 use rustspeed_kernels::cast::{add_into, Element};
 use rustspeed_kernels::gelu::{gelu_backward, gelu_forward};
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
@@ -81,6 +82,42 @@ impl<E: Element> GptBlock<E> {
         let ids = (p.ln1_w.0..=p.fc_proj_b.0).map(ParamId).collect();
         GptBlock { name: format!("h.{index}"), ids, p, c, nh, saved: Saved::default() }
     }
+
+    /// `ln_1` and the packed `[q | k | v]` of `n` rows, into the saved activations.
+    fn project_qkv(&mut self, layout: &ParamLayout, params: &Window<'_, E>, n: usize, x: &[E]) {
+        let (c, p, s) = (self.c, self.p, &mut self.saved);
+        let v = |id| layout.view(params, id);
+        let ln1 = sized(&mut s.ln1, n * c);
+        layernorm_forward(ln1, sized(&mut s.ln1_mean, n), sized(&mut s.ln1_rstd, n), x, v(p.ln1_w), v(p.ln1_b), n, c);
+        let qkv = sized(&mut s.qkv, n * 3 * c);
+        linear_forward(qkv, ln1, v(p.attn_w), Some(v(p.attn_b)), WeightLayout::InOut, n, c, 3 * c);
+    }
+
+    /// From the attention's output on: its projection and the residual, then the MLP branch and its residual.
+    fn finish(&mut self, layout: &ParamLayout, params: &Window<'_, E>, n: usize, x: &[E], out: &mut [E]) {
+        let (c, p, s) = (self.c, self.p, &mut self.saved);
+        let v = |id| layout.view(params, id);
+        let resid = sized(&mut s.resid, n * c);
+        linear_forward(resid, &s.att_out, v(p.attn_proj_w), Some(v(p.attn_proj_b)), WeightLayout::InOut, n, c, c);
+        add_into(resid, &x[..n * c]);
+        let ln2 = sized(&mut s.ln2, n * c);
+        layernorm_forward(
+            ln2,
+            sized(&mut s.ln2_mean, n),
+            sized(&mut s.ln2_rstd, n),
+            resid,
+            v(p.ln2_w),
+            v(p.ln2_b),
+            n,
+            c,
+        );
+        let fc = sized(&mut s.fc, n * 4 * c);
+        linear_forward(fc, ln2, v(p.fc_w), Some(v(p.fc_b)), WeightLayout::InOut, n, c, 4 * c);
+        let fc_gelu = sized(&mut s.fc_gelu, n * 4 * c);
+        gelu_forward(fc_gelu, fc);
+        linear_forward(out, fc_gelu, v(p.fc_proj_w), Some(v(p.fc_proj_b)), WeightLayout::InOut, n, 4 * c, c);
+        add_into(&mut out[..n * c], resid);
+    }
 }
 
 impl<E: Element> Layer<E> for GptBlock<E> {
@@ -126,36 +163,46 @@ impl<E: Element> Layer<E> for GptBlock<E> {
     }
 
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, x: &[E], out: &mut [E]) {
-        let (n, c) = (batch.rows(), self.c);
-        let shape = AttentionShape::mha(batch.b, batch.t, c, self.nh);
-        let (p, s) = (self.p, &mut self.saved);
-        let v = |id| layout.view(params, id);
-        let ln1 = sized(&mut s.ln1, n * c);
-        layernorm_forward(ln1, sized(&mut s.ln1_mean, n), sized(&mut s.ln1_rstd, n), x, v(p.ln1_w), v(p.ln1_b), n, c);
-        let qkv = sized(&mut s.qkv, n * 3 * c);
-        linear_forward(qkv, ln1, v(p.attn_w), Some(v(p.attn_b)), WeightLayout::InOut, n, c, 3 * c);
-        let att_out = sized(&mut s.att_out, n * c);
-        attention_forward(att_out, sized(&mut s.att, shape.att_len()), qkv, shape);
-        let resid = sized(&mut s.resid, n * c);
-        linear_forward(resid, att_out, v(p.attn_proj_w), Some(v(p.attn_proj_b)), WeightLayout::InOut, n, c, c);
-        add_into(resid, &x[..n * c]);
-        let ln2 = sized(&mut s.ln2, n * c);
-        layernorm_forward(
-            ln2,
-            sized(&mut s.ln2_mean, n),
-            sized(&mut s.ln2_rstd, n),
-            resid,
-            v(p.ln2_w),
-            v(p.ln2_b),
-            n,
-            c,
+        let shape = AttentionShape::mha(batch.b, batch.t, self.c, self.nh);
+        self.project_qkv(layout, params, batch.rows(), x);
+        let s = &mut self.saved;
+        attention_forward(
+            sized(&mut s.att_out, batch.rows() * self.c),
+            sized(&mut s.att, shape.att_len()),
+            &s.qkv,
+            shape,
         );
-        let fc = sized(&mut s.fc, n * 4 * c);
-        linear_forward(fc, ln2, v(p.fc_w), Some(v(p.fc_b)), WeightLayout::InOut, n, c, 4 * c);
-        let fc_gelu = sized(&mut s.fc_gelu, n * 4 * c);
-        gelu_forward(fc_gelu, fc);
-        linear_forward(out, fc_gelu, v(p.fc_proj_w), Some(v(p.fc_proj_b)), WeightLayout::InOut, n, 4 * c, c);
-        add_into(&mut out[..n * c], resid);
+        self.finish(layout, params, batch.rows(), x, out);
+    }
+
+    fn decode_cache(&self, slots: usize) -> LayerCache<E> {
+        LayerCache::kv(slots, self.c)
+    }
+
+    /// A prompt runs the training kernels (the same numbers as a forward over it); a step attends each new row to
+    /// its sequence's cached keys and values.
+    fn decode(
+        &mut self,
+        layout: &ParamLayout,
+        params: &Window<'_, E>,
+        rows: &DecodeRows,
+        x: &[E],
+        out: &mut [E],
+        cache: &mut LayerCache<E>,
+    ) {
+        let (n, c) = (rows.len(), self.c);
+        self.project_qkv(layout, params, n, x);
+        let s = &mut self.saved;
+        cache.append_kv(rows, &s.qkv, 3 * c, c, 2 * c);
+        let att_out = sized(&mut s.att_out, n * c);
+        if rows.is_prompt() {
+            let shape = AttentionShape::mha(1, n, c, self.nh);
+            attention_forward(att_out, sized(&mut s.att, shape.att_len()), &s.qkv, shape);
+        } else {
+            let shape = DecodeShape { nh: self.nh, nkv: self.nh, hs: c / self.nh };
+            attention_decode(att_out, &s.qkv, 3 * c, &cache.sequences(rows), shape);
+        }
+        self.finish(layout, params, n, x, out);
     }
 
     fn backward(

@@ -1,6 +1,6 @@
 //! A standalone LayerNorm layer (GPT-2's final `ln_f`).
 
-use crate::layer::{sized, ActivationFloats, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, ActivationFloats, Batch, DecodeRows, GradWrites, Layer, LayerCache, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::layernorm::{layernorm_backward, layernorm_forward};
@@ -68,6 +68,20 @@ impl<E: Element> Layer<E> for LayerNorm {
             n,
             self.width,
         );
+    }
+
+    /// Row-wise: the forward over the rows.
+    fn decode(
+        &mut self,
+        layout: &ParamLayout,
+        params: &Window<'_, E>,
+        rows: &DecodeRows,
+        input: &[E],
+        output: &mut [E],
+        _cache: &mut LayerCache<E>,
+    ) {
+        let batch = Batch { tokens: rows.tokens, b: 1, t: rows.len() };
+        self.forward(layout, params, &batch, input, output);
     }
 
     fn backward(

@@ -8,13 +8,14 @@
 //! the packed `[q | k | v]` rows the attention kernel reads; gate and up likewise form one `[2·I, C]` product
 //! whose `[gate | up]` rows the SwiGLU kernel reads.
 
-use crate::layer::{sized, zeroed, ActivationFloats, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, zeroed, ActivationFloats, Batch, DecodeRows, GradWrites, Layer, LayerCache, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::attention::{attention_backward, attention_forward, AttentionShape};
+use rustspeed_kernels::attention_decode::{attention_decode, DecodeShape};
 use rustspeed_kernels::cast::{add_into, Element};
 use rustspeed_kernels::matmul::{linear_backward, linear_forward, WeightLayout};
 use rustspeed_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-use rustspeed_kernels::rope::{rope_backward, rope_forward, RopeTable};
+use rustspeed_kernels::rope::{rope_backward, rope_forward, rope_rows, RopeTable};
 use rustspeed_kernels::swiglu::{swiglu_backward, swiglu_forward};
 use std::sync::Arc;
 
@@ -152,6 +153,36 @@ impl<E: Element> LlamaBlock<E> {
         let p = LlamaParams { ln1, qkv, qkv_bias, o, o_bias, ln2, gate_up, gate_up_bias, down, down_bias };
         LlamaBlock { name: format!("layers.{index}"), ids, p, d, rope, saved: Saved::default() }
     }
+
+    /// `input_layernorm` and the packed `[q | k | v]` (not yet rotated) of `n` rows, into the saved activations.
+    fn project_qkv(&mut self, layout: &ParamLayout, params: &Window<'_, E>, n: usize, x: &[E]) {
+        let (d, p, s) = (self.d, self.p, &mut self.saved);
+        let span = |(first, last): Span| layout.span_view(params, first, last);
+        let ln1 = sized(&mut s.ln1, n * d.c);
+        rmsnorm_forward(ln1, sized(&mut s.ln1_rstd, n), x, layout.view(params, p.ln1), n, d.c, d.eps);
+        let qkv = sized(&mut s.qkv, n * d.qkv_width());
+        linear_forward(qkv, ln1, span(p.qkv), p.qkv_bias.map(span), WeightLayout::OutIn, n, d.c, d.qkv_width());
+    }
+
+    /// From the attention's output on: o_proj and the residual, then the MLP branch (`n₂ = rmsnorm(r)`, packed
+    /// gate|up, silu(gate) ⊙ up, down_proj) and its residual.
+    fn finish(&mut self, layout: &ParamLayout, params: &Window<'_, E>, n: usize, x: &[E], out: &mut [E]) {
+        let (d, p, s) = (self.d, self.p, &mut self.saved);
+        let (c, i) = (d.c, d.inter);
+        let v = |id| layout.view(params, id);
+        let span = |(first, last): Span| layout.span_view(params, first, last);
+        let resid = sized(&mut s.resid, n * c);
+        linear_forward(resid, &s.att_out, v(p.o), p.o_bias.map(v), WeightLayout::OutIn, n, d.q_width(), c);
+        add_into(resid, &x[..n * c]);
+        let ln2 = sized(&mut s.ln2, n * c);
+        rmsnorm_forward(ln2, sized(&mut s.ln2_rstd, n), resid, v(p.ln2), n, c, d.eps);
+        let gate_up = sized(&mut s.gate_up, n * 2 * i);
+        linear_forward(gate_up, ln2, span(p.gate_up), p.gate_up_bias.map(span), WeightLayout::OutIn, n, c, 2 * i);
+        let hidden = sized(&mut s.hidden, n * i);
+        swiglu_forward(hidden, gate_up, n, i);
+        linear_forward(out, hidden, v(p.down), p.down_bias.map(v), WeightLayout::OutIn, n, i, c);
+        add_into(&mut out[..n * c], resid);
+    }
 }
 
 impl<E: Element> Layer<E> for LlamaBlock<E> {
@@ -201,32 +232,50 @@ impl<E: Element> Layer<E> for LlamaBlock<E> {
 
     fn forward(&mut self, layout: &ParamLayout, params: &Window<'_, E>, batch: &Batch, x: &[E], out: &mut [E]) {
         let (n, d, (b, t)) = (batch.rows(), self.d, (batch.b, batch.t));
-        let (c, qw, qkvw, i) = (d.c, d.q_width(), d.qkv_width(), d.inter);
         let shape = d.attention(b, t);
-        let (p, s) = (self.p, &mut self.saved);
-        let v = |id| layout.view(params, id);
-        let span = |(first, last): Span| layout.span_view(params, first, last);
-        // Attention: n₁ = rmsnorm(x), packed q|k|v, q and k rotated, causal GQA, o_proj, residual.
-        let ln1 = sized(&mut s.ln1, n * c);
-        rmsnorm_forward(ln1, sized(&mut s.ln1_rstd, n), x, v(p.ln1), n, c, d.eps);
-        let qkv = sized(&mut s.qkv, n * qkvw);
-        linear_forward(qkv, ln1, span(p.qkv), p.qkv_bias.map(span), WeightLayout::OutIn, n, c, qkvw);
-        rope_forward(qkv, &self.rope, b, t, d.nh, qkvw, 0);
-        rope_forward(qkv, &self.rope, b, t, d.nkv, qkvw, qw);
+        // Attention: n₁ = rmsnorm(x), packed q|k|v, q and k rotated, causal GQA, then the rest.
+        self.project_qkv(layout, params, n, x);
+        let s = &mut self.saved;
+        rope_forward(&mut s.qkv, &self.rope, b, t, d.nh, d.qkv_width(), 0);
+        rope_forward(&mut s.qkv, &self.rope, b, t, d.nkv, d.qkv_width(), d.q_width());
+        attention_forward(sized(&mut s.att_out, n * d.q_width()), sized(&mut s.att, shape.att_len()), &s.qkv, shape);
+        self.finish(layout, params, n, x, out);
+    }
+
+    fn decode_cache(&self, slots: usize) -> LayerCache<E> {
+        LayerCache::kv(slots, self.d.nkv * self.d.hs)
+    }
+
+    /// A prompt runs the training kernels (the same numbers as a forward over it); a step rotates each new row by
+    /// its own position and attends it to its sequence's cached (rotated) keys and values.
+    fn decode(
+        &mut self,
+        layout: &ParamLayout,
+        params: &Window<'_, E>,
+        rows: &DecodeRows,
+        x: &[E],
+        out: &mut [E],
+        cache: &mut LayerCache<E>,
+    ) {
+        let (n, d) = (rows.len(), self.d);
+        let (qw, qkvw) = (d.q_width(), d.qkv_width());
+        self.project_qkv(layout, params, n, x);
+        let s = &mut self.saved;
         let att_out = sized(&mut s.att_out, n * qw);
-        attention_forward(att_out, sized(&mut s.att, shape.att_len()), qkv, shape);
-        let resid = sized(&mut s.resid, n * c);
-        linear_forward(resid, att_out, v(p.o), p.o_bias.map(v), WeightLayout::OutIn, n, qw, c);
-        add_into(resid, &x[..n * c]);
-        // MLP: n₂ = rmsnorm(r), packed gate|up, silu(gate) ⊙ up, down_proj, residual.
-        let ln2 = sized(&mut s.ln2, n * c);
-        rmsnorm_forward(ln2, sized(&mut s.ln2_rstd, n), resid, v(p.ln2), n, c, d.eps);
-        let gate_up = sized(&mut s.gate_up, n * 2 * i);
-        linear_forward(gate_up, ln2, span(p.gate_up), p.gate_up_bias.map(span), WeightLayout::OutIn, n, c, 2 * i);
-        let hidden = sized(&mut s.hidden, n * i);
-        swiglu_forward(hidden, gate_up, n, i);
-        linear_forward(out, hidden, v(p.down), p.down_bias.map(v), WeightLayout::OutIn, n, i, c);
-        add_into(&mut out[..n * c], resid);
+        if rows.is_prompt() {
+            rope_forward(&mut s.qkv, &self.rope, 1, n, d.nh, qkvw, 0);
+            rope_forward(&mut s.qkv, &self.rope, 1, n, d.nkv, qkvw, qw);
+            cache.append_kv(rows, &s.qkv, qkvw, qw, qw + d.nkv * d.hs);
+            let shape = d.attention(1, n);
+            attention_forward(att_out, sized(&mut s.att, shape.att_len()), &s.qkv, shape);
+        } else {
+            rope_rows(&mut s.qkv, &self.rope, rows.positions, d.nh, qkvw, 0);
+            rope_rows(&mut s.qkv, &self.rope, rows.positions, d.nkv, qkvw, qw);
+            cache.append_kv(rows, &s.qkv, qkvw, qw, qw + d.nkv * d.hs);
+            let shape = DecodeShape { nh: d.nh, nkv: d.nkv, hs: d.hs };
+            attention_decode(att_out, &s.qkv, qkvw, &cache.sequences(rows), shape);
+        }
+        self.finish(layout, params, n, x, out);
     }
 
     fn backward(

@@ -1,9 +1,10 @@
 //! One layer of a stacked `nn.LSTM(batch_first=True)`, names `lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`.
 
-use crate::layer::{sized, ActivationFloats, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, ActivationFloats, Batch, DecodeRows, GradWrites, Layer, LayerCache, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::lstm::{lstm_backward, lstm_forward, LstmScratch, LstmShape};
+use rustspeed_kernels::matmul::{linear_forward, WeightLayout};
 
 pub struct Lstm<E: Element = f32> {
     name: String,
@@ -83,6 +84,43 @@ impl<E: Element> Layer<E> for Lstm<E> {
         let [w_ih, w_hh, b_ih, b_hh] = self.params.map(|id| layout.view(params, id));
         let gates = sized(&mut self.gates, n * 4 * self.hidden);
         lstm_forward(output, gates, sized(&mut self.cell, n * self.hidden), input, w_ih, w_hh, b_ih, b_hh, shape);
+    }
+
+    fn decode_cache(&self, slots: usize) -> LayerCache<E> {
+        LayerCache::recurrent(slots, self.hidden)
+    }
+
+    /// Each row is one time step of its slot's recurrence, from the cached `(h, c)` and in row order (a prompt's
+    /// rows follow each other): `gates = W_ih x + b_ih + W_hh h + b_hh` in PyTorch's order i, f, g, o;
+    /// `c' = σ(f) c + σ(i) tanh(g)`, `h' = σ(o) tanh(c')`. The input products of all rows run as one.
+    fn decode(
+        &mut self,
+        layout: &ParamLayout,
+        params: &Window<'_, E>,
+        rows: &DecodeRows,
+        input: &[E],
+        output: &mut [E],
+        cache: &mut LayerCache<E>,
+    ) {
+        let (n, hd) = (rows.len(), self.hidden);
+        let [w_ih, w_hh, b_ih, b_hh] = self.params.map(|id| layout.view(params, id));
+        let input_gates = sized(&mut self.gates, n * 4 * hd);
+        linear_forward(input_gates, input, w_ih, Some(b_ih), WeightLayout::OutIn, n, self.input, 4 * hd);
+        let LayerCache::Recurrent { h, c } = cache else { unreachable!("an LSTM's cache is its state") };
+        let mut recurrent = vec![E::default(); 4 * hd];
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        for (r, &slot) in rows.slots.iter().enumerate() {
+            linear_forward(&mut recurrent, &h[slot], w_hh, Some(b_hh), WeightLayout::OutIn, 1, hd, 4 * hd);
+            let gate =
+                |k: usize, j: usize| input_gates[r * 4 * hd + k * hd + j].to_f32() + recurrent[k * hd + j].to_f32();
+            for j in 0..hd {
+                let cell = sigmoid(gate(1, j)) * c[slot][j].to_f32() + sigmoid(gate(0, j)) * gate(2, j).tanh();
+                let hidden = sigmoid(gate(3, j)) * cell.tanh();
+                c[slot][j] = E::from_f32(cell);
+                h[slot][j] = E::from_f32(hidden);
+            }
+            output[r * hd..(r + 1) * hd].copy_from_slice(&h[slot]);
+        }
     }
 
     fn backward(

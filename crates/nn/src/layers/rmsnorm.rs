@@ -1,6 +1,6 @@
 //! A standalone RMSNorm layer (Llama's final `model.norm`).
 
-use crate::layer::{sized, ActivationFloats, Batch, GradWrites, Layer, Scratch};
+use crate::layer::{sized, ActivationFloats, Batch, DecodeRows, GradWrites, Layer, LayerCache, Scratch};
 use crate::param::{Init, ParamId, ParamLayout, ParamSpec, Window, WindowMut};
 use rustspeed_kernels::cast::Element;
 use rustspeed_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -58,6 +58,20 @@ impl<E: Element> Layer<E> for RmsNorm {
         let n = batch.rows();
         let w = layout.view(params, self.params[0]);
         rmsnorm_forward(output, sized(&mut self.rstd, n), input, w, n, self.width, self.eps);
+    }
+
+    /// Row-wise: the forward over the rows.
+    fn decode(
+        &mut self,
+        layout: &ParamLayout,
+        params: &Window<'_, E>,
+        rows: &DecodeRows,
+        input: &[E],
+        output: &mut [E],
+        _cache: &mut LayerCache<E>,
+    ) {
+        let batch = Batch { tokens: rows.tokens, b: 1, t: rows.len() };
+        self.forward(layout, params, &batch, input, output);
     }
 
     fn backward(
