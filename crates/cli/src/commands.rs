@@ -1,99 +1,12 @@
-//! The small commands: `prepare`, `generate`, `export`, `presets`.
+//! The small commands: `export`, `presets`, `estimate`, `consolidate` (`generate`, `prepare`: own files).
 
 use crate::args::{opt, parse, switch, Args, Opt};
 use crate::run_dir::RunDir;
-use rustspeed_data::{prepare as prepare_data, PrepareOptions, Tokenizer, TokenizerSpec};
-use rustspeed_engine::generate::{generate as sample, SamplingParams};
 use rustspeed_engine::persist::load_weights;
 use rustspeed_nn::io::save_params;
 use rustspeed_nn::PRESETS;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-const PREPARE_OPTS: &[Opt] = &[
-    opt("input", "FILE", "UTF-8 text file to train on"),
-    opt("tokenizer", "SPEC", "char | bpe:VOCAB | path/to/tokenizer.json (default char)"),
-    opt("out", "DATA_DIR", "directory to create"),
-    opt("val-fraction", "F", "share of the tokens kept for validation (default 0.1)"),
-    switch("overwrite", "replace an existing DATA_DIR"),
-];
-
-pub fn prepare(argv: &[String]) -> Result<(), String> {
-    let Some(a) = parse("prepare", PREPARE_OPTS, argv)? else { return Ok(()) };
-    let input = PathBuf::from(a.required("input").map_err(|e| e.to_string())?);
-    let out = PathBuf::from(a.required("out").map_err(|e| e.to_string())?);
-    let spec: TokenizerSpec = a.get("tokenizer").unwrap_or("char").parse().map_err(|e| format!("--tokenizer: {e}"))?;
-    let opts = PrepareOptions {
-        val_fraction: a.parsed("val-fraction", PrepareOptions::default().val_fraction).map_err(|e| e.to_string())?,
-        overwrite: a.flag("overwrite"),
-        // Phase lines redraw themselves with "\r": for a person watching, not for a log file or a pipe.
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
-    let start = std::time::Instant::now();
-    let report = prepare_data(&input, &spec, &out, &opts).map_err(|e| e.to_string())?;
-    println!(
-        "prepared {} -> {}: vocabulary {}, {} train tokens, {} validation tokens ({:.1}s)",
-        input.display(),
-        out.display(),
-        report.vocab_size,
-        report.train_tokens,
-        report.val_tokens,
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-const GENERATE_OPTS: &[Opt] = &[
-    opt("run", "RUN_DIR", "a directory written by `rustspeed train`"),
-    opt("prompt", "TEXT", "text to continue"),
-    opt("tokens", "N", "tokens to generate (default 200)"),
-    opt("temperature", "T", "softmax temperature, 0 = greedy (default 0.8)"),
-    opt("top-k", "K", "sample among the K most likely tokens, 0 = all (default 0)"),
-    opt("seed", "S", "sampling seed (default 1)"),
-    opt("tag", "TAG", "checkpoint tag (default: latest)"),
-];
-
-/// Bounds of `generate`'s numbers: more tokens than a run could want, a temperature past which sampling is
-/// uniform to within fp32.
-const MAX_GENERATED_TOKENS: usize = 1 << 20;
-const MAX_TEMPERATURE: f32 = 1e4;
-
-pub fn generate(argv: &[String]) -> Result<(), String> {
-    let Some(a) = parse("generate", GENERATE_OPTS, argv)? else { return Ok(()) };
-    let run = PathBuf::from(a.required("run").map_err(|e| e.to_string())?);
-    let prompt = a.required("prompt").map_err(|e| e.to_string())?;
-    let d = SamplingParams::default();
-    let opts = SamplingParams {
-        max_tokens: a.parsed_in("tokens", d.max_tokens, 1..=MAX_GENERATED_TOKENS).map_err(|e| e.to_string())?,
-        // Finite and not negative (0 is greedy); a NaN is in no range.
-        temperature: a.parsed_in("temperature", d.temperature, 0.0..=MAX_TEMPERATURE).map_err(|e| e.to_string())?,
-        top_k: a.parsed("top-k", d.top_k).map_err(|e| e.to_string())?,
-        seed: a.parsed("seed", d.seed).map_err(|e| e.to_string())?,
-        ..d
-    };
-    let text = sample_text(&run, a.get("tag"), prompt, &opts)?;
-    println!("{prompt}{text}");
-    Ok(())
-}
-
-/// Loads a run's checkpoint and tokenizer and continues `prompt`.
-pub fn sample_text(run: &Path, tag: Option<&str>, prompt: &str, opts: &SamplingParams) -> Result<String, String> {
-    let tokenizer =
-        Tokenizer::load(&RunDir::new(run).tokenizer()).map_err(|e| format!("run {}: {e}", run.display()))?;
-    let weights = load_weights(&RunDir::new(run).checkpoints(), tag).map_err(|e| e.to_string())?;
-    // A symbol without a row in the model would be read out of bounds (or silently mean another token).
-    let (symbols, rows) = (tokenizer.vocab_size(), weights.spec.config.vocab_size());
-    if symbols > rows {
-        return Err(format!(
-            "run {}: its tokenizer has {symbols} symbols but the model only {rows} token rows (tokenizer/ and checkpoint are not of one run)",
-            run.display()
-        ));
-    }
-    let model = weights.spec.config.build().map_err(|e| e.to_string())?;
-    let ids = tokenizer.encode(prompt).map_err(|e| format!("the prompt cannot be encoded: {e}"))?;
-    let (out, _) = sample(model, weights.params, &ids, opts.clone()).map_err(|e| e.to_string())?;
-    tokenizer.decode(&out).map_err(|e| e.to_string())
-}
+use std::path::PathBuf;
 
 const EXPORT_OPTS: &[Opt] = &[
     opt("run", "RUN_DIR", "a directory written by `rustspeed train`"),

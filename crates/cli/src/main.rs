@@ -3,16 +3,20 @@
 mod args;
 mod atomic;
 mod bench;
+mod bench_generate;
 mod bench_zero;
 mod commands;
 mod eval;
+mod generate;
 mod hf;
 mod launch;
 mod metrics;
 mod monitor;
 mod plot;
+mod prepare;
 mod progress;
 mod run_dir;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -24,9 +28,10 @@ usage: rustspeed <command> [options]     (rustspeed help <command>, or <command>
        rustspeed --version
 
 commands:
-  prepare    text file -> tokenizer + token shards (train/validation)
+  prepare    corpus (text, JSON Lines, Parquet; files, directories, globs) -> tokenizer + token shards
   train      train a model (a preset, a config.json, or Hugging Face weights) on prepared data with a DeepSpeed JSON config
-  generate   sample text from a trained run
+  generate   sample text from a run (or Hugging Face weights): one prompt streamed, or a file of prompts batched
+  serve      an HTTP server with OpenAI's completions API (streaming, continuous batching) over a run's model
   eval       mean loss and perplexity of a run (or Hugging Face weights) on a data split or a text file
   export     write a run's weights as one safetensors file, or (--format hf) a Hugging Face model directory
   presets    list the model presets; `presets NAME` prints one as a config.json to edit
@@ -35,6 +40,7 @@ commands:
   consolidate  one fp32 safetensors file from a (sharded) checkpoint (DeepSpeed's zero_to_fp32)
   bench      time training steps of a fixed workload (gpt|lstm|gpt2-124m|llama|smollm2-135m), optionally against PyTorch
   bench-zero per-rank memory and tokens/s of a workload on N thread ranks at each ZeRO stage
+  bench-generate  time to first token and decode tokens/s of a preset, optionally against transformers
 ";
 
 /// Keeps freed memory in the process instead of returning it to the kernel after every large allocation:
@@ -57,10 +63,11 @@ fn keep_freed_memory() {
 fn keep_freed_memory() {}
 
 /// Every command, as an unknown command's suggestion searches them.
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 14] = [
     "prepare",
     "train",
     "generate",
+    "serve",
     "eval",
     "export",
     "presets",
@@ -69,15 +76,17 @@ const COMMANDS: [&str; 12] = [
     "consolidate",
     "bench",
     "bench-zero",
+    "bench-generate",
     "help",
 ];
 
 /// Runs `command` with its arguments `rest`.
 fn run(command: &str, rest: &[String]) -> Result<(), String> {
     match command {
-        "prepare" => commands::prepare(rest),
+        "prepare" => prepare::run(rest),
         "train" => train::run(rest),
-        "generate" => commands::generate(rest),
+        "generate" => generate::run(rest),
+        "serve" => serve::run(rest),
         "eval" => eval::run(rest),
         "export" => commands::export(rest),
         "presets" => commands::presets(rest),
@@ -86,6 +95,7 @@ fn run(command: &str, rest: &[String]) -> Result<(), String> {
         "consolidate" => commands::consolidate(rest),
         "bench" => bench::run(rest),
         "bench-zero" => bench_zero::run(rest),
+        "bench-generate" => bench_generate::run(rest),
         // `help COMMAND` is `COMMAND --help`; `help` alone the command list.
         "help" => match rest.first() {
             Some(topic) if topic != "help" && !topic.starts_with('-') => run(topic, &["--help".to_string()]),

@@ -149,6 +149,16 @@ impl Monitors {
     }
 }
 
+/// The monitor directories of `config` that live inside `run_dir` (enabled, default `output_path`): files of the
+/// run itself, which a run started over after stopping before its first checkpoint replaces.
+pub fn run_owned_dirs(config: &DeepSpeedConfig, run_dir: &Path) -> Vec<PathBuf> {
+    [&config.csv_monitor, &config.tensorboard]
+        .into_iter()
+        .filter(|m| m.enabled && m.output_path.is_empty())
+        .map(|m| monitor_dir(m, run_dir))
+        .collect()
+}
+
 /// `<output_path>/<job_name>`, with an empty `output_path` meaning the run directory (DeepSpeed: the current
 /// directory, which would scatter the files of every run over wherever it was started).
 fn monitor_dir(config: &MonitorConfig, run_dir: &Path) -> PathBuf {

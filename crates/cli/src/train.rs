@@ -473,6 +473,12 @@ fn prepare_run_dir(
             "{} holds a run that stopped before its first checkpoint; starting it over",
             run_dir.root().display()
         );
+        // Its monitor files inside the run directory are that attempt's, not another run's.
+        for dir in crate::monitor::run_owned_dirs(config, run_dir.root()) {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            }
+        }
     } else if run_dir.holds_a_run() {
         return Err(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --out (nothing is overwritten)",

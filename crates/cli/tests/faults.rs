@@ -502,5 +502,5 @@ fn a_tokenizer_larger_than_the_model_is_refused() {
     let wide_data = sb.path("wide");
     ok(&rustspeed(&["prepare", "--input", s(&wide), "--out", s(&wide_data)]));
     fs::copy(wide_data.join("tokenizer_meta.json"), run.join("tokenizer/tokenizer_meta.json")).unwrap();
-    fails(&rustspeed(&["generate", "--run", s(&run), "--prompt", "the "]), &["94 symbols", "28 token rows"]);
+    fails(&rustspeed(&["generate", "--run", s(&run), "--prompt", "the "]), &["95 symbols", "29 token rows"]);
 }

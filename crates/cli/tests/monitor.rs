@@ -377,3 +377,17 @@ fn a_torn_last_record_is_dropped_and_a_damaged_one_is_an_error_with_its_offset()
     assert_eq!(fs::read(&file).unwrap(), damaged, "a damaged file is left as it is");
     assert_eq!(event_files(&dir), vec![file], "no file was created");
 }
+
+/// The directories a run started over may replace are only the enabled monitors' with the default output_path
+/// (inside the run directory), never a user-chosen one.
+#[test]
+fn only_monitor_directories_inside_the_run_are_the_runs_own() {
+    let run = Path::new("/runs/a");
+    let both = config(
+        r#"{"train_batch_size": 1, "csv_monitor": {"enabled": true, "job_name": "j"},
+        "tensorboard": {"enabled": true, "output_path": "/shared/tb"}}"#,
+    );
+    assert_eq!(monitor::run_owned_dirs(&both, run), vec![run.join("j")]);
+    let none = config(r#"{"train_batch_size": 1, "csv_monitor": {"enabled": false}}"#);
+    assert!(monitor::run_owned_dirs(&none, run).is_empty());
+}

@@ -13,8 +13,17 @@ pub enum DataError {
     InputMissing { path: PathBuf },
     /// The corpus given to `prepare` has no bytes.
     InputEmpty { path: PathBuf },
-    /// The corpus given to `prepare` is a directory, not a text file.
-    InputIsDirectory { path: PathBuf },
+    /// An input of `prepare` (a directory, or a glob pattern) that holds no file.
+    NoInputFiles { input: PathBuf },
+    /// A record that holds no document: a JSON line without a string at the text field, a null Parquet value.
+    /// `line` is 1-based; `unit` says what it counts ("line", "row").
+    BadRecord { path: PathBuf, line: u64, unit: &'static str, problem: String },
+    /// A record (or a document that cannot be cut) larger than `limit` bytes.
+    RecordTooLarge { path: PathBuf, line: u64, limit: usize, why: &'static str },
+    /// The inputs hold no document with text.
+    NoDocuments { files: usize, empty: u64, skipped: u64 },
+    /// A loaded tokenizer has no end-of-text token to put between documents.
+    NoEndOfText { path: PathBuf, looked_for: &'static [&'static str] },
     /// The corpus lies inside the output directory (or is it), which `prepare` replaces; `resolved` is the
     /// canonical path of the corpus where it differs from `input` (a relative path or a symbolic link).
     InputInsideOutput { input: PathBuf, resolved: Option<PathBuf>, out_dir: PathBuf },
@@ -106,9 +115,31 @@ impl fmt::Display for DataError {
             DataError::Io { action, path, source } => write!(f, "cannot {action} {}: {source}", path.display()),
             DataError::InputMissing { path } => write!(f, "input text {} does not exist", path.display()),
             DataError::InputEmpty { path } => write!(f, "input text {} is empty", path.display()),
-            DataError::InputIsDirectory { path } => {
-                write!(f, "input text {} is a directory; give one UTF-8 text file", path.display())
+            DataError::NoInputFiles { input } => write!(
+                f,
+                "input {} holds no file (an empty directory, or a pattern that matches nothing)",
+                input.display()
+            ),
+            DataError::BadRecord { path, line, unit, problem } => {
+                write!(f, "{}: {unit} {line}: {problem} (skip such records with --skip-bad-lines)", path.display())
             }
+            DataError::RecordTooLarge { path, line, limit, why } => write!(
+                f,
+                "{}: the document at line {line} is larger than {limit} bytes and cannot be read in pieces: {why}",
+                path.display()
+            ),
+            DataError::NoDocuments { files, empty, skipped } => write!(
+                f,
+                "the input ({files} file(s)) holds no document with text ({empty} empty, {skipped} bad records \
+                 skipped)"
+            ),
+            DataError::NoEndOfText { path, looked_for } => write!(
+                f,
+                "{}: no end-of-text token among its special tokens (looked for {}); name the token that ends a \
+                 document with --eot TOKEN",
+                path.display(),
+                looked_for.join(", ")
+            ),
             DataError::InputInsideOutput { input, resolved, out_dir } => write!(
                 f,
                 "input text {}{} is inside the output directory {}, which prepare writes and replaces: move the \

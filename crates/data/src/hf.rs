@@ -5,10 +5,18 @@ use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, PreTokenizerWrapper, Trainer};
+use tokenizers::{
+    AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, PreTokenizerWrapper, Trainer,
+};
 
+use crate::eot::EOT_TOKEN;
 use crate::error::DataError;
-use crate::tokenizer::MAX_BPE_TRAINING_PIECE_BYTES;
+
+/// Longest word, in bytes, that byte-level BPE training counts whole; longer ones are cut into pieces of at most
+/// this many bytes, which bounds the trainer's time (quadratic in a word's length) on text without whitespace or
+/// punctuation, and so also the length of a learned token. Ordinary words are far shorter and never cut; encoding
+/// never cuts.
+pub const MAX_BPE_TRAINING_PIECE_BYTES: usize = 256;
 
 #[derive(Clone, Debug)]
 pub(crate) struct HfTokenizer {
@@ -31,8 +39,9 @@ const CHUNKS_PER_BATCH: usize = 32;
 impl HfTokenizer {
     /// Trains byte-level BPE as GPT-2 does it: the GPT-2 pre-tokenizer regex splits text into words, each word's
     /// UTF-8 bytes are mapped to 256 printable characters (all of them in the initial alphabet, so every text
-    /// encodes and nothing is unknown), and merges are learned up to `vocab_size` tokens. No prefix space is
-    /// added, so `decode(encode(text)) == text` exactly.
+    /// encodes and nothing is unknown), and merges are learned up to `vocab_size - 1` tokens; the end-of-text
+    /// token is added last, as a special token, with the last id (GPT-2's layout). No prefix space is added, so
+    /// `decode(encode(text)) == text` exactly.
     ///
     /// Training sees every word longer than [`MAX_BPE_TRAINING_PIECE_BYTES`] cut into pieces of at most that
     /// many bytes (see [`bounded_pretokens`]); encoding is not cut, it is exactly what the saved `tokenizer.json`
@@ -42,25 +51,35 @@ impl HfTokenizer {
     /// smaller pair of ids, and word counts do not depend on the order the threads count them in. A corpus with
     /// fewer distinct pairs than needed yields a vocabulary smaller than `vocab_size`.
     pub(crate) fn train_byte_level_bpe(corpus: &str, vocab_size: usize) -> Result<HfTokenizer, DataError> {
+        // The chunks end where the whole text's words end too (see `chunking_is_exact`), so the word counts of
+        // the chunks are those of the whole text.
+        let chunks = line_aligned_chunks(corpus, CHUNK_BYTES);
+        HfTokenizer::train_byte_level_bpe_on(chunks.into_iter(), vocab_size)
+    }
+
+    /// [`HfTokenizer::train_byte_level_bpe`] on the words of `texts`, counted as they stream by (on all cores):
+    /// this is what `tokenizers::Tokenizer::train` does (there is no normalizer and no added token to skip),
+    /// with long words cut.
+    pub(crate) fn train_byte_level_bpe_on<I, S>(texts: I, vocab_size: usize) -> Result<HfTokenizer, DataError>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
         let training_error = |message: String| DataError::Tokenizer {
             action: "train the byte-level BPE tokenizer",
             path: None,
             message,
         };
         // The library's own progress bar is compiled out (its `progressbar` feature is off) and would print to
-        // stdout; `prepare` reports progress on stderr itself.
+        // stdout; `prepare` reports progress on stderr itself. One id is left for the end-of-text token.
         let mut trainer = BpeTrainerBuilder::new()
-            .vocab_size(vocab_size)
+            .vocab_size(vocab_size.saturating_sub(1))
             .show_progress(false)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
         let pre_tokenizer = ByteLevel::new(false, true, true);
-        // Word counts are gathered per chunk, in parallel; the chunks end where the whole text's words end too
-        // (see `chunking_is_exact`), so the counts are those of the whole text. This is what
-        // `tokenizers::Tokenizer::train` does (there is no normalizer and no added token), with the words cut.
-        let chunks = line_aligned_chunks(corpus, CHUNK_BYTES);
         trainer
-            .feed(chunks.into_iter(), |chunk| bounded_pretokens(&pre_tokenizer, chunk, MAX_BPE_TRAINING_PIECE_BYTES))
+            .feed(texts, |text| bounded_pretokens(&pre_tokenizer, text, MAX_BPE_TRAINING_PIECE_BYTES))
             .map_err(|e| training_error(e.to_string()))?;
         let mut model = BPE::default();
         // No special tokens were configured, so the trainer returns none to add.
@@ -68,6 +87,9 @@ impl HfTokenizer {
         let mut tokenizer = tokenizers::Tokenizer::new(model);
         tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
         tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        // Added after training so that it takes the id after the merges instead of id 0, where the trainer puts
+        // its special tokens.
+        tokenizer.add_special_tokens(&[AddedToken::from(EOT_TOKEN, true)]);
         let json = tokenizer.to_string(false).map_err(|e| training_error(e.to_string()))?;
         HfTokenizer::from_json(json, None)
     }
@@ -97,6 +119,9 @@ impl HfTokenizer {
             message: e.to_string(),
         })?;
         tokenizer.with_padding(None);
+        // A corpus is text: a special token's spelling inside a document is encoded as the text it is, so that
+        // only `prepare` puts the end-of-text token into the stream (tiktoken's `encode_ordinary`).
+        tokenizer.set_encode_special_tokens(true);
         let chunkable = chunking_is_exact(&tokenizer);
         // Ids of added tokens may lie above the model's vocabulary: the embedding must cover the largest id.
         let vocab_size = tokenizer.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
@@ -118,10 +143,26 @@ impl HfTokenizer {
         &self.json
     }
 
+    /// Whether a text may be encoded in pieces cut after lone newlines (see [`chunking_is_exact`]).
+    pub(crate) fn chunkable(&self) -> bool {
+        self.chunkable
+    }
+
+    /// The id of `token` in the vocabulary (the model's or an added token).
+    pub(crate) fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// The id of `token` if it is one of the special added tokens.
+    pub(crate) fn special_token_id(&self, token: &str) -> Option<u32> {
+        let decoder = self.tokenizer.get_added_tokens_decoder();
+        decoder.iter().find(|(_, added)| added.special && added.content == token).map(|(&id, _)| id)
+    }
+
     /// Encodes without special tokens (no BOS/EOS): the token stream is the text and nothing else. Where that
     /// is exact, in chunks on several threads.
     pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        if self.chunkable {
+        if self.chunkable && text.len() > CHUNK_BYTES {
             self.encode_in_chunks(text, CHUNK_BYTES)
         } else {
             self.encode_whole(text)
@@ -335,7 +376,7 @@ mod tests {
         let ours = HfTokenizer::train_byte_level_bpe(&text, 300).unwrap();
         let mut trainer = tokenizers::models::TrainerWrapper::BpeTrainer(
             BpeTrainerBuilder::new()
-                .vocab_size(300)
+                .vocab_size(299)
                 .show_progress(false)
                 .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
                 .build(),
@@ -344,7 +385,10 @@ mod tests {
         library.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         library.with_decoder(Some(ByteLevelDecoder::default()));
         library.train(&mut trainer, [text.as_str()].into_iter()).unwrap();
+        library.add_special_tokens(&[AddedToken::from(EOT_TOKEN, true)]);
         assert_eq!(ours.json(), library.to_string(false).unwrap());
+        assert_eq!(ours.vocab_size(), 300);
+        assert_eq!(ours.special_token_id(EOT_TOKEN), Some(299), "the end-of-text token has the last id");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The batch loader: seeded, rank-aware, exactly resumable.
 //!
-//! A shard of `n` tokens is cut into `W = (n - 1) / T` windows; window `w` is tokens `[w·T, w·T + T + 1)`, its
-//! first `T` tokens the input and its last `T` the targets. Windows overlap by one token (stride `T`), so every
-//! token from position 1 to `W·T` is a target exactly once per epoch; the at most `T - 1` tokens after the last
-//! window are never targets.
+//! A split of `n` tokens (its shards read as one sequence, see [`TokenSplit`]) is cut into `W = (n - 1) / T`
+//! windows; window `w` is tokens `[w·T, w·T + T + 1)`, its first `T` tokens the input and its last `T` the
+//! targets. Windows overlap by one token (stride `T`), so every token from position 1 to `W·T` is a target exactly
+//! once per epoch; the at most `T - 1` tokens after the last window are never targets. Windows run across shard
+//! boundaries and across documents (the end-of-text token between documents tells the model where one ends, as in
+//! GPT-2's training), so the windows and batches depend on the token stream only, not on how it was sharded.
 //!
 //! The data order is one stream of windows: epoch 0's permutation of the `W` windows, then epoch 1's, and so on,
 //! each permutation a Fisher–Yates shuffle drawn from SplitMix64 seeded by (seed, epoch). Call `k` (counting
@@ -17,7 +19,7 @@ use serde_json::{json, Value};
 use rustspeed_kernels::rng::Rng;
 
 use crate::error::DataError;
-use crate::shard::TokenShard;
+use crate::split::TokenSplit;
 
 /// Where a loader is in its stream: `epoch` and `cursor` (stream position within the epoch of the next global
 /// batch's first window; `0 <= cursor < windows`), and the `seed` that fixes every epoch's order. The same state
@@ -48,7 +50,7 @@ impl LoaderState {
 
 #[derive(Clone, Debug)]
 pub struct Loader {
-    shard: TokenShard,
+    tokens: TokenSplit,
     micro_batch: usize,
     seq_len: usize,
     rank: usize,
@@ -64,11 +66,12 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader of `micro_batch` (B) windows of `seq_len` (T) tokens per call for `rank` of `world_size`.
-    /// The shard is shared, not copied. Fails if B, T or the world size is zero, the rank is out of range, or
-    /// the shard has fewer windows than one global batch (`world_size · B`).
+    /// A loader of `micro_batch` (B) windows of `seq_len` (T) tokens per call for `rank` of `world_size`, over
+    /// `tokens`: a [`TokenSplit`] or one [`crate::TokenShard`] (by reference; its memory maps are shared, not
+    /// copied). Fails if B, T or the world size is zero, the rank is out of range, or the split has fewer
+    /// windows than one global batch (`world_size · B`).
     pub fn new(
-        shard: &TokenShard,
+        tokens: impl Into<TokenSplit>,
         micro_batch: usize,
         seq_len: usize,
         seed: u64,
@@ -92,18 +95,19 @@ impl Loader {
                 rule: "must be below world_size",
             });
         }
-        let windows = shard.len().saturating_sub(1) / seq_len;
+        let tokens = tokens.into();
+        let windows = tokens.len().saturating_sub(1) / seq_len;
         let needed = world_size.saturating_mul(micro_batch);
         if windows < needed {
             return Err(DataError::NotEnoughWindows {
-                split: shard.split().to_string(),
+                split: tokens.split().to_string(),
                 windows,
                 window_tokens: seq_len + 1,
                 needed,
             });
         }
         Ok(Loader {
-            shard: shard.clone(),
+            tokens,
             micro_batch,
             seq_len,
             rank,
@@ -119,7 +123,7 @@ impl Loader {
     }
 
     /// Fills `tokens` and `targets` with this rank's next B×T tokens each (row-major, one window per row);
-    /// `targets[i]` is the token after `tokens[i]` in the shard. Every rank must call this once per step.
+    /// `targets[i]` is the token after `tokens[i]` in the split. Every rank must call this once per step.
     pub fn next_batch(&mut self, tokens: &mut Vec<u32>, targets: &mut Vec<u32>) {
         let t = self.seq_len;
         tokens.clear();
@@ -135,7 +139,7 @@ impl Loader {
                 epoch += 1;
             }
             let window = self.window_at(epoch, position);
-            self.shard.copy_tokens(window * t, &mut self.window);
+            self.tokens.copy_tokens(window * t, &mut self.window);
             tokens.extend_from_slice(&self.window[..t]);
             targets.extend_from_slice(&self.window[1..]);
             position += 1;
@@ -162,7 +166,7 @@ impl Loader {
                      data set or sequence length?)",
                     state.cursor,
                     self.windows,
-                    self.shard.split()
+                    self.tokens.split()
                 ),
             });
         }

@@ -53,3 +53,70 @@ fn draw(line: &str) {
     let _ = write!(stderr, "\r{line}\x1b[K");
     let _ = stderr.flush();
 }
+
+/// How often the streaming line is redrawn at most.
+const STREAM_REDRAW: Duration = Duration::from_millis(250);
+
+/// The progress line of a pass over the inputs: bytes read of the total on disk, documents, tokens, throughput
+/// and time left, redrawn at most every [`STREAM_REDRAW`] from whichever thread has news.
+pub(crate) struct StreamProgress {
+    enabled: bool,
+    what: String,
+    total_bytes: u64,
+    start: Instant,
+    last_draw: std::sync::Mutex<Option<Instant>>,
+}
+
+impl StreamProgress {
+    pub(crate) fn new(enabled: bool, what: &str, total_bytes: u64) -> StreamProgress {
+        StreamProgress {
+            enabled,
+            what: what.to_string(),
+            total_bytes,
+            start: Instant::now(),
+            last_draw: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Redraws the line if it is due: `read` bytes of the files so far, `documents` and `tokens` done.
+    pub(crate) fn update(&self, read: u64, documents: u64, tokens: Option<u64>) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        let mut last = self.last_draw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_some_and(|at| now.duration_since(at) < STREAM_REDRAW) {
+            return;
+        }
+        *last = Some(now);
+        draw(&self.line(read, documents, tokens));
+    }
+
+    /// Draws the final state and ends the line.
+    pub(crate) fn finish(&self, read: u64, documents: u64, tokens: Option<u64>) {
+        if self.enabled {
+            draw(&self.line(read, documents, tokens));
+            eprintln!();
+        }
+    }
+
+    fn line(&self, read: u64, documents: u64, tokens: Option<u64>) -> String {
+        const MB: f64 = 1e6;
+        let seconds = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = read as f64 / seconds;
+        let percent = 100.0 * read as f64 / self.total_bytes.max(1) as f64;
+        let left = if rate > 0.0 && read < self.total_bytes {
+            format!(", {:.0}s left", (self.total_bytes - read) as f64 / rate)
+        } else {
+            String::new()
+        };
+        let tokens = tokens.map_or(String::new(), |t| format!(", {t} tokens"));
+        format!(
+            "{}: {:.1}/{:.1} MB ({percent:.0}%), {documents} documents{tokens}, {:.1} MB/s, {seconds:.0}s{left}",
+            self.what,
+            read as f64 / MB,
+            self.total_bytes as f64 / MB,
+            rate / MB
+        )
+    }
+}

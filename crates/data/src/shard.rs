@@ -14,7 +14,6 @@
 //! halving the file and the memory traffic of the loader.
 
 use std::fs::File;
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -166,10 +165,10 @@ fn read_token(bytes: &[u8]) -> u32 {
     }
 }
 
-/// The shard's token bytes (header excluded) for `tokens` at `width` bytes each. Panics if a token does not
+/// Appends the shard's token bytes for `tokens` at `width` bytes each to `data`. Panics if a token does not
 /// fit the width; callers pick the width from the vocabulary, which bounds every id.
-pub(crate) fn encode_tokens(tokens: &[u32], width: u32) -> Vec<u8> {
-    let mut data = Vec::with_capacity(tokens.len() * width as usize);
+pub(crate) fn encode_tokens_into(tokens: &[u32], width: u32, data: &mut Vec<u8>) {
+    data.reserve(tokens.len() * width as usize);
     for &token in tokens {
         if width == 2 {
             let narrow = u16::try_from(token).expect("token id fits the u16 width chosen from the vocabulary");
@@ -178,20 +177,16 @@ pub(crate) fn encode_tokens(tokens: &[u32], width: u32) -> Vec<u8> {
             data.extend_from_slice(&token.to_le_bytes());
         }
     }
-    data
 }
 
-/// Writes a shard file (header + `data` from [`encode_tokens`]) and flushes it to disk.
-pub(crate) fn write_shard(path: &Path, data: &[u8], width: u32) -> Result<(), DataError> {
+/// The shard header for `tokens` tokens of `width` bytes.
+pub(crate) fn shard_header(width: u32, tokens: u64) -> [u8; SHARD_HEADER_BYTES] {
     let mut header = [0u8; SHARD_HEADER_BYTES];
     header[0..8].copy_from_slice(&SHARD_MAGIC);
     header[8..12].copy_from_slice(&SHARD_FORMAT_VERSION.to_le_bytes());
     header[12..16].copy_from_slice(&width.to_le_bytes());
-    header[16..24].copy_from_slice(&((data.len() / width as usize) as u64).to_le_bytes());
-    let mut file = File::create(path).map_err(io_error("create", path))?;
-    file.write_all(&header).map_err(io_error("write", path))?;
-    file.write_all(data).map_err(io_error("write", path))?;
-    file.sync_all().map_err(io_error("flush to disk", path))
+    header[16..24].copy_from_slice(&tokens.to_le_bytes());
+    header
 }
 
 /// Starting value of [`checksum`]: the fractional bits of the golden ratio, any non-zero constant would do.
@@ -204,25 +199,89 @@ const CHECKSUM_MULTIPLIER: u64 = 0xBF58_476D_1CE4_E5B9;
 /// is mixed in last. One multiply per 8 bytes, so checking a shard costs about as much as reading it. Guards
 /// against truncation and corruption, not against tampering.
 pub fn checksum(bytes: &[u8]) -> u64 {
-    let mix = |hash: u64, word: u64| {
+    let mut hasher = Checksum::new();
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+/// [`checksum`] of bytes that arrive in pieces (a shard as it is written): the same value as of their
+/// concatenation.
+#[derive(Clone, Debug)]
+pub(crate) struct Checksum {
+    hash: u64,
+    /// Bytes of the current, incomplete word.
+    partial: [u8; 8],
+    partial_len: usize,
+    total: u64,
+}
+
+impl Checksum {
+    pub(crate) fn new() -> Checksum {
+        Checksum { hash: CHECKSUM_SEED, partial: [0; 8], partial_len: 0, total: 0 }
+    }
+
+    fn mix(hash: u64, word: u64) -> u64 {
         let product = (hash ^ word).wrapping_mul(CHECKSUM_MULTIPLIER);
         product ^ (product >> 31)
-    };
-    let mut words = bytes.chunks_exact(8);
-    let mut hash = CHECKSUM_SEED;
-    for word in &mut words {
-        hash = mix(hash, u64::from_le_bytes(word.try_into().expect("8 bytes")));
     }
-    let tail = words.remainder();
-    if !tail.is_empty() {
-        let mut padded = [0u8; 8];
-        padded[..tail.len()].copy_from_slice(tail);
-        hash = mix(hash, u64::from_le_bytes(padded));
+
+    pub(crate) fn update(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        if self.partial_len > 0 {
+            let take = bytes.len().min(8 - self.partial_len);
+            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&bytes[..take]);
+            self.partial_len += take;
+            bytes = &bytes[take..];
+            if self.partial_len < 8 {
+                return;
+            }
+            self.hash = Checksum::mix(self.hash, u64::from_le_bytes(self.partial));
+            self.partial_len = 0;
+        }
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.hash = Checksum::mix(self.hash, u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        let tail = words.remainder();
+        self.partial[..tail.len()].copy_from_slice(tail);
+        self.partial_len = tail.len();
     }
-    mix(hash, bytes.len() as u64)
+
+    pub(crate) fn finish(&self) -> u64 {
+        let mut hash = self.hash;
+        if self.partial_len > 0 {
+            let mut padded = [0u8; 8];
+            padded[..self.partial_len].copy_from_slice(&self.partial[..self.partial_len]);
+            hash = Checksum::mix(hash, u64::from_le_bytes(padded));
+        }
+        Checksum::mix(hash, self.total)
+    }
 }
 
 /// The checksum as written in `meta.json`.
 pub(crate) fn checksum_text(hash: u64) -> String {
     format!("mix64-words:{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_checksum_equals_the_whole_one_for_any_pieces() {
+        let data: Vec<u8> = (0..101u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let whole = checksum(&data);
+        for piece in [1, 3, 7, 8, 9, 16, 50, 101] {
+            let mut hasher = Checksum::new();
+            data.chunks(piece).for_each(|chunk| hasher.update(chunk));
+            assert_eq!(hasher.finish(), whole, "pieces of {piece}");
+        }
+        // Uneven pieces, including empty ones.
+        let mut hasher = Checksum::new();
+        for range in [0..0, 0..5, 5..5, 5..13, 13..14, 14..101] {
+            hasher.update(&data[range]);
+        }
+        assert_eq!(hasher.finish(), whole);
+        assert_eq!(Checksum::new().finish(), checksum(&[]));
+    }
 }

@@ -6,8 +6,9 @@ use std::str::FromStr;
 
 use crate::error::DataError;
 
-/// The byte-level BPE alphabet is the 256 byte values, so a smaller vocabulary cannot represent every text.
-pub const MIN_BPE_VOCAB: usize = 256;
+/// The byte-level BPE alphabet is the 256 byte values, so a smaller vocabulary cannot represent every text; one
+/// more id is the end-of-text token.
+pub const MIN_BPE_VOCAB: usize = 257;
 
 /// Token ids are `u32`, and the vocabulary is held in memory: four million entries is far above any real model.
 pub const MAX_VOCAB: usize = 1 << 22;
@@ -18,7 +19,7 @@ pub enum TokenizerSpec {
     /// One token per Unicode scalar value of the corpus; the vocabulary is the corpus's sorted set of characters.
     Char,
     /// Byte-level BPE trained on the corpus with the Hugging Face `tokenizers` crate, up to `vocab_size` tokens
-    /// (the 256 byte tokens included).
+    /// (the 256 byte tokens and the end-of-text token included).
     Bpe { vocab_size: usize },
     /// A Hugging Face `tokenizer.json`, used as it is and copied into the data directory.
     HfJson(PathBuf),
@@ -44,8 +45,8 @@ impl FromStr for TokenizerSpec {
                 .map_err(|_| invalid(format!("'{size}' is not a vocabulary size (a whole number, e.g. bpe:2048)")))?;
             if !(MIN_BPE_VOCAB..=MAX_VOCAB).contains(&vocab_size) {
                 return Err(invalid(format!(
-                    "vocabulary size {vocab_size} is outside [{MIN_BPE_VOCAB}, {MAX_VOCAB}]: byte-level BPE starts \
-                     from the {MIN_BPE_VOCAB} byte tokens"
+                    "vocabulary size {vocab_size} is outside [{MIN_BPE_VOCAB}, {MAX_VOCAB}]: byte-level BPE needs \
+                     the 256 byte tokens and the end-of-text token"
                 )));
             }
             return Ok(TokenizerSpec::Bpe { vocab_size });

@@ -1,15 +1,18 @@
-//! One tokenizer type for the three kinds (char, trained byte-level BPE, a Hugging Face `tokenizer.json`), and
-//! its files in a data directory.
+//! One tokenizer type for the three kinds (char, trained byte-level BPE, a Hugging Face `tokenizer.json`), its
+//! end-of-text token, and its files in a data directory.
 //!
-//! Files: `tokenizer_meta.json` always (`format`, `format_version`, `kind`, `vocab_size`, and for `char` the
-//! vocabulary as `chars`, one single-character string per id); for `bpe` and `hf` also `tokenizer.json` in the
-//! Hugging Face format, so other tools can load it.
+//! Files: `tokenizer_meta.json` always (`format`, `format_version`, `kind`, `vocab_size`, `eot` (the end-of-text
+//! token's spelling, or null), and for `char` the vocabulary as `chars`, one single-character string per id,
+//! followed by `special_tokens`); for `bpe` and `hf` also `tokenizer.json` in the Hugging Face format, so other
+//! tools can load it. Version 1 files (written before documents had an end-of-text token) have no `eot` and no
+//! `special_tokens` and still load.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use crate::char_vocab::CharVocab;
+use crate::eot::{EOT_SPELLINGS, EOT_TOKEN};
 use crate::error::{io_error, DataError};
 use crate::hf::HfTokenizer;
 use crate::spec::TokenizerSpec;
@@ -21,17 +24,16 @@ pub use hf_export::HF_TOKENIZER_CONFIG_FILE;
 pub const TOKENIZER_META_FILE: &str = "tokenizer_meta.json";
 /// Name of the Hugging Face tokenizer file (`bpe` and `hf` kinds).
 pub const HF_TOKENIZER_FILE: &str = "tokenizer.json";
-/// Longest word, in bytes, that byte-level BPE training counts whole; longer ones are cut into pieces of at most
-/// this many bytes, which bounds the trainer's time (quadratic in a word's length) on text without whitespace or
-/// punctuation, and so also the length of a learned token. Ordinary words are far shorter and never cut; encoding
-/// never cuts.
-pub const MAX_BPE_TRAINING_PIECE_BYTES: usize = 256;
 const TOKENIZER_FORMAT: &str = "rustspeed-tokenizer";
-const TOKENIZER_FORMAT_VERSION: u64 = 1;
+/// 2: `eot` and the char kind's `special_tokens`. Version 1 is still read.
+const TOKENIZER_FORMAT_VERSION: u64 = 2;
 
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
     inner: Inner,
+    /// The end-of-text token and its id; `None` only for a tokenizer read from a version-1 directory or a
+    /// `tokenizer.json` with none of the [`EOT_SPELLINGS`] (then [`Tokenizer::with_eot`] names one).
+    eot: Option<(String, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,29 +58,98 @@ impl Tokenizer {
         }
     }
 
-    /// The character tokenizer whose vocabulary is the sorted set of `corpus`'s characters.
+    /// The character tokenizer whose vocabulary is the sorted set of `corpus`'s characters, then [`EOT_TOKEN`].
     pub fn char_from_corpus(corpus: &str) -> Tokenizer {
-        Tokenizer { inner: Inner::Char(CharVocab::from_corpus(corpus)) }
+        Tokenizer::from_char_vocab(CharVocab::from_corpus(corpus))
     }
 
-    /// Byte-level BPE trained on `corpus` with at most `vocab_size` tokens (at least the 256 byte tokens). Words
-    /// longer than [`MAX_BPE_TRAINING_PIECE_BYTES`] are trained on in pieces.
+    /// The character tokenizer of the characters in `chars` (in code-point order), then [`EOT_TOKEN`].
+    pub fn char_from_set(chars: std::collections::BTreeSet<char>) -> Tokenizer {
+        Tokenizer::from_char_vocab(CharVocab::from_char_set(chars))
+    }
+
+    fn from_char_vocab(vocab: CharVocab) -> Tokenizer {
+        let eot = vocab.special_id(EOT_TOKEN).map(|id| (EOT_TOKEN.to_string(), id));
+        Tokenizer { inner: Inner::Char(vocab), eot }
+    }
+
+    /// Byte-level BPE trained on `corpus` with at most `vocab_size` tokens: the 256 byte tokens, merges, and
+    /// [`EOT_TOKEN`] as the last id. Words longer than [`crate::MAX_BPE_TRAINING_PIECE_BYTES`] are trained on in pieces.
     pub fn train_bpe(corpus: &str, vocab_size: usize) -> Result<Tokenizer, DataError> {
-        if !(crate::spec::MIN_BPE_VOCAB..=crate::spec::MAX_VOCAB).contains(&vocab_size) {
-            return Err(DataError::InvalidOption {
-                name: "bpe vocab_size",
-                value: vocab_size.to_string(),
-                rule: "byte-level BPE needs at least the 256 byte tokens and at most 4194304",
-            });
-        }
-        let tokenizer = Box::new(HfTokenizer::train_byte_level_bpe(corpus, vocab_size)?);
-        Ok(Tokenizer { inner: Inner::Hf { tokenizer, trained: true } })
+        check_bpe_vocab(vocab_size)?;
+        Tokenizer::from_trained(HfTokenizer::train_byte_level_bpe(corpus, vocab_size)?)
     }
 
-    /// A Hugging Face `tokenizer.json`.
+    /// [`Tokenizer::train_bpe`] on a stream of texts (documents, or pieces of them cut where a word cannot
+    /// continue): words never run from one text into the next, and the texts need not be in memory together.
+    pub fn train_bpe_on_texts<I>(texts: I, vocab_size: usize) -> Result<Tokenizer, DataError>
+    where
+        I: Iterator<Item = String> + Send,
+    {
+        check_bpe_vocab(vocab_size)?;
+        Tokenizer::from_trained(HfTokenizer::train_byte_level_bpe_on(texts, vocab_size)?)
+    }
+
+    fn from_trained(tokenizer: HfTokenizer) -> Result<Tokenizer, DataError> {
+        let id = tokenizer.token_to_id(EOT_TOKEN).ok_or_else(|| DataError::Tokenizer {
+            action: "train the byte-level BPE tokenizer",
+            path: None,
+            message: format!("the trained tokenizer lacks its end-of-text token {EOT_TOKEN}"),
+        })?;
+        Ok(Tokenizer {
+            inner: Inner::Hf { tokenizer: Box::new(tokenizer), trained: true },
+            eot: Some((EOT_TOKEN.to_string(), id)),
+        })
+    }
+
+    /// A Hugging Face `tokenizer.json`. Its end-of-text token is the first of [`EOT_SPELLINGS`] among its special
+    /// tokens, if any (see [`Tokenizer::with_eot`] to name another).
     pub fn from_hf_json(path: &Path) -> Result<Tokenizer, DataError> {
         let tokenizer = Box::new(HfTokenizer::from_file(path)?);
-        Ok(Tokenizer { inner: Inner::Hf { tokenizer, trained: false } })
+        let eot = EOT_SPELLINGS
+            .iter()
+            .find_map(|&spelling| tokenizer.special_token_id(spelling).map(|id| (spelling.to_string(), id)));
+        Ok(Tokenizer { inner: Inner::Hf { tokenizer, trained: false }, eot })
+    }
+
+    /// This tokenizer with `token` as its end-of-text token. It must be a token of the vocabulary (for the char
+    /// kind, one of its special tokens: a character's token would be confused with the character).
+    pub fn with_eot(mut self, token: &str) -> Result<Tokenizer, DataError> {
+        let id = match &self.inner {
+            Inner::Char(vocab) => vocab.special_id(token),
+            Inner::Hf { tokenizer, .. } => tokenizer.token_to_id(token),
+        };
+        let Some(id) = id else {
+            return Err(DataError::InvalidOption {
+                name: "eot",
+                value: token.to_string(),
+                rule: "must be a token of the tokenizer's vocabulary (for a tokenizer.json, usually one of its \
+                       special added tokens)",
+            });
+        };
+        self.eot = Some((token.to_string(), id));
+        Ok(self)
+    }
+
+    /// The id of the end-of-text token that separates documents; `None` for a tokenizer of a version-1 data
+    /// directory or a `tokenizer.json` without one.
+    pub fn eot_id(&self) -> Option<u32> {
+        self.eot.as_ref().map(|(_, id)| *id)
+    }
+
+    /// The end-of-text token's spelling, see [`Tokenizer::eot_id`].
+    pub fn eot_token(&self) -> Option<&str> {
+        self.eot.as_ref().map(|(token, _)| token.as_str())
+    }
+
+    /// Where a text may be cut into pieces that encode, one by one, to the ids of the whole text: what lets
+    /// `prepare` stream a document larger than its chunks.
+    pub(crate) fn cut_rule(&self) -> CutRule {
+        match &self.inner {
+            Inner::Char(_) => CutRule::AnyChar,
+            Inner::Hf { tokenizer, .. } if tokenizer.chunkable() => CutRule::AfterLoneNewline,
+            Inner::Hf { .. } => CutRule::Never,
+        }
     }
 
     /// Number of token ids (one more than the largest id), i.e. the model's embedding rows.
@@ -98,8 +169,9 @@ impl Tokenizer {
         }
     }
 
-    /// Token ids of `text`, without special tokens. The char tokenizer fails on the first character outside its
-    /// vocabulary, naming it and its position.
+    /// Token ids of `text`, without special tokens: a special token's spelling in the text is encoded as text,
+    /// never as the special token. The char tokenizer fails on the first character outside its vocabulary,
+    /// naming it and its position.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         match &self.inner {
             Inner::Char(vocab) => vocab.encode(text),
@@ -122,11 +194,13 @@ impl Tokenizer {
             "format_version": TOKENIZER_FORMAT_VERSION,
             "kind": self.kind(),
             "vocab_size": self.vocab_size(),
+            "eot": self.eot_token(),
         });
         match &self.inner {
             Inner::Char(vocab) => {
                 let chars: Vec<Value> = vocab.chars().iter().map(|ch| Value::String(ch.to_string())).collect();
                 meta["chars"] = Value::Array(chars);
+                meta["special_tokens"] = json!(vocab.specials());
             }
             Inner::Hf { tokenizer, .. } => {
                 let path = dir.join(HF_TOKENIZER_FILE);
@@ -151,9 +225,9 @@ impl Tokenizer {
             return Err(bad(format!("\"format\" is not \"{TOKENIZER_FORMAT}\"")));
         }
         let version = meta.get("format_version").and_then(Value::as_u64);
-        if version != Some(TOKENIZER_FORMAT_VERSION) {
+        if !matches!(version, Some(1..=TOKENIZER_FORMAT_VERSION)) {
             return Err(bad(format!(
-                "\"format_version\" is {}, this build reads {TOKENIZER_FORMAT_VERSION}",
+                "\"format_version\" is {}, this build reads 1 to {TOKENIZER_FORMAT_VERSION}",
                 meta.get("format_version").map_or("missing".to_string(), Value::to_string)
             )));
         }
@@ -162,13 +236,20 @@ impl Tokenizer {
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("\"vocab_size\" is missing or not a whole number".to_string()))?;
         let kind = meta.get("kind").and_then(Value::as_str).unwrap_or("");
-        let tokenizer = match kind {
-            "char" => Tokenizer { inner: Inner::Char(read_char_vocab(&meta).map_err(bad)?) },
+        let inner = match kind {
+            "char" => Inner::Char(read_char_vocab(&meta).map_err(bad)?),
             "bpe" | "hf" => {
                 let tokenizer = Box::new(HfTokenizer::from_file(&dir.join(HF_TOKENIZER_FILE))?);
-                Tokenizer { inner: Inner::Hf { tokenizer, trained: kind == "bpe" } }
+                Inner::Hf { tokenizer, trained: kind == "bpe" }
             }
             other => return Err(bad(format!("\"kind\" is \"{other}\"; expected \"char\", \"bpe\" or \"hf\""))),
+        };
+        let tokenizer = Tokenizer { inner, eot: None };
+        // The saved choice, not a new guess: `prepare --eot` may have named a token that is not the first spelling.
+        let tokenizer = match meta.get("eot") {
+            None | Some(Value::Null) => tokenizer,
+            Some(Value::String(token)) => tokenizer.with_eot(token).map_err(|e| bad(format!("\"eot\": {e}")))?,
+            Some(other) => return Err(bad(format!("\"eot\" is {other}, not a string or null"))),
         };
         if tokenizer.vocab_size() as u64 != vocab_size {
             return Err(bad(format!(
@@ -180,7 +261,37 @@ impl Tokenizer {
     }
 }
 
+fn check_bpe_vocab(vocab_size: usize) -> Result<(), DataError> {
+    if !(crate::spec::MIN_BPE_VOCAB..=crate::spec::MAX_VOCAB).contains(&vocab_size) {
+        return Err(DataError::InvalidOption {
+            name: "bpe vocab_size",
+            value: vocab_size.to_string(),
+            rule: "byte-level BPE needs the 256 byte tokens and the end-of-text token (257) and at most 4194304",
+        });
+    }
+    Ok(())
+}
+
+/// Where a text may be cut so that encoding the pieces one by one gives the ids of the whole text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CutRule {
+    /// Between any two characters (the char tokenizer).
+    AnyChar,
+    /// Right after a newline with non-whitespace on both sides (GPT-2-style byte-level BPE; see
+    /// `hf::chunking_is_exact`).
+    AfterLoneNewline,
+    /// Nowhere: the tokenizer's normalizer or pre-tokenizer may look across any point.
+    Never,
+}
+
 fn read_char_vocab(meta: &Value) -> Result<CharVocab, String> {
+    let specials = match meta.get("special_tokens") {
+        None => Vec::new(),
+        Some(value) => value
+            .as_array()
+            .and_then(|entries| entries.iter().map(|entry| entry.as_str().map(str::to_string)).collect())
+            .ok_or("\"special_tokens\" is not an array of strings")?,
+    };
     let entries = meta.get("chars").and_then(Value::as_array).ok_or("\"chars\" is missing or not an array")?;
     let mut chars = Vec::with_capacity(entries.len());
     for (id, entry) in entries.iter().enumerate() {
@@ -190,5 +301,5 @@ fn read_char_vocab(meta: &Value) -> Result<CharVocab, String> {
             _ => return Err(format!("\"chars\"[{id}] is {entry}, not a string of exactly one character")),
         }
     }
-    CharVocab::from_chars(chars)
+    CharVocab::from_chars(chars, specials)
 }

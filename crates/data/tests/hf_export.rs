@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{corpus, TempDir};
-use rustspeed_data::{Tokenizer, HF_TOKENIZER_CONFIG_FILE, HF_TOKENIZER_FILE};
+use rustspeed_data::{Tokenizer, EOT_TOKEN, HF_TOKENIZER_CONFIG_FILE, HF_TOKENIZER_FILE};
 use serde_json::Value;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::sequence::Sequence as PostSequence;
@@ -52,8 +52,9 @@ fn assert_same_ids_and_text(ours: &Tokenizer, theirs: &tokenizers::Tokenizer, sa
 fn hf_tokenizer_with_specials(text: &str, dir: &TempDir) -> Tokenizer {
     Tokenizer::train_bpe(text, 300).unwrap().save(dir.path()).unwrap();
     let mut base = tokenizers::Tokenizer::from_file(dir.join(HF_TOKENIZER_FILE)).unwrap();
-    let specials = ["<s>", "<|endoftext|>", "<pad>", "<|im_start|>"].map(|content| AddedToken::from(content, true));
-    assert_eq!(base.add_special_tokens(&specials), 4);
+    // The trained tokenizer has <|endoftext|> already.
+    let specials = ["<s>", "<pad>", "<|im_start|>"].map(|content| AddedToken::from(content, true));
+    assert_eq!(base.add_special_tokens(&specials), 3);
     let bos = base.token_to_id("<s>").unwrap();
     let template = TemplateProcessing::builder()
         .try_single("<s> $A")
@@ -79,8 +80,16 @@ fn char_export_gives_one_id_per_character_and_decodes_exactly() {
     let dir = TempDir::new("export-char");
     tokenizer.export_hf(dir.path(), 256).unwrap();
     let theirs = reload_exported(dir.path());
-    assert_eq!(theirs.get_vocab_size(true), tokenizer.vocab_size(), "no token beyond the characters");
-    assert!(theirs.get_added_tokens_decoder().is_empty(), "no special tokens");
+    assert_eq!(theirs.get_vocab_size(true), tokenizer.vocab_size(), "no token beyond the characters and the eot");
+    let eot = tokenizer.eot_id().unwrap();
+    assert_eq!(eot as usize, tokenizer.vocab_size() - 1, "the end-of-text token comes after the characters");
+    let added: Vec<(u32, String, bool)> = theirs
+        .get_added_tokens_decoder()
+        .iter()
+        .map(|(&id, token)| (id, token.content.clone(), token.special))
+        .collect();
+    assert_eq!(added, [(eot, EOT_TOKEN.to_string(), true)], "the one special token");
+    assert_eq!(theirs.decode(&[eot], false).unwrap(), tokenizer.decode(&[eot]).unwrap());
     assert_same_ids_and_text(&tokenizer, &theirs, CHAR_SAMPLES);
     for text in CHAR_SAMPLES {
         assert_eq!(theirs.encode(*text, false).unwrap().len(), text.chars().count(), "{text:?}");
@@ -140,8 +149,18 @@ fn hf_export_keeps_special_tokens_and_drops_truncation_and_added_bos() {
 
     let theirs = reload_exported(dir.path());
     assert_eq!(theirs.get_vocab_size(true), tokenizer.vocab_size());
-    let samples = [text.as_str(), "the king<|endoftext|>the queen", "<s><pad><|im_start|> shall speak", "short"];
+    let samples = [text.as_str(), "short"];
     assert_same_ids_and_text(&tokenizer, &theirs, &samples);
+    // A special token's spelling inside a text is text to rustspeed (only `prepare` puts special tokens into a
+    // stream); `transformers` does the same with `split_special_tokens=True`.
+    let mut splitting = reload_exported(dir.path());
+    splitting.set_encode_special_tokens(true);
+    for text in ["the king<|endoftext|>the queen", "<s><pad><|im_start|> shall speak"] {
+        let ids = tokenizer.encode(text).unwrap();
+        assert_eq!(splitting.encode(text, false).unwrap().get_ids(), ids, "{text:?}");
+        assert!(!ids.iter().any(|&id| theirs.id_to_token(id).is_some_and(|t| t.starts_with('<') && t.len() > 2)));
+        assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+    }
     assert!(tokenizer.encode(&text).unwrap().len() > 8, "the long sample is longer than the dropped truncation");
 
     let config = read_json(&dir.join(HF_TOKENIZER_CONFIG_FILE));
@@ -183,7 +202,9 @@ fn tokenizer_config_names_the_class_and_length_and_keeps_spaces() {
         let specials: Vec<&String> =
             config.as_object().unwrap().keys().filter(|key| key.ends_with("_tokens")).collect();
         let named: Vec<&String> = config.as_object().unwrap().keys().filter(|key| key.ends_with("_token")).collect();
-        assert!(specials.is_empty() && named.is_empty(), "{kind}: no special tokens, got {specials:?} {named:?}");
+        assert!(specials.is_empty(), "{kind}: no other special tokens, got {specials:?}");
+        assert_eq!(named, ["eos_token"], "{kind}: the end-of-text token is the one special token");
+        assert_eq!(config["eos_token"], EOT_TOKEN, "{kind}");
     }
 }
 

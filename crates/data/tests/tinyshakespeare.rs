@@ -21,7 +21,7 @@ fn prepare_tinyshakespeare_char_and_bpe() {
     for spec in [TokenizerSpec::Char, TokenizerSpec::Bpe { vocab_size: 2048 }] {
         let out = tmp.join(&format!("data-{}", spec.to_string().replace(':', "-")));
         let start = Instant::now();
-        let report = prepare(input, &spec, &out, &PrepareOptions::default()).unwrap();
+        let report = prepare(&[input.to_path_buf()], &spec, &out, &PrepareOptions::default()).unwrap();
         let prepare_s = start.elapsed().as_secs_f64();
 
         let start = Instant::now();
@@ -39,12 +39,13 @@ fn prepare_tinyshakespeare_char_and_bpe() {
             report.vocab_size,
             report.train_tokens,
             report.val_tokens,
-            report.chars as f64 / ids.len() as f64
+            text.chars().count() as f64 / ids.len() as f64
         );
         assert_eq!(dataset.tokenizer.decode(&ids).unwrap(), text, "round trip over the whole corpus");
-        assert_eq!(report.train_tokens + report.val_tokens, ids.len() as u64);
+        // One document: its tokens and the end-of-text token.
+        assert_eq!(report.train_tokens + report.val_tokens, ids.len() as u64 + 1);
         if spec == TokenizerSpec::Char {
-            assert_eq!(report.vocab_size, 65, "tiny shakespeare's well-known 65 characters");
+            assert_eq!(report.vocab_size, 66, "tiny shakespeare's well-known 65 characters and <|endoftext|>");
         } else {
             assert_eq!(report.vocab_size, 2048);
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use common::{corpus, TempDir};
-use rustspeed_data::{DataError, Tokenizer, TokenizerSpec};
+use rustspeed_data::{DataError, Tokenizer, TokenizerSpec, EOT_TOKEN};
 
 #[test]
 fn spec_parses_cli_syntax_and_prints_it_back() {
@@ -28,20 +28,67 @@ fn spec_errors_say_what_is_expected() {
     let message = |text: &str| text.parse::<TokenizerSpec>().unwrap_err().to_string();
     assert!(message("bpe").contains("bpe:2048"), "{}", message("bpe"));
     assert!(message("bpe:lots").contains("'lots' is not a vocabulary size"), "{}", message("bpe:lots"));
-    assert!(message("bpe:100").contains("outside [256"), "{}", message("bpe:100"));
+    assert!(message("bpe:100").contains("outside [257"), "{}", message("bpe:100"));
+    assert!(message("bpe:256").contains("end-of-text token"), "{}", message("bpe:256"));
     let unknown = message("wordpiece");
     assert!(unknown.contains("'wordpiece'") && unknown.contains("bpe:VOCAB"), "{unknown}");
 }
 
 #[test]
-fn char_vocab_is_the_sorted_set_of_corpus_characters() {
+fn char_vocab_is_the_sorted_set_of_corpus_characters_then_the_end_of_text_token() {
     let tokenizer = Tokenizer::char_from_corpus("hello world");
-    // Sorted distinct characters: ' ' d e h l o r w  ->  ids 0..8.
+    // Sorted distinct characters: ' ' d e h l o r w  ->  ids 0..8, then <|endoftext|> 8.
     assert_eq!(tokenizer.kind(), "char");
-    assert_eq!(tokenizer.vocab_size(), 8);
+    assert_eq!(tokenizer.vocab_size(), 9);
+    assert_eq!((tokenizer.eot_id(), tokenizer.eot_token()), (Some(8), Some(EOT_TOKEN)));
     assert_eq!(tokenizer.encode("hello").unwrap(), vec![3, 2, 4, 4, 5]);
     assert_eq!(tokenizer.encode("row").unwrap(), vec![6, 5, 7]);
-    assert_eq!(tokenizer.decode(&[7, 5, 6, 4, 1, 0]).unwrap(), "world ");
+    assert_eq!(tokenizer.decode(&[7, 5, 6, 4, 1, 0, 8]).unwrap(), "world <|endoftext|>");
+}
+
+#[test]
+fn the_end_of_text_token_is_never_produced_by_encoding_text() {
+    // A corpus that spells the token: its characters are in the vocabulary, and stay characters.
+    let spelled = format!("a {EOT_TOKEN} b");
+    let char_tokenizer = Tokenizer::char_from_corpus(&spelled);
+    let ids = char_tokenizer.encode(&spelled).unwrap();
+    assert_eq!(ids.len(), spelled.chars().count());
+    assert!(!ids.contains(&char_tokenizer.eot_id().unwrap()));
+    let text = format!("{}{spelled}", corpus(500, 7));
+    let bpe = Tokenizer::train_bpe(&text, 300).unwrap();
+    let ids = bpe.encode(&spelled).unwrap();
+    assert!(!ids.contains(&bpe.eot_id().unwrap()), "{ids:?}");
+    assert_eq!(bpe.decode(&ids).unwrap(), spelled);
+}
+
+#[test]
+fn with_eot_names_a_token_of_the_vocabulary() {
+    let text = corpus(800, 8);
+    let bpe = Tokenizer::train_bpe(&text, 300).unwrap();
+    let dir = TempDir::new("with-eot");
+    bpe.save(dir.path()).unwrap();
+    let loaded = Tokenizer::from_hf_json(&dir.join("tokenizer.json")).unwrap();
+    assert_eq!(loaded.eot_token(), Some(EOT_TOKEN), "found among the special tokens");
+    // Any token of the vocabulary may be named, e.g. the byte token of 'a'.
+    let a = loaded.clone().with_eot("a").unwrap();
+    assert_eq!(a.eot_id(), loaded.encode("a").unwrap().first().copied());
+    let err = loaded.with_eot("<|no such token|>").unwrap_err().to_string();
+    assert!(err.contains("<|no such token|>") && err.contains("vocabulary"), "{err}");
+    let err = Tokenizer::char_from_corpus("ab").with_eot("a").unwrap_err().to_string();
+    assert!(err.contains("eot"), "{err}");
+}
+
+#[test]
+fn version_1_tokenizer_files_load_without_an_end_of_text_token() {
+    let dir = TempDir::new("tokenizer-v1");
+    std::fs::write(
+        dir.join("tokenizer_meta.json"),
+        r#"{"format":"rustspeed-tokenizer","format_version":1,"kind":"char","vocab_size":3,"chars":["a","b","c"]}"#,
+    )
+    .unwrap();
+    let tokenizer = Tokenizer::load(dir.path()).unwrap();
+    assert_eq!((tokenizer.vocab_size(), tokenizer.eot_id()), (3, None));
+    assert_eq!(tokenizer.encode("cab").unwrap(), [2, 0, 1]);
 }
 
 #[test]
@@ -49,7 +96,7 @@ fn char_round_trip_on_generated_text_with_non_ascii() {
     let text = corpus(2000, 1);
     let tokenizer = Tokenizer::char_from_corpus(&text);
     let distinct: BTreeSet<char> = text.chars().collect();
-    assert_eq!(tokenizer.vocab_size(), distinct.len());
+    assert_eq!(tokenizer.vocab_size(), distinct.len() + 1);
     let ids = tokenizer.encode(&text).unwrap();
     assert_eq!(ids.len(), text.chars().count(), "one token per character");
     assert_eq!(tokenizer.decode(&ids).unwrap(), text);
@@ -73,16 +120,16 @@ fn char_unknown_character_names_it_and_its_position() {
 #[test]
 fn decode_rejects_ids_outside_the_vocabulary() {
     let tokenizer = Tokenizer::char_from_corpus("ab");
-    let err = tokenizer.decode(&[0, 1, 2]).unwrap_err();
-    assert!(matches!(err, DataError::TokenOutOfVocab { position: 2, id: 2, vocab_size: 2, .. }), "{err:?}");
-    let bpe = Tokenizer::train_bpe("ab ab", 256).unwrap();
-    let err = bpe.decode(&[5, 256]).unwrap_err();
-    assert!(matches!(err, DataError::TokenOutOfVocab { position: 1, id: 256, vocab_size: 256, .. }), "{err:?}");
+    let err = tokenizer.decode(&[0, 1, 2, 3]).unwrap_err();
+    assert!(matches!(err, DataError::TokenOutOfVocab { position: 3, id: 3, vocab_size: 3, .. }), "{err:?}");
+    let bpe = Tokenizer::train_bpe("ab ab", 257).unwrap();
+    let err = bpe.decode(&[5, 257]).unwrap_err();
+    assert!(matches!(err, DataError::TokenOutOfVocab { position: 1, id: 257, vocab_size: 257, .. }), "{err:?}");
 }
 
 /// GPT-2's byte-to-unicode table maps printable ASCII '!'..='~' (33..=126) to itself and every other byte to a
 /// code point above '~'; the initial vocabulary is those 256 characters sorted, so byte b in 33..=126 gets id
-/// b - 33, and the first merge gets id 256.
+/// b - 33, the first merge gets id 256, and the end-of-text token the last id.
 fn gpt2_byte_id(byte: u8) -> u32 {
     assert!((33..=126).contains(&byte), "only printable ASCII has the simple id b - 33");
     byte as u32 - 33
@@ -91,9 +138,10 @@ fn gpt2_byte_id(byte: u8) -> u32 {
 #[test]
 fn bpe_first_merge_is_the_most_frequent_pair() {
     // In "abababab" the pair (a,b) occurs 4 times and (b,a) 3 times: one merge learns "ab".
-    let tokenizer = Tokenizer::train_bpe("abababab", 257).unwrap();
+    let tokenizer = Tokenizer::train_bpe("abababab", 258).unwrap();
     assert_eq!(tokenizer.kind(), "bpe");
-    assert_eq!(tokenizer.vocab_size(), 257);
+    assert_eq!(tokenizer.vocab_size(), 258);
+    assert_eq!(tokenizer.eot_id(), Some(257));
     assert_eq!(tokenizer.encode("abab").unwrap(), vec![256, 256]);
     assert_eq!(tokenizer.encode("ba").unwrap(), vec![gpt2_byte_id(b'b'), gpt2_byte_id(b'a')]);
     assert_eq!(tokenizer.encode("a").unwrap(), vec![gpt2_byte_id(b'a')]);
@@ -141,7 +189,7 @@ fn bpe_stops_early_when_the_corpus_runs_out_of_pairs() {
 #[test]
 fn bpe_vocab_size_out_of_range_is_an_error() {
     let err = Tokenizer::train_bpe("abc", 100).unwrap_err();
-    assert!(err.to_string().contains("256"), "{err}");
+    assert!(err.to_string().contains("257"), "{err}");
 }
 
 #[test]
@@ -153,6 +201,7 @@ fn save_and_load_preserve_kind_vocabulary_and_ids() {
         let loaded = Tokenizer::load(dir.path()).unwrap();
         assert_eq!(loaded.kind(), tokenizer.kind());
         assert_eq!(loaded.vocab_size(), tokenizer.vocab_size());
+        assert_eq!(loaded.eot_id(), tokenizer.eot_id());
         assert_eq!(loaded.encode(&text).unwrap(), tokenizer.encode(&text).unwrap());
     }
 }

@@ -8,6 +8,7 @@
 //! `h / (NH/NKV)` (grouped-query). `out` rows are `NH·HS`.
 
 use crate::cast::{load, store, Contents, Element};
+use crate::vmath::{self, simd_fn};
 use rayon::prelude::*;
 
 /// One query row's keys and values: the first `len` rows of its sequence's cache.
@@ -47,25 +48,31 @@ pub fn attention_decode<E: Element>(
     let scale = 1.0 / (hs as f32).sqrt();
     let group = nh / nkv;
     store(out, Contents::Overwrite, |out| {
-        out[..rows.len() * nh * hs].par_chunks_mut(hs).enumerate().for_each(|(task, o)| {
+        out[..rows.len() * nh * hs].par_chunks_mut(hs).enumerate().for_each_init(Vec::new, |scores, (task, o)| {
             let (r, h) = (task / nh, task % nh);
             let (k, v, len) = (&caches[r].0, &caches[r].1, caches[r].2);
             let qh = &q[r * q_stride + h * hs..r * q_stride + (h + 1) * hs];
-            let col = (h / group) * hs;
-            let mut scores: Vec<f32> = (0..len)
-                .map(|j| qh.iter().zip(&k[j * kv_width + col..][..hs]).map(|(a, b)| a * b).sum::<f32>() * scale)
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            scores.iter_mut().for_each(|s| {
-                *s = (*s - max).exp();
-                total += *s;
-            });
-            o.fill(0.0);
-            for (j, s) in scores.iter().enumerate() {
-                let p = s / total;
-                o.iter_mut().zip(&v[j * kv_width + col..][..hs]).for_each(|(o, v)| *o += p * v);
-            }
+            scores.resize(len, 0.0);
+            head_attention(o, qh, k, v, scores, kv_width, (h / group) * hs, scale);
         });
     })
+}
+
+simd_fn! {
+    /// One head of one row: `o = softmax(scale · K q) V` over the `scores.len()` cached positions, reading head
+    /// columns `col..col + HS` of the cache rows.
+    #[allow(clippy::too_many_arguments)]
+    fn head_attention(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], kv_width: usize, col: usize, scale: f32) {
+        let hs = q.len();
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = vmath::dot(q, &k[j * kv_width + col..j * kv_width + col + hs]) * scale;
+        }
+        let max = vmath::max(scores);
+        let inv = 1.0 / vmath::exp_shifted_in_place(scores, max);
+        o.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let p = p * inv;
+            o.iter_mut().zip(&v[j * kv_width + col..j * kv_width + col + hs]).for_each(|(o, v)| *o += p * v);
+        }
+    }
 }

@@ -11,6 +11,9 @@ use rustspeed_kernels::cast::{first_non_finite, Contents, Element};
 use rustspeed_kernels::xent::XentLoss;
 use std::ops::Range;
 
+/// What the generation path borrows of a model at once: the layout, the layers, the head.
+pub(crate) type DecodeParts<'a, E> = (&'a ParamLayout, &'a mut [Box<dyn Layer<E>>], &'a mut LmHead<E>);
+
 /// Where the model is in its forward/backward cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -230,7 +233,7 @@ impl<E: Element> Model<E> {
     }
 
     /// The layout, the layers and the head at once, for the generation path (`decode.rs`).
-    pub(crate) fn decode_parts(&mut self) -> (&ParamLayout, &mut [Box<dyn Layer<E>>], &mut LmHead<E>) {
+    pub(crate) fn decode_parts(&mut self) -> DecodeParts<'_, E> {
         (&self.layout, &mut self.layers, &mut self.head)
     }
 

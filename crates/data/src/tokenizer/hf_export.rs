@@ -4,7 +4,9 @@
 //! directory.
 //!
 //! rustspeed encodes a corpus without special tokens (no BOS/EOS) and decodes without cleaning up spaces, so the
-//! exported files make `transformers` do the same; see [`Tokenizer::export_hf`].
+//! exported files make `transformers` do the same; see [`Tokenizer::export_hf`]. One difference no file can
+//! express: rustspeed encodes a special token's spelling inside a text as text (`prepare` alone puts the
+//! end-of-text token between documents), as `transformers` does with `split_special_tokens=True`.
 
 use std::path::Path;
 
@@ -14,7 +16,7 @@ use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::sequence::Sequence as PostSequence;
 use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::{PostProcessor, SplitDelimiterBehavior};
+use tokenizers::{AddedToken, PostProcessor, SplitDelimiterBehavior};
 
 use super::{Inner, Tokenizer, HF_TOKENIZER_FILE};
 use crate::char_vocab::CharVocab;
@@ -59,7 +61,8 @@ impl Tokenizer {
     ///     `add_bos_token`/`add_eos_token` in `tokenizer_config.json` when a `tokenizer.json` is present, so the
     ///     config cannot turn it off. Steps that add no token (e.g. `ByteLevel` offset trimming) are kept.
     /// - `char`: an equivalent tokenizer built with the `tokenizers` crate: a `WordLevel` model whose vocabulary
-    ///   is the char list (id = position), a `Split` pre-tokenizer that isolates every character (newlines
+    ///   is the char list (id = position) followed by the special tokens (the end-of-text token, declared a special
+    ///   added token), a `Split` pre-tokenizer that isolates every character (newlines
     ///   included), no normalizer, no post-processor, and a `Fuse` decoder that joins tokens without spaces. A
     ///   character outside the vocabulary is an error there as here (the model's `unk_token` is not in the
     ///   vocabulary), not a silent id. Before writing, the built tokenizer is checked to give every character its
@@ -79,18 +82,16 @@ impl Tokenizer {
     /// `phi3`) it ignores `tokenizer_class` and rebuilds the tokenizer its own way, which changes the char export.
     pub fn export_hf(&self, dir: &Path, model_max_length: usize) -> Result<(), DataError> {
         let json_path = dir.join(HF_TOKENIZER_FILE);
-        let (tokenizer_json, special_tokens) = match &self.inner {
-            Inner::Char(vocab) => (char_tokenizer_json(vocab, &json_path)?, Map::new()),
-            Inner::Hf { tokenizer, .. } => {
-                let original = tokenizer.json();
-                let parsed: Value = serde_json::from_str(original).map_err(|e| DataError::Tokenizer {
-                    action: "export the tokenizer",
-                    path: Some(json_path.clone()),
-                    message: format!("the tokenizer's own tokenizer.json does not parse: {e}"),
-                })?;
-                (exact_tokenizer_json(original, &json_path)?, special_token_config(&parsed))
-            }
+        let tokenizer_json = match &self.inner {
+            Inner::Char(vocab) => char_tokenizer_json(vocab, &json_path)?,
+            Inner::Hf { tokenizer, .. } => exact_tokenizer_json(tokenizer.json(), &json_path)?,
         };
+        let parsed: Value = serde_json::from_str(&tokenizer_json).map_err(|e| DataError::Tokenizer {
+            action: "export the tokenizer",
+            path: Some(json_path.clone()),
+            message: format!("the tokenizer's own tokenizer.json does not parse: {e}"),
+        })?;
+        let special_tokens = special_token_config(&parsed);
         let mut config = json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": model_max_length,
@@ -136,8 +137,9 @@ fn char_tokenizer_json(vocab: &CharVocab, path: &Path) -> Result<String, DataErr
         path: Some(path.to_path_buf()),
         message,
     };
+    let characters = vocab.chars().iter().map(char::to_string);
     let model = WordLevel::builder()
-        .vocab(vocab.chars().iter().enumerate().map(|(id, ch)| (ch.to_string(), id as u32)).collect())
+        .vocab(characters.chain(vocab.specials().iter().cloned()).enumerate().map(|(id, t)| (t, id as u32)).collect())
         .unk_token(CHAR_UNK_TOKEN.to_string())
         .build()
         .map_err(|e| error(e.to_string()))?;
@@ -146,13 +148,18 @@ fn char_tokenizer_json(vocab: &CharVocab, path: &Path) -> Result<String, DataErr
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(split));
     tokenizer.with_decoder(Some(Fuse::new()));
+    // The special tokens (the end-of-text token) are in the model's vocabulary at their ids; declared special,
+    // `transformers` knows them (as `eos_token`) and never splits them into characters.
+    let specials: Vec<AddedToken> =
+        vocab.specials().iter().map(|token| AddedToken::from(token.clone(), true)).collect();
+    tokenizer.add_special_tokens(&specials);
     let json = tokenizer.to_string(true).map_err(|e| error(e.to_string()))?;
 
     // Check the file as any reader will see it: reloaded, every character has its id and the ids decode back.
     let reloaded = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| error(e.to_string()))?;
     let all_chars: String = vocab.chars().iter().collect();
     let ids = reloaded.encode(all_chars.as_str(), false).map_err(|e| error(e.to_string()))?.get_ids().to_vec();
-    let expected: Vec<u32> = (0..vocab.len() as u32).collect();
+    let expected: Vec<u32> = (0..vocab.chars().len() as u32).collect();
     if ids != expected {
         let (id, ch) = vocab
             .chars()
