@@ -67,6 +67,7 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     let data = a.get("data").map(|d| Dataset::open(Path::new(d)).map_err(|e| e.to_string())).transpose()?;
     let Subject { spec, params, tokenizer } = subject(&a, data.as_ref().map(Dataset::vocab_size))?;
     let rows = spec.config.vocab_size();
+    let max_tokens = a.parsed_in("max-tokens", usize::MAX, 1..=usize::MAX).map_err(e)?;
     let (stream, source): (Vec<u32>, String) = match (&data, a.get("text")) {
         (Some(data), None) => {
             if data.vocab_size() > rows {
@@ -81,7 +82,10 @@ pub fn run(argv: &[String]) -> Result<(), String> {
                 "train" => &data.train,
                 other => return Err(format!("--split {other}: expected val or train")),
             };
-            (split.tokens(0..split.len()), format!("{} ({})", data.dir().display(), split.split()))
+            // Only what the windows can use (the targets reach one token past --max-tokens): a large split is
+            // never read whole.
+            let used = split.len().min(max_tokens.saturating_add(1));
+            (split.tokens(0..used), format!("{} ({})", data.dir().display(), split.split()))
         }
         (None, Some(file)) => {
             let tokenizer = tokenizer.ok_or(
@@ -104,7 +108,6 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     let t = a
         .parsed_in("seq-len", context.unwrap_or(spec.config.default_seq_len()), 1..=context.unwrap_or(usize::MAX))
         .map_err(e)?;
-    let max_tokens = a.parsed_in("max-tokens", usize::MAX, 1..=usize::MAX).map_err(e)?;
     let batch = a.parsed_in("batch", 8, 1..=MAX_BATCH).map_err(e)?;
     let windows = (stream.len().saturating_sub(1) / t).min(max_tokens / t);
     if windows == 0 {

@@ -167,7 +167,12 @@ struct Assembler<'a> {
     next_line: u64,
 }
 
-impl Assembler<'_> {
+impl<'a> Assembler<'a> {
+    /// An empty document of input `index`, starting on line 1 of `path`.
+    fn new(index: usize, path: &'a Path, rule: CutRule) -> Self {
+        Assembler { index, path, rule, text: String::new(), first_line: 1, next_line: 1 }
+    }
+
     /// Appends `text` (which starts on line `self.next_line`, and `lines` line breaks long); emits a piece when
     /// there is enough text and a place to cut. Returns false when `emit` asks to stop.
     fn push(&mut self, text: &str, lines: u64, emit: &mut dyn FnMut(Record) -> bool) -> Result<bool, DataError> {
@@ -242,8 +247,7 @@ fn read_whole(
     emit: &mut dyn FnMut(Record) -> bool,
 ) -> Result<(), DataError> {
     let mut reader = open_text(file, counter.clone())?;
-    let mut doc =
-        Assembler { index, path: &file.path, rule: opts.cut_rule, text: String::new(), first_line: 1, next_line: 1 };
+    let mut doc = Assembler::new(index, &file.path, opts.cut_rule);
     let mut pending: Vec<u8> = Vec::with_capacity(PIECE_BYTES + 4);
     // Offset in the (decompressed) file of `pending`'s first byte, for the position of a UTF-8 error.
     let mut offset = 0u64;
@@ -320,8 +324,7 @@ fn read_blocks(
     emit: &mut dyn FnMut(Record) -> bool,
 ) -> Result<(), DataError> {
     let mut reader = open_text(file, counter.clone())?;
-    let mut doc =
-        Assembler { index, path: &file.path, rule: opts.cut_rule, text: String::new(), first_line: 1, next_line: 1 };
+    let mut doc = Assembler::new(index, &file.path, opts.cut_rule);
     let (mut buf, mut offset, mut line_number) = (Vec::new(), 0u64, 0u64);
     let mut in_block = false;
     // The line break after the block's last line so far: part of the document only if another line follows.
